@@ -1,0 +1,23 @@
+"""rlir.kernels: the GRPO math of RLIR as PyTorch references (the spec) and fused Triton kernels.
+
+Every op dispatches to Triton for CUDA tensors and to its PyTorch reference otherwise;
+``RLIR_KERNELS=torch|triton`` forces one path (see kernels/_common.py).
+"""
+from .group_advantage import group_advantage, group_advantage_reference
+from .idm_reward import IDMReward, idm_advantage, idm_reward, idm_reward_reference
+from .token_logprobs import token_logprobs, token_logprobs_reference
+from .grpo_loss import grpo_loss, grpo_loss_from_logits, grpo_loss_reference
+
+__all__ = [
+    "group_advantage",
+    "group_advantage_reference",
+    "IDMReward",
+    "idm_reward",
+    "idm_reward_reference",
+    "idm_advantage",
+    "token_logprobs",
+    "token_logprobs_reference",
+    "grpo_loss",
+    "grpo_loss_reference",
+    "grpo_loss_from_logits",
+]

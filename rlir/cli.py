@@ -1,0 +1,30 @@
+"""The `rlir` command. Each command group lives in rlir/commands/<name>.py and exposes
+``register(subparsers)``; this file only wires them together."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Command-group modules, in the order `rlir --help` lists them.
+COMMAND_MODULES = ["kernels"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlir",
+        description="RLIR: GRPO post-training of video world models with inverse-dynamics rewards.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"rlir.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

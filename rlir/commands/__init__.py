@@ -1,0 +1,1 @@
+"""Subcommands of the `rlir` CLI, one module per command group (see rlir/cli.py)."""

@@ -1,0 +1,33 @@
+from setuptools import setup
+
+PACKAGES = ["rlir", "rlir.kernels", "rlir.profiling", "rlir.commands"]
+
+setup(
+    name="rlir",
+    version="0.1.0",
+    description="RLIR: GRPO post-training of video world models with inverse-dynamics rewards, "
+    "with Triton-fused GRPO kernels.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=PACKAGES,
+    # kernels/ and profiling/ live at the repository root but install as rlir.kernels / rlir.profiling,
+    # so no top-level `kernels` or `profiling` package ever lands in site-packages.
+    package_dir={"rlir": "rlir", "rlir.kernels": "kernels", "rlir.profiling": "profiling"},
+    install_requires=[
+        "torch>=2.4",
+        "triton>=3.0; platform_system == 'Linux'",
+        "numpy",
+        "diffusers>=0.30",
+        "safetensors",
+        "nvtx",
+        "pyyaml",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis"],
+        "bench": ["liger-kernel", "matplotlib"],
+        "gpu": ["flash-attn", "xformers"],
+    },
+    entry_points={"console_scripts": ["rlir=rlir.cli:main"]},
+)
