@@ -1,6 +1,6 @@
 from setuptools import setup
 
-PACKAGES = ["rlir", "rlir.kernels", "rlir.profiling", "rlir.commands"]
+PACKAGES = ["rlir", "rlir.kernels", "rlir.profiling", "rlir.commands", "rlir.envs", "rlir.data", "rlir.models"]
 
 setup(
     name="rlir",
@@ -23,6 +23,9 @@ setup(
         "nvtx",
         "pyyaml",
         "tqdm",
+        "crafter",
+        "imageio",
+        "imageio-ffmpeg",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis"],

@@ -1,0 +1,257 @@
+"""MineWorld-style autoregressive world model: a Llama-like decoder over interleaved frame and action tokens.
+
+Sequence layout for a clip of T frames (F = tokens_per_frame codes each) and T-1 actions (H heads each):
+
+    [f0: F codes][a0: H tokens][f1: F codes][a1: H tokens] ... [f_{T-1}: F codes]
+
+Action a_t is the transition from frame t to t+1. Token ids: frame codes are [0, codebook_size); head h's
+class c is codebook_size + sum(head_sizes[:h]) + c. The model predicts frame tokens only, so the output
+head has codebook_size logits: every code of frames 1..T-1 is predicted from everything before it (code 0
+of frame t from the last action token of a_{t-1}, code j > 0 from code j-1 of frame t). Frame 0 is always
+given, and action tokens are commanded, never predicted.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+
+from rlir.kernels import token_logprobs as _token_logprobs
+
+from .attention import BACKENDS, attention
+from .kv_cache import KVCache
+from .sampling import generate as _generate
+
+
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def _check_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_int_tensor(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor) or t.dtype not in _INT_DTYPES or t.ndim != 3:
+        raise ValueError(f"{name} must be a 3-D integer tensor, got "
+                         f"{getattr(t, 'dtype', type(t).__name__)} of shape {tuple(getattr(t, 'shape', ()))}")
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on x [B, H, S, D] with cos/sin [S, D], computed in fp32."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    return (xf * cos + torch.cat((-x2, x1), dim=-1) * sin).to(x.dtype)
+
+
+class Block(nn.Module):
+    """Pre-norm decoder block: GQA self-attention with RoPE, then a SwiGLU MLP."""
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, ffn_hidden: int, norm_eps: float):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
+        self.attention_norm = nn.RMSNorm(d_model, eps=norm_eps)
+        self.wqkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * self.head_dim, bias=False)
+        self.wo = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
+        self.ffn_norm = nn.RMSNorm(d_model, eps=norm_eps)
+        self.w13 = nn.Linear(d_model, 2 * ffn_hidden, bias=False)
+        self.w2 = nn.Linear(ffn_hidden, d_model, bias=False)
+
+    def forward(self, x, cos, sin, layer: int, cache: Optional[KVCache], backend: str):
+        b, s, _ = x.shape
+        hd = self.head_dim
+        q, k, v = self.wqkv(self.attention_norm(x)).split(
+            [self.n_heads * hd, self.n_kv_heads * hd, self.n_kv_heads * hd], dim=-1)
+        q = apply_rope(q.view(b, s, self.n_heads, hd).transpose(1, 2), cos, sin)
+        k = apply_rope(k.view(b, s, self.n_kv_heads, hd).transpose(1, 2), cos, sin)
+        v = v.view(b, s, self.n_kv_heads, hd).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        y = attention(q, k, v, causal=True, backend=backend)
+        x = x + self.wo(y.transpose(1, 2).reshape(b, s, self.n_heads * hd))
+        gate, up = self.w13(self.ffn_norm(x)).chunk(2, dim=-1)
+        return x + self.w2(F.silu(gate) * up)
+
+
+class ARWorldModel(ModelMixin, ConfigMixin):
+    """Action-conditioned token world model; ``save_pretrained``/``from_pretrained`` write config.json + safetensors.
+
+    Config: codebook_size (frame code vocabulary), tokens_per_frame (e.g. 64 = 8x8 codes), action_head_sizes
+    (classes per action head, e.g. [17]), n_layers, d_model, n_heads, n_kv_heads (GQA, divides n_heads),
+    ffn_hidden (SwiGLU width; default 8/3 d_model rounded up to 64), max_frames (longest clip: RoPE and
+    KV cache length), rope_theta, norm_eps, attn_backend (see ``rlir.models.attention``).
+    """
+
+    @register_to_config
+    def __init__(self, codebook_size: int = 512, tokens_per_frame: int = 64, action_head_sizes: Sequence[int] = (17,),
+                 n_layers: int = 4, d_model: int = 256, n_heads: int = 8, n_kv_heads: int = 2,
+                 ffn_hidden: Optional[int] = None, max_frames: int = 16, rope_theta: float = 10000.0,
+                 norm_eps: float = 1e-5, attn_backend: str = "sdpa"):
+        super().__init__()
+        for name, value in (("codebook_size", codebook_size), ("tokens_per_frame", tokens_per_frame),
+                            ("n_layers", n_layers), ("d_model", d_model), ("n_heads", n_heads),
+                            ("n_kv_heads", n_kv_heads)):
+            _check_int(name, value)
+        _check_int("max_frames", max_frames, minimum=2)
+        if not isinstance(action_head_sizes, (list, tuple)) or not action_head_sizes:
+            raise ValueError(f"action_head_sizes must be a non-empty list of ints, got {action_head_sizes!r}")
+        for size in action_head_sizes:
+            _check_int("action_head_sizes entries", size, minimum=2)
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        if (d_model // n_heads) % 2:
+            raise ValueError(f"d_model / n_heads must be even for RoPE, got head dim {d_model // n_heads}")
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
+        if ffn_hidden is None:
+            ffn_hidden = -(-8 * d_model // 3 // 64) * 64
+        _check_int("ffn_hidden", ffn_hidden)
+        if not isinstance(rope_theta, (int, float)) or isinstance(rope_theta, bool) or rope_theta <= 1:
+            raise ValueError(f"rope_theta must be a number > 1, got {rope_theta!r}")
+        if not isinstance(norm_eps, (int, float)) or isinstance(norm_eps, bool) or norm_eps <= 0:
+            raise ValueError(f"norm_eps must be a number > 0, got {norm_eps!r}")
+        if attn_backend not in BACKENDS:
+            raise ValueError(f"attn_backend must be one of {list(BACKENDS)}, got {attn_backend!r}")
+
+        self.head_sizes = tuple(action_head_sizes)
+        self.num_action_heads = len(self.head_sizes)
+        self.frame_stride = tokens_per_frame + self.num_action_heads  # tokens per [frame][action] step
+        self.max_len = max_frames * self.frame_stride
+        self.vocab_size = codebook_size + sum(self.head_sizes)
+        self.attn_backend = attn_backend
+        self.register_buffer("action_offsets", codebook_size + torch.tensor(
+            [0, *self.head_sizes[:-1]]).cumsum(0), persistent=False)
+
+        self.tok_embeddings = nn.Embedding(self.vocab_size, d_model)
+        self.layers = nn.ModuleList(
+            Block(d_model, n_heads, n_kv_heads, ffn_hidden, norm_eps) for _ in range(n_layers))
+        self.norm = nn.RMSNorm(d_model, eps=norm_eps)
+        self.output = nn.Linear(d_model, codebook_size, bias=False)
+        self._rope: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+        for block in self.layers:  # residual projections, GPT-2 style
+            nn.init.normal_(block.wo.weight, std=0.02 / math.sqrt(2 * n_layers))
+            nn.init.normal_(block.w2.weight, std=0.02 / math.sqrt(2 * n_layers))
+
+    def _rope_tables(self, start: int, s: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        # Plain fp32 attributes, not buffers: model.to(bfloat16) must not round the rotation angles.
+        device = torch.device(device)
+        if device not in self._rope:
+            hd = self.config.d_model // self.config.n_heads
+            inv_freq = self.config.rope_theta ** (-torch.arange(0, hd, 2, dtype=torch.float64, device=device) / hd)
+            angles = torch.arange(self.max_len, dtype=torch.float64, device=device)[:, None] * inv_freq
+            angles = torch.cat((angles, angles), dim=-1)
+            self._rope[device] = (angles.cos().float(), angles.sin().float())
+        cos, sin = self._rope[device]
+        return cos[start:start + s], sin[start:start + s]
+
+    # ---- token layout -------------------------------------------------------------------------------
+
+    def action_token_ids(self, actions: torch.Tensor) -> torch.Tensor:
+        """Class indices [..., H] -> vocabulary ids [..., H]."""
+        return actions.long() + self.action_offsets
+
+    def sequence(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """frames [B, T, F] and actions [B, T-1, H] -> ids [B, T*F + (T-1)*H] (the layout in the module doc)."""
+        self._check_clip(frames, actions)
+        b, t, _ = frames.shape
+        steps = torch.cat((frames.long(), F.pad(self.action_token_ids(actions), (0, 0, 0, 1))), dim=2)
+        return steps.reshape(b, t * self.frame_stride)[:, :-self.num_action_heads]
+
+    def check_frames(self, frames: torch.Tensor, name: str = "frames") -> None:
+        """frames must be integer [B, T, F] codes in [0, codebook_size) with 1 <= T <= max_frames."""
+        cfg = self.config
+        _check_int_tensor(name, frames)
+        if frames.shape[2] != cfg.tokens_per_frame:
+            raise ValueError(f"{name} must have tokens_per_frame={cfg.tokens_per_frame} codes per frame, "
+                             f"got shape {tuple(frames.shape)}")
+        if not 1 <= frames.shape[1] <= cfg.max_frames:
+            raise ValueError(f"{name} must hold 1..max_frames={cfg.max_frames} frames, got {frames.shape[1]}")
+        if bool(((frames < 0) | (frames >= cfg.codebook_size)).any()):
+            raise ValueError(f"{name} must hold codes in [0, codebook_size={cfg.codebook_size})")
+
+    def check_actions(self, actions: torch.Tensor, name: str = "actions") -> None:
+        """actions must be integer [B, n, H] class indices, each in [0, its head's size)."""
+        _check_int_tensor(name, actions)
+        if actions.shape[2] != self.num_action_heads:
+            raise ValueError(f"{name} must have H={self.num_action_heads} action heads in its last dim, "
+                             f"got shape {tuple(actions.shape)}")
+        sizes = torch.tensor(self.head_sizes, device=actions.device)
+        if bool(((actions < 0) | (actions >= sizes)).any()):
+            raise ValueError(f"{name} must hold class indices in [0, head size), head sizes {list(self.head_sizes)}")
+
+    def _check_clip(self, frames: torch.Tensor, actions: torch.Tensor) -> None:
+        self.check_frames(frames)
+        self.check_actions(actions)
+        b, t, _ = frames.shape
+        if tuple(actions.shape[:2]) != (b, t - 1):
+            raise ValueError(f"actions must have shape [B, T-1, H] = {(b, t - 1, self.num_action_heads)}, "
+                             f"got {tuple(actions.shape)}")
+
+    def _predicting_positions(self, t: int, first_frame: int, device) -> torch.Tensor:
+        """Sequence positions whose outputs predict frames first_frame..t-1: [t - first_frame, F]."""
+        frames = torch.arange(first_frame, t, device=device)[:, None]
+        return frames * self.frame_stride + torch.arange(self.config.tokens_per_frame, device=device) - 1
+
+    # ---- forward passes -----------------------------------------------------------------------------
+
+    def forward_tokens(self, ids: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        """Final-normed hidden states [B, s, d] of ids [B, s] at positions cache.length.. (0 without a cache).
+
+        With a cache the new keys/values are written into it and its length advances by s.
+        """
+        start = cache.length if cache is not None else 0
+        s = ids.shape[1]
+        if start + s > self.max_len:
+            raise ValueError(f"sequence of {start + s} tokens exceeds max_frames={self.config.max_frames} "
+                             f"({self.max_len} tokens)")
+        cos, sin = self._rope_tables(start, s, ids.device)
+        x = self.tok_embeddings(ids)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, i, cache, self.attn_backend)
+        if cache is not None:
+            cache.advance(s)
+        return self.norm(x)
+
+    def hidden_states(self, frames: torch.Tensor, actions: torch.Tensor, first_frame: int = 1) -> torch.Tensor:
+        """Hidden states [B, T - first_frame, F, d] that predict every code of frames first_frame..T-1."""
+        ids = self.sequence(frames, actions)
+        t = frames.shape[1]
+        if isinstance(first_frame, bool) or not isinstance(first_frame, int) or not 1 <= first_frame < t:
+            raise ValueError(f"first_frame must be an int in [1, T={t}), got {first_frame!r}")
+        positions = self._predicting_positions(t, first_frame, ids.device)
+        # The last code of the last frame is never an input that predicts anything: drop it.
+        hidden = self.forward_tokens(ids[:, :-1])
+        return hidden[:, positions]
+
+    def forward(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, T-1, F, codebook_size] for every code of frames 1..T-1."""
+        return self.output(self.hidden_states(frames, actions))
+
+    def token_logprobs(self, frames: torch.Tensor, actions: torch.Tensor, temperature: float = 1.0,
+                       n_context: int = 1) -> torch.Tensor:
+        """fp32 log-probs [B, T - n_context, F] of the codes of frames n_context..T-1 under softmax(logits / temperature).
+
+        Differentiable (through ``rlir.kernels.token_logprobs``); equals the log-probs ``generate`` records.
+        """
+        logits = self.output(self.hidden_states(frames, actions, first_frame=n_context))
+        b, n, f, c = logits.shape
+        targets = frames[:, n_context:].reshape(b, n * f)
+        return _token_logprobs(logits.reshape(b, n * f, c), targets, temperature).view(b, n, f)
+
+    def new_cache(self, batch: int, max_len: Optional[int] = None) -> KVCache:
+        cfg = self.config
+        return KVCache(cfg.n_layers, batch, cfg.n_kv_heads, max_len or self.max_len, cfg.d_model // cfg.n_heads,
+                       dtype=self.dtype, device=self.device)
+
+    def generate(self, context_tokens: torch.Tensor, actions: torch.Tensor, **kwargs):
+        """See ``rlir.models.sampling.generate``."""
+        return _generate(self, context_tokens, actions, **kwargs)

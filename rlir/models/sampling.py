@@ -1,0 +1,133 @@
+"""Sampling frames from an ARWorldModel with a static KV cache, recording per-token log-probs for GRPO.
+
+Recorded log-probs are under the temperature-scaled *full* softmax, log softmax(logits / temperature)[id],
+exactly what ``ARWorldModel.token_logprobs(..., temperature)`` computes teacher-forced, so GRPO's first
+importance ratio is 1. That is the sampling distribution only when top_k and top_p are off: with them on,
+tokens come from the truncated distribution while the log-probs (and GRPO's policy) stay the full one.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def _check_sampling_args(temperature, top_k, top_p) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature must be a number > 0 (use top_k=1 for greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+
+
+def filter_logits(scaled: torch.Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
+    """Set to -inf every logit outside the top_k, then outside the smallest set holding top_p of the mass."""
+    if top_k is not None and top_k < scaled.shape[-1]:
+        kth = scaled.topk(top_k, dim=-1).values[..., -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = scaled.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens ranked above it already hold top_p: the first one always stays.
+        drop_sorted = probs.cumsum(dim=-1) - probs > top_p
+        scaled = scaled.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return scaled
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+                  top_p: Optional[float] = None, generator: Optional[torch.Generator] = None):
+    """Sample one id per row of logits [N, V]; return (ids [N] int64, fp32 log-probs [N] under softmax(logits / T)).
+
+    Draws exactly N*V exponentials from ``generator`` per call (argmax of p / Exp(1) samples from p,
+    with no host sync), so two paths that see the same logits consume the RNG identically.
+    """
+    _check_sampling_args(temperature, top_k, top_p)
+    scaled = logits.float() / temperature
+    probs = filter_logits(scaled, top_k, top_p).softmax(dim=-1)
+    noise = torch.empty_like(probs).exponential_(1, generator=generator)
+    ids = (probs / noise).argmax(dim=-1)
+    logp = scaled.log_softmax(dim=-1).gather(-1, ids[:, None])[:, 0]
+    return ids, logp
+
+
+@torch.no_grad()
+def generate(model, context_tokens: torch.Tensor, actions: torch.Tensor, *,
+             context_actions: Optional[torch.Tensor] = None, num_samples: int = 1, temperature: float = 1.0,
+             top_k: Optional[int] = None, top_p: Optional[float] = None,
+             generator: Optional[torch.Generator] = None, use_cache: bool = True):
+    """Roll out ``num_samples`` (G) continuations of each of B prompts under commanded actions.
+
+    context_tokens: [B, n_ctx * F] (or [B, n_ctx, F]) codes of the context frames.
+    actions: [B, n_steps, H] class indices; actions[:, k] leads from frame n_ctx - 1 + k to the k-th generated frame.
+    context_actions: [B, n_ctx - 1, H], the actions between context frames (required when n_ctx > 1).
+    Returns (tokens [B*G, n_steps, F] int64, logprobs [B*G, n_steps, F] fp32); row b*G + g is sample g of prompt b.
+
+    With ``use_cache`` the B prompts are prefilled once and the KV cache is replicated G times; then
+    each frame is sampled one code at a time, the frame's last code fed together with the next
+    action's tokens. ``use_cache=False`` recomputes the whole sequence for every token from a prefill
+    per sample (the reference the cached path is tested against; same RNG consumption).
+    """
+    _check_sampling_args(temperature, top_k, top_p)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    f, n_heads = model.config.tokens_per_frame, model.num_action_heads
+    if not isinstance(context_tokens, torch.Tensor) or context_tokens.ndim not in (2, 3):
+        raise ValueError(f"context_tokens must be a [B, n_ctx * F] or [B, n_ctx, F] tensor, got "
+                         f"{tuple(getattr(context_tokens, 'shape', ())) or type(context_tokens).__name__}")
+    b = context_tokens.shape[0]
+    if context_tokens.shape[-1] % f or (context_tokens.ndim == 3 and context_tokens.shape[-1] != f):
+        raise ValueError(f"context_tokens must hold whole frames of tokens_per_frame={f} codes, "
+                         f"got shape {tuple(context_tokens.shape)}")
+    context = context_tokens.reshape(b, -1, f)
+    n_ctx = context.shape[1]
+    if not isinstance(actions, torch.Tensor) or actions.ndim != 3 or actions.shape[0] != b \
+            or actions.shape[2] != n_heads or actions.shape[1] < 1:
+        raise ValueError(f"actions must have shape [B={b}, n_steps >= 1, H={n_heads}], "
+                         f"got {tuple(getattr(actions, 'shape', ())) or type(actions).__name__}")
+    if context_actions is None:
+        if n_ctx > 1:
+            raise ValueError(f"context_actions [B, n_ctx - 1, H] is required with n_ctx={n_ctx} context frames")
+        context_actions = actions[:, :0]
+    elif not isinstance(context_actions, torch.Tensor) or tuple(context_actions.shape) != (b, n_ctx - 1, n_heads):
+        raise ValueError(f"context_actions must have shape [B, n_ctx - 1, H] = {(b, n_ctx - 1, n_heads)}, "
+                         f"got {tuple(getattr(context_actions, 'shape', ())) or type(context_actions).__name__}")
+    n_steps = actions.shape[1]
+    if n_ctx + n_steps > model.config.max_frames:
+        raise ValueError(f"n_ctx + n_steps = {n_ctx + n_steps} frames exceeds max_frames={model.config.max_frames}")
+    model.check_actions(actions)
+    g = num_samples
+    action_ids = model.action_token_ids(actions)
+    prompt = torch.cat((model.sequence(context, context_actions), action_ids[:, 0]), dim=1)
+    action_ids = action_ids.repeat_interleave(g, dim=0)
+    if use_cache:
+        cache = model.new_cache(b, max_len=(n_ctx + n_steps) * model.frame_stride - n_heads - 1)
+        last_hidden = model.forward_tokens(prompt, cache)[:, -1].repeat_interleave(g, dim=0)
+        cache = cache.repeat_interleave(g)
+
+        def step(feed):
+            return model.forward_tokens(feed, cache)[:, -1]
+    else:
+        seq = prompt.repeat_interleave(g, dim=0)
+        last_hidden = model.forward_tokens(seq)[:, -1]
+
+        def step(feed):
+            nonlocal seq
+            seq = torch.cat((seq, feed), dim=1)
+            return model.forward_tokens(seq)[:, -1]
+
+    tokens = torch.empty(b * g, n_steps, f, dtype=torch.long, device=prompt.device)
+    logprobs = torch.empty(b * g, n_steps, f, dtype=torch.float32, device=prompt.device)
+    logits = model.output(last_hidden)
+    for k in range(n_steps):
+        for j in range(f):
+            ids, logp = sample_tokens(logits, temperature, top_k, top_p, generator)
+            tokens[:, k, j], logprobs[:, k, j] = ids, logp
+            if j < f - 1:
+                feed = ids[:, None]
+            elif k < n_steps - 1:
+                feed = torch.cat((ids[:, None], action_ids[:, k + 1]), dim=1)
+            else:
+                break
+            logits = model.output(step(feed))
+    return tokens, logprobs
