@@ -20,12 +20,6 @@ ESTIMATORS = ["grpo", "rloo"]
 NAN = float("nan")
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    monkeypatch.setenv("RLIR_KERNELS", request.param)
-    return request.param
-
-
 def check_against_reference(rewards, **kwargs) -> torch.Tensor:
     """The public op on ``rewards`` vs the float64 reference on the same values."""
     got = group_advantage(rewards, **kwargs)
@@ -275,6 +269,7 @@ def test_matches_verl(backend):
 # properties
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("backend_name", BACKENDS)
 @settings(max_examples=30, deadline=None)
 @given(data=st.data())

@@ -33,12 +33,6 @@ GRAD_TOL = {
 }
 
 
-@pytest.fixture(params=["torch", "triton"])
-def backend(request, monkeypatch):
-    monkeypatch.setenv("RLIR_KERNELS", request.param)
-    return request.param
-
-
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
     # Small chunks so rows of T=13 run the per-row loops over several chunks plus a masked tail.
@@ -429,6 +423,7 @@ def test_reference_keeps_float64(gen):
     assert loss.dtype == torch.float32 and all(v.dtype == torch.float32 for v in metrics.values())
 
 
+@pytest.mark.interpreter
 @settings(max_examples=25, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(N=st.integers(1, 5), T=st.integers(1, 19), seed=st.integers(0, 2**31 - 1),

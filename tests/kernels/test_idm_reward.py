@@ -11,15 +11,8 @@ import torch
 from rlir.kernels.group_advantage import group_advantage, group_advantage_reference
 from rlir.kernels.idm_reward import IDMReward, idm_advantage, idm_reward, idm_reward_reference
 
-BACKENDS = ["torch", "triton"]
 MODES = ["exact", "per_head", "loglik"]
 NAN = float("nan")
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    monkeypatch.setenv("RLIR_KERNELS", request.param)
-    return request.param
 
 
 def assert_reward_close(got: IDMReward, want: IDMReward, mode: str):

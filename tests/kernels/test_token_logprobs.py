@@ -18,16 +18,10 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # gradients are written in the logits' dtype, so their tolerance is that dtype's rounding.
 VALUE_TOL = dict(rtol=2e-5, atol=2e-5)
 GRAD_TOL = {
-    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.float32: dict(rtol=1e-5, atol=1e-5),  # fp32 rounding of x - lse at |x| ~ 30 (logits 3σ / τ 0.3)
     torch.float16: dict(rtol=2e-3, atol=1e-4),
     torch.bfloat16: dict(rtol=1.6e-2, atol=1e-3),
 }
-
-
-@pytest.fixture(params=["torch", "triton"])
-def backend(request, monkeypatch):
-    monkeypatch.setenv("RLIR_KERNELS", request.param)
-    return request.param
 
 
 @pytest.fixture(autouse=True)
@@ -229,6 +223,7 @@ def test_gradient_flows_to_logits_only(backend, gen, monkeypatch):
     assert not token_logprobs(logits, ids).requires_grad
 
 
+@pytest.mark.interpreter
 @settings(max_examples=30, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(rows=st.integers(1, 4), V=st.integers(1, 700), temperature=st.sampled_from([0.3, 1.0, 2.5]),

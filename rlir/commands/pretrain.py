@@ -1,0 +1,20 @@
+"""`rlir pretrain idm|tokenizer|world-model`: supervised pretraining of the models RLIR starts from.
+
+Each target lives in rlir/pretrain/<module>.py and exposes ``add_arguments(parser)`` and ``run(args)``;
+this file only maps target names to those modules.
+"""
+from __future__ import annotations
+
+import importlib
+
+TARGETS = {
+}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("pretrain", help="pretrain the IDM, the frame tokenizer or a world model")
+    sub = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
+    for name, (module, help_text) in TARGETS.items():
+        target = sub.add_parser(name, help=help_text)
+        importlib.import_module(module).add_arguments(target)
+        target.set_defaults(func=lambda args, module=module: importlib.import_module(module).run(args))

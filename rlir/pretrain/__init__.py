@@ -1,0 +1,1 @@
+"""Supervised pretraining of the models RLIR starts from; one module per `rlir pretrain` target."""
