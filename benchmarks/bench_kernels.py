@@ -34,9 +34,8 @@ def main(argv=None):
         print(f"\n== {name}")
         write_results(name, run_cases(cases()), args.out)
     if not args.skip_memory:
-        print("\n== peak memory: token_logprobs vs log_softmax.gather (N*T=8192, V=32768, fp32)")
-        write_results("memory_token_logprobs", bench_memory.run(), args.out,
-                      extra={"shape": {"rows": 8192, "V": 32768}})
+        print("\n== peak memory")
+        write_results("memory", bench_memory.run(), args.out)
 
 
 if __name__ == "__main__":

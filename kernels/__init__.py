@@ -7,6 +7,7 @@ from .group_advantage import group_advantage, group_advantage_reference
 from .idm_reward import IDMReward, idm_advantage, idm_reward, idm_reward_reference
 from .token_logprobs import token_logprobs, token_logprobs_reference
 from .grpo_loss import grpo_loss, grpo_loss_from_logits, grpo_loss_reference
+from .fused_linear_logprobs import fused_linear_grpo_loss, fused_linear_logprobs, fused_linear_logprobs_reference
 
 __all__ = [
     "group_advantage",
@@ -20,4 +21,7 @@ __all__ = [
     "grpo_loss",
     "grpo_loss_reference",
     "grpo_loss_from_logits",
+    "fused_linear_logprobs",
+    "fused_linear_logprobs_reference",
+    "fused_linear_grpo_loss",
 ]

@@ -118,20 +118,61 @@ def _launch_config(V: int):
     return block, num_warps
 
 
+def rows_forward(z: torch.Tensor, ids: torch.Tensor, temperature: float, return_entropy: bool):
+    """Forward on [rows, V] logits (unit stride along V): (logp, lse, entropy or None), all fp32 [rows].
+    Triton when ``use_triton(z)``, else the same math in PyTorch. Shared with fused_linear_logprobs."""
+    if not use_triton(z):
+        x = z.float() / temperature
+        lse = torch.logsumexp(x, dim=-1)
+        logp = x.gather(-1, ids.long().unsqueeze(-1)).squeeze(-1) - lse
+        entropy = None
+        if return_entropy:
+            log_p = x - lse.unsqueeze(-1)
+            entropy = -(log_p.exp() * torch.where(log_p > float("-inf"), log_p, 0.0)).sum(-1)
+        return logp, lse, entropy
+    rows, V = z.shape
+    logp = torch.empty(rows, dtype=torch.float32, device=z.device)
+    lse = torch.empty_like(logp)
+    entropy = torch.empty_like(logp) if return_entropy else None
+    block, num_warps = _launch_config(V)
+    _token_logprobs_fwd_kernel[(rows,)](
+        z, z.stride(0), ids, logp, lse, entropy if return_entropy else lse, V, temperature,
+        RETURN_ENTROPY=return_entropy, BLOCK_V=block, num_warps=num_warps,
+    )
+    return logp, lse, entropy
+
+
+def rows_backward(z: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, entropy: Optional[torch.Tensor],
+                  g_logp: torch.Tensor, g_ent: Optional[torch.Tensor], temperature: float) -> torch.Tensor:
+    """Gradient w.r.t. [rows, V] logits from the saved lse (and entropy), in the logits' dtype."""
+    has_entropy = entropy is not None
+    g_logp = g_logp.float().contiguous()  # an expanded (stride-0) grad becomes a real buffer
+    g_ent = g_ent.float().contiguous() if has_entropy else g_logp
+    if not use_triton(z):
+        log_p = z.float() / temperature - lse.unsqueeze(-1)
+        p = log_p.exp()
+        dx = -g_logp.unsqueeze(-1) * p
+        dx.scatter_add_(-1, ids.long().unsqueeze(-1), g_logp.unsqueeze(-1))
+        if has_entropy:
+            dx -= g_ent.unsqueeze(-1) * p * torch.where(p > 0, log_p + entropy.unsqueeze(-1), 0.0)
+        return (dx / temperature).to(z.dtype)
+    rows, V = z.shape
+    dz = torch.empty((rows, V), dtype=z.dtype, device=z.device)
+    block, num_warps = _launch_config(V)
+    _token_logprobs_bwd_kernel[(rows,)](
+        z, z.stride(0), ids, lse, entropy if has_entropy else lse, g_logp, g_ent, dz, dz.stride(0),
+        V, temperature,
+        HAS_ENTROPY=has_entropy, BLOCK_V=block, num_warps=num_warps,
+    )
+    return dz
+
+
 class _TokenLogprobsFunction(torch.autograd.Function):
-    """Triton path on [rows, V] logits (unit stride along V) and [rows] contiguous ids."""
+    """Autograd over rows_forward / rows_backward; token_logprobs uses it on the Triton path."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, ids: torch.Tensor, temperature: float, return_entropy: bool):
-        rows, V = z.shape
-        logp = torch.empty(rows, dtype=torch.float32, device=z.device)
-        lse = torch.empty_like(logp)
-        entropy = torch.empty_like(logp) if return_entropy else None
-        block, num_warps = _launch_config(V)
-        _token_logprobs_fwd_kernel[(rows,)](
-            z, z.stride(0), ids, logp, lse, entropy if return_entropy else lse, V, temperature,
-            RETURN_ENTROPY=return_entropy, BLOCK_V=block, num_warps=num_warps,
-        )
+        logp, lse, entropy = rows_forward(z, ids, temperature, return_entropy)
         ctx.save_for_backward(z, ids, lse, entropy)
         ctx.temperature = temperature
         return (logp, entropy) if return_entropy else logp
@@ -139,18 +180,7 @@ class _TokenLogprobsFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_logp: torch.Tensor, g_ent: Optional[torch.Tensor] = None):
         z, ids, lse, entropy = ctx.saved_tensors
-        rows, V = z.shape
-        has_entropy = entropy is not None
-        g_logp = g_logp.float().contiguous()  # an expanded (stride-0) grad becomes a real buffer
-        g_ent = g_ent.float().contiguous() if has_entropy else g_logp
-        dz = torch.empty((rows, V), dtype=z.dtype, device=z.device)
-        block, num_warps = _launch_config(V)
-        _token_logprobs_bwd_kernel[(rows,)](
-            z, z.stride(0), ids, lse, entropy if has_entropy else lse, g_logp, g_ent, dz, dz.stride(0),
-            V, ctx.temperature,
-            HAS_ENTROPY=has_entropy, BLOCK_V=block, num_warps=num_warps,
-        )
-        return dz, None, None, None
+        return rows_backward(z, ids, lse, entropy, g_logp, g_ent, ctx.temperature), None, None, None
 
 
 def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0,

@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 
 TARGETS = {
+    "idm": ("rlir.pretrain.idm", "the inverse dynamics model (the reward IDM, or the held-out evaluation IDM with --eval)"),
+    "tokenizer": ("rlir.pretrain.tokenizer", "the VQ frame tokenizer (64x64 frames -> 8x8 codes)"),
 }
 
 

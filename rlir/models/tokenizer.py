@@ -1,0 +1,251 @@
+"""VQ frame tokenizer: 64x64 RGB frames <-> a grid of discrete codes (8x8 by default), the vocabulary
+of the autoregressive world model.
+
+Both halves work at the code-grid resolution: the encoder embeds each patch_size x patch_size patch
+linearly (a strided conv, as in a ViT) and mixes neighbouring patches with residual blocks; the decoder
+mirrors it and emits each patch's pixels from one linear layer (pixel shuffle). A learned position
+embedding on both sides tells a patch where it sits, which matters for Crafter: its 7-pixel tiles fall
+at a different offset inside every 8-pixel patch, so one code can stand for "this tile content" and the
+decoder draws it at the right offset.
+
+The quantiser is a k-means codebook trained by exponential moving averages (van den Oord et al. 2017,
+appendix), with a straight-through estimator, a commitment loss, data-dependent initialisation and
+restarts of dead codes at random encoder outputs so that the whole codebook stays in use.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+
+
+def _check_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_fraction(name: str, value, low: float = 0.0, high: float = 1.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+        raise ValueError(f"{name} must be a number in [{low}, {high}), got {value!r}")
+    return float(value)
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour quantiser with an EMA k-means codebook.
+
+    In training mode each call moves every code towards the mean of the vectors assigned to it (an
+    exponential moving average with decay ``decay``) and restarts the codes that no vector chose in the
+    last ``dead_code_patience`` calls at vectors of the batch. The first training call initialises the
+    codebook from the batch. The codebook is a buffer, so optimisers never touch it.
+    """
+
+    def __init__(self, codebook_size: int, dim: int, decay: float = 0.99, commitment: float = 0.25,
+                 dead_code_patience: int = 25, eps: float = 1e-5):
+        super().__init__()
+        self.codebook_size, self.dim = codebook_size, dim
+        self.decay, self.commitment = decay, commitment
+        self.dead_code_patience, self.eps = dead_code_patience, eps
+        codebook = torch.randn(codebook_size, dim)
+        self.register_buffer("codebook", codebook)
+        self.register_buffer("cluster_size", torch.ones(codebook_size))  # EMA of assignments per step
+        self.register_buffer("code_sum", codebook.clone())  # EMA of the sum of assigned vectors
+        self.register_buffer("idle_steps", torch.zeros(codebook_size, dtype=torch.int64))  # calls since last chosen
+        self.register_buffer("initialized", torch.tensor(False))
+        self.restarts = 0  # codes restarted since construction (a training statistic, not saved)
+
+    def distances(self, flat: torch.Tensor) -> torch.Tensor:
+        """Squared distances [N, K] of the rows of ``flat`` [N, dim] to every code."""
+        codebook = self.codebook.to(flat.dtype)
+        return flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codebook.T + codebook.pow(2).sum(1)
+
+    def nearest(self, flat: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest code for each row of ``flat`` [N, dim]."""
+        return self.distances(flat).argmin(1)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes of any shape -> their vectors [..., dim]."""
+        return F.embedding(codes, self.codebook)
+
+    def forward(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """flat [N, dim] -> (quantised with straight-through gradient [N, dim], commitment loss, codes [N])."""
+        if self.training and not self.initialized:
+            self._restart(torch.arange(self.codebook_size, device=flat.device), flat.detach().float())
+            self.initialized.fill_(True)
+        error, codes = self.distances(flat.detach()).min(1)
+        quantized = self.lookup(codes).to(flat.dtype)
+        if self.training:
+            self._update(flat.detach().float(), codes, error.float())
+        loss = self.commitment * F.mse_loss(flat, quantized.detach())
+        return flat + (quantized - flat).detach(), loss, codes
+
+    @torch.no_grad()
+    def _update(self, flat: torch.Tensor, codes: torch.Tensor, error: torch.Tensor) -> None:
+        assigned = F.one_hot(codes, self.codebook_size).to(flat.dtype)  # [N, K]
+        self.cluster_size.lerp_(assigned.sum(0), 1 - self.decay)
+        self.code_sum.lerp_(assigned.T @ flat, 1 - self.decay)
+        # Laplace smoothing keeps a rarely used code's count, and so its division, away from zero.
+        total = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (total + self.codebook_size * self.eps) * total
+        self.codebook.copy_(self.code_sum / smoothed.unsqueeze(1))
+        self.idle_steps.add_(1).masked_fill_(assigned.sum(0) > 0, 0)
+        dead = (self.idle_steps >= self.dead_code_patience).nonzero().squeeze(1)
+        if len(dead):
+            self._restart(dead, flat, weights=error.clamp_min(0) + 1e-12)
+
+    def _restart(self, dead: torch.Tensor, flat: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        """Move codes ``dead`` onto rows of ``flat``, each starting at one assignment per call. Rows are drawn
+        uniformly, or in proportion to ``weights`` (the squared quantisation error: k-means++ seeding puts the
+        new codes where the codebook fits the data worst)."""
+        if weights is None:
+            weights = torch.ones(len(flat), device=flat.device)
+        rows = torch.multinomial(weights, len(dead), replacement=len(dead) > len(flat))
+        self.codebook[dead] = flat[rows]
+        self.code_sum[dead] = flat[rows]
+        self.cluster_size[dead] = 1.0
+        self.idle_steps[dead] = 0
+        self.restarts += len(dead)
+
+
+class ResidualBlock(nn.Module):
+    """Pre-norm residual block of two 3x3 convolutions."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class VQTokenizer(ModelMixin, ConfigMixin):
+    """Frames [..., 3, image_size, image_size] <-> codes int64 [..., grid, grid] with grid = image_size // patch_size.
+
+    ``encode`` takes uint8 frames (0..255) or float frames in [0, 1]; ``decode`` returns float frames in
+    [0, 1] (``to_uint8`` rounds them); ``forward`` is the training pass.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        image_size: int = 64,
+        patch_size: int = 8,
+        in_channels: int = 3,
+        hidden_channels: int = 128,
+        encoder_blocks: int = 2,
+        decoder_blocks: int = 3,
+        code_dim: int = 32,
+        codebook_size: int = 512,
+        commitment: float = 0.25,
+        ema_decay: float = 0.99,
+        dead_code_patience: int = 25,
+    ):
+        super().__init__()
+        for name, value in (("image_size", image_size), ("patch_size", patch_size), ("in_channels", in_channels),
+                            ("code_dim", code_dim), ("codebook_size", codebook_size)):
+            _check_int(name, value)
+        _check_int("hidden_channels", hidden_channels, 8)
+        if hidden_channels % 8:
+            raise ValueError(f"hidden_channels must be a multiple of 8 (GroupNorm groups), got {hidden_channels}")
+        _check_int("dead_code_patience", dead_code_patience)
+        _check_int("encoder_blocks", encoder_blocks, 0)
+        _check_int("decoder_blocks", decoder_blocks, 0)
+        if image_size % patch_size:
+            raise ValueError(f"image_size ({image_size}) must be a multiple of patch_size ({patch_size})")
+        _check_fraction("ema_decay", ema_decay)
+        if isinstance(commitment, bool) or not isinstance(commitment, (int, float)) or commitment < 0:
+            raise ValueError(f"commitment must be a number >= 0, got {commitment!r}")
+
+        grid = image_size // patch_size
+        self.grid = grid
+        self.encoder_in = nn.Conv2d(in_channels, hidden_channels, patch_size, stride=patch_size)
+        self.encoder_position = nn.Parameter(torch.zeros(1, hidden_channels, grid, grid))
+        self.encoder = nn.Sequential(
+            *[ResidualBlock(hidden_channels) for _ in range(encoder_blocks)],
+            nn.GroupNorm(8, hidden_channels), nn.SiLU(), nn.Conv2d(hidden_channels, code_dim, 1),
+        )
+        self.quantizer = VectorQuantizer(codebook_size, code_dim, ema_decay, commitment, dead_code_patience)
+        self.decoder_in = nn.Conv2d(code_dim, hidden_channels, 1)
+        self.decoder_position = nn.Parameter(torch.zeros(1, hidden_channels, grid, grid))
+        self.decoder = nn.Sequential(
+            *[ResidualBlock(hidden_channels) for _ in range(decoder_blocks)],
+            nn.GroupNorm(8, hidden_channels), nn.SiLU(),
+            nn.Conv2d(hidden_channels, in_channels * patch_size**2, 1), nn.PixelShuffle(patch_size),
+        )
+        nn.init.normal_(self.encoder_position, std=0.02)
+        nn.init.normal_(self.decoder_position, std=0.02)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def code_grid(self) -> tuple[int, int]:
+        return self.grid, self.grid
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid**2
+
+    def _frames_to_input(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Frames [..., C, S, S] (uint8, or float in [0, 1]) -> (model input [N, C, S, S] in [-1, 1], leading shape)."""
+        c, s = self.config.in_channels, self.config.image_size
+        if not isinstance(frames, torch.Tensor) or frames.ndim < 3 or tuple(frames.shape[-3:]) != (c, s, s):
+            raise ValueError(f"frames must be a tensor of shape [..., {c}, {s}, {s}], got "
+                             f"{tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__}")
+        if frames.dtype == torch.uint8:
+            x = frames.to(self.device, self.dtype) / 255.0
+        elif frames.is_floating_point():
+            x = frames.to(self.device, self.dtype)
+        else:
+            raise ValueError(f"frames must be uint8 (0..255) or floating point in [0, 1], got {frames.dtype}")
+        return x.reshape(-1, c, s, s) * 2 - 1, tuple(frames.shape[:-3])
+
+    def _encode_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C, S, S] in [-1, 1] -> latents [N * grid * grid, code_dim] (row-major over the grid)."""
+        h = self.encoder(self.encoder_in(x) + self.encoder_position)
+        return h.permute(0, 2, 3, 1).reshape(-1, self.config.code_dim)
+
+    def _decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """[N * grid * grid, code_dim] -> frames [N, C, S, S] in [0, 1], unclamped."""
+        g = self.grid
+        z = latents.reshape(-1, g, g, self.config.code_dim).permute(0, 3, 1, 2)
+        return (self.decoder(self.decoder_in(z) + self.decoder_position) + 1) / 2
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames [..., 3, 64, 64] (uint8, or float in [0, 1]) -> codes int64 [..., 8, 8]."""
+        x, leading = self._frames_to_input(frames)
+        codes = self.quantizer.nearest(self._encode_latents(x))
+        return codes.reshape(*leading, *self.code_grid)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes int [..., 8, 8] -> frames float [..., 3, 64, 64] in [0, 1]."""
+        g, k = self.grid, self.codebook_size
+        if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex() \
+                or codes.dtype == torch.bool or codes.ndim < 2 or tuple(codes.shape[-2:]) != (g, g):
+            raise ValueError(f"codes must be an integer tensor of shape [..., {g}, {g}], got "
+                             f"{getattr(codes, 'dtype', type(codes).__name__)} {tuple(getattr(codes, 'shape', ()))}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= k):
+            raise ValueError(f"codes must be in [0, {k}), got values in [{int(codes.min())}, {int(codes.max())}]")
+        latents = self.quantizer.lookup(codes.to(self.device, torch.int64).reshape(-1)).to(self.dtype)
+        frames = self._decode_latents(latents).clamp(0, 1)
+        return frames.reshape(*codes.shape[:-2], *frames.shape[1:])
+
+    @staticmethod
+    def to_uint8(frames: torch.Tensor) -> torch.Tensor:
+        """Float frames in [0, 1] -> uint8 0..255 (rounded)."""
+        return (frames.float() * 255).round().clamp(0, 255).to(torch.uint8)
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass: frames [..., 3, 64, 64] -> (reconstruction float [..., 3, 64, 64] in about [0, 1],
+        unclamped so the loss has gradients everywhere; VQ commitment loss (scalar); codes int64 [..., 8, 8])."""
+        x, leading = self._frames_to_input(frames)
+        quantized, vq_loss, codes = self.quantizer(self._encode_latents(x))
+        recon = self._decode_latents(quantized)
+        return recon.reshape(*leading, *recon.shape[1:]), vq_loss, codes.reshape(*leading, *self.code_grid)
