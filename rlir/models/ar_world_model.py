@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-from rlir.kernels import token_logprobs as _token_logprobs
+from rlir.kernels import fused_linear_logprobs
 
 from .attention import BACKENDS, attention
 from .kv_cache import KVCache
@@ -237,15 +237,23 @@ class ARWorldModel(ModelMixin, ConfigMixin):
         return self.output(self.hidden_states(frames, actions))
 
     def token_logprobs(self, frames: torch.Tensor, actions: torch.Tensor, temperature: float = 1.0,
-                       n_context: int = 1) -> torch.Tensor:
+                       n_context: int = 1, chunk_size: Optional[int] = None) -> torch.Tensor:
         """fp32 log-probs [B, T - n_context, F] of the codes of frames n_context..T-1 under softmax(logits / temperature).
 
-        Differentiable (through ``rlir.kernels.token_logprobs``); equals the log-probs ``generate`` records.
+        Computed from the hidden states and the output weight by ``rlir.kernels.fused_linear_logprobs``
+        (``chunk_size`` rows at a time), so the full [B, T, F, codebook] logits never exist, in the forward
+        or the backward. Differentiable; equals the log-probs ``generate`` records.
         """
-        logits = self.output(self.hidden_states(frames, actions, first_frame=n_context))
-        b, n, f, c = logits.shape
-        targets = frames[:, n_context:].reshape(b, n * f)
-        return _token_logprobs(logits.reshape(b, n * f, c), targets, temperature).view(b, n, f)
+        hidden = self.hidden_states(frames, actions, first_frame=n_context)
+        b, n, f, d = hidden.shape
+        targets = frames[:, n_context:].reshape(b * n * f)
+        logp = fused_linear_logprobs(hidden.reshape(b * n * f, d), self.output.weight, targets, temperature,
+                                     chunk_size)
+        return logp.view(b, n, f)
+
+    def loss(self, frames: torch.Tensor, actions: torch.Tensor, chunk_size: Optional[int] = None) -> torch.Tensor:
+        """Teacher-forced next-token cross-entropy (nats per code) of frames 1..T-1: -mean token_logprobs."""
+        return -self.token_logprobs(frames, actions, chunk_size=chunk_size).mean()
 
     def new_cache(self, batch: int, max_len: Optional[int] = None) -> KVCache:
         cfg = self.config

@@ -78,7 +78,7 @@ def _trainer(model_dir, tmp_path, **overrides):
     options = dict(
         output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
         report_to="none", use_cpu=True, save_strategy="no", logging_steps=1, max_steps=1, beta=0.04, seed=0,
-        learning_rate=1e-3,
+        learning_rate=1e-3, bf16=False,  # fp32 throughout: GRPOConfig defaults to bf16 autocast
     )
     options.update(overrides)
     dataset = Dataset.from_dict({"prompt": ["t3 t4 t5", "t6 t7", "t9 t10 t11 t12", "t13"] * 4})
@@ -90,6 +90,7 @@ def _trainer(model_dir, tmp_path, **overrides):
 def trainer(model_dir, tmp_path_factory):
     tr = _trainer(model_dir, tmp_path_factory.mktemp("out"), max_completion_length=MAX_COMPLETION)
     tr.model.train()
+    tr.current_gradient_accumulation_steps = 1  # set by Trainer.train(); _compute_loss reads it
     return tr
 
 
@@ -114,13 +115,15 @@ def trainer_defaults(trainer):
 def _clean_state(request):
     """Every test starts unpatched, with fresh one-time warnings and the trainer's own options."""
     rlir_trl.reset_fallback_warnings()
+    uses_trainer = "trainer" in request.fixturenames
+    if uses_trainer:
+        tr, defaults = request.getfixturevalue("trainer"), request.getfixturevalue("trainer_defaults")
     yield
     unpatch_grpo_trainer(GRPOTrainer)
-    if "trainer" in request.fixturenames:
-        tr = request.getfixturevalue("trainer")
+    if uses_trainer:
         unpatch_grpo_trainer(tr)
         tr.model.train()
-        _configure(tr, **request.getfixturevalue("trainer_defaults"))
+        _configure(tr, **defaults)
 
 
 def _configure(tr, **options):
@@ -194,12 +197,13 @@ def _assert_same(reference, patched):
     scale = max(g.abs().max().item() for g in grads_a.values())
     assert scale > 0
     for name in grads_a:
-        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=RTOL, atol=1e-6 * scale, msg=name)
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=RTOL, atol=1e-6 * scale,
+                                   msg=lambda m, name=name: f"{name}: {m}")
     assert list(metrics_b) == list(metrics_a)
     for key in metrics_a:
         torch.testing.assert_close(torch.tensor(metrics_b[key], dtype=torch.float64),
                                    torch.tensor(metrics_a[key], dtype=torch.float64),
-                                   rtol=RTOL, atol=1e-7, equal_nan=True, msg=key)
+                                   rtol=RTOL, atol=1e-7, equal_nan=True, msg=lambda m, key=key: f"{key}: {m}")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -52,17 +52,23 @@ def test_the_straight_through_gradient_reaches_the_encoder():
         assert gradient is not None and gradient.abs().sum() > 0, name
 
 
-def test_dead_codes_are_restarted_so_the_codebook_gets_used():
-    # Toy data: 64 well-separated clusters; a codebook initialised inside one cluster collapses without restarts.
+def codes_used_on_toy_clusters(dead_code_patience: int) -> tuple[int, VectorQuantizer]:
+    """Train a 64-code quantiser on 32 well-separated clusters after initialising it inside one of them;
+    return how many distinct codes the 32 cluster centres then map to."""
     torch.manual_seed(0)
-    centers = torch.randn(64, 4) * 10
-    quantizer = VectorQuantizer(codebook_size=64, dim=4, decay=0.8, dead_code_threshold=0.5).train()
+    centers = torch.randn(32, 4) * 10
+    quantizer = VectorQuantizer(codebook_size=64, dim=4, decay=0.8, dead_code_patience=dead_code_patience).train()
     quantizer(centers[:1] + 0.01 * torch.randn(256, 4))  # the first call initialises from this one-cluster batch
-    for _ in range(150):
-        quantizer(centers[torch.randint(64, (512,))] + 0.01 * torch.randn(512, 4))
-    codes = quantizer.eval().nearest(centers)
-    assert quantizer.restarts > 64
-    assert len(codes.unique()) >= 60  # nearly one code per cluster
+    for _ in range(100):
+        quantizer(centers[torch.randint(32, (512,))] + 0.01 * torch.randn(512, 4))
+    return len(quantizer.eval().nearest(centers).unique()), quantizer
+
+
+def test_dead_codes_are_restarted_so_the_codebook_gets_used():
+    used, quantizer = codes_used_on_toy_clusters(dead_code_patience=5)
+    assert quantizer.restarts > 64 and used == 32  # every cluster has a code of its own
+    used_without_restarts, _ = codes_used_on_toy_clusters(dead_code_patience=10**9)
+    assert used_without_restarts < 16
 
 
 def test_save_and_load_round_trip_gives_identical_codes(tmp_path):
