@@ -1,6 +1,6 @@
 from setuptools import setup
 
-PACKAGES = ["rlir", "rlir.kernels", "rlir.profiling", "rlir.commands", "rlir.envs", "rlir.data", "rlir.models", "rlir.pretrain", "rlir.metrics"]
+PACKAGES = ["rlir", "rlir.kernels", "rlir.profiling", "rlir.commands", "rlir.envs", "rlir.data", "rlir.models", "rlir.pretrain", "rlir.metrics", "rlir.grpo", "rlir.integrations"]
 
 setup(
     name="rlir",
@@ -28,7 +28,10 @@ setup(
         "imageio-ffmpeg",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis"],
+        # trl/transformers: tests/integrations/test_trl.py compares rlir.integrations.trl with TRL's own GRPO
+        # loss. Capped at the last TRL series it was verified on, so a TRL release cannot break CI unannounced.
+        "test": ["pytest>=8", "hypothesis", "trl>=1.10,<1.17", "transformers"],
+        "trl": ["trl>=1.10", "transformers"],
         "bench": ["liger-kernel", "matplotlib"],
         "gpu": ["flash-attn", "xformers"],
     },

@@ -12,11 +12,15 @@ Two methods of the trainer are replaced; everything else (generation, rewards, a
 gradient accumulation, distributed reduction) stays TRL's.
 
 ``_get_per_token_logps_and_entropies`` (``logprobs=True``)
-    Runs the model's ordinary forward for the last ``logits_to_keep + 1`` positions and turns the logits
-    into per-token log-probs (and entropies) with :func:`rlir.kernels.token_logprobs` at the trainer's
-    sampling temperature: one Triton pass over the vocabulary on CUDA, no [B, T, V] log-softmax.
-    Positions whose ``attention_mask`` is 0 read 0, as in TRL. Batches carrying multimodal or other extra
-    inputs, or asking for the MoE auxiliary loss, go to TRL's own method.
+    Runs the model's ordinary forward for the last ``logits_to_keep + 1`` positions and turns those
+    logits into per-token log-probs (and entropies) with :func:`rlir.kernels.token_logprobs` at the
+    trainer's sampling temperature: one Triton pass over the vocabulary on CUDA, no log-softmax tensor.
+    Positions whose ``attention_mask`` is 0 read 0, as in TRL >= 1.15. Batches carrying multimodal or
+    other extra inputs, or asking for the MoE auxiliary loss, go to TRL's own method.
+    Trade-off: TRL >= 1.15 scores through its own fused LM head, which never holds the [B, T, V] logits
+    and accumulates the projection in fp32; this path holds them, in the model's compute dtype (bf16
+    under mixed precision), as TRL <= 1.14 did. ``logprobs=False`` keeps TRL's scoring and patches only
+    the loss.
 
 ``_compute_loss`` (``loss=True``)
     Computes the clipped GRPO objective (+ k3 KL when ``beta != 0``) with :func:`rlir.kernels.grpo_loss`
@@ -46,6 +50,8 @@ Anything grpo_loss cannot express exactly leaves that call to TRL's original met
 the entropy bonus (``entropy_coef`` / ``use_adaptive_entropy``), the MoE auxiliary loss,
 ``use_bias_correction_kl`` with ``beta != 0``, per-token advantages, masks other than 0/1, and epsilons,
 ``delta`` or ``beta`` outside grpo_loss's domain. Nothing is ever computed differently without a warning.
+Note that TRL's ``use_bias_correction_kl`` defaults to True (the KL term is weighted by the ratio), so a
+run with ``beta != 0`` uses rlir's loss only with ``GRPOConfig(use_bias_correction_kl=False)``.
 
 Verified (same loss, gradients and metrics as TRL's own path) against TRL 1.10 to 1.16, whose
 ``_compute_loss`` bodies are identical; older versions are refused, newer ones patched with a warning.
@@ -102,11 +108,11 @@ class TRLFallbackWarning(UserWarning):
 _warned: set = set()
 
 
-def _warn_once(key: str, message: str, category=TRLFallbackWarning) -> None:
+def _warn_once(key: str, message: str, category=TRLFallbackWarning, stacklevel: int = 4) -> None:
     if key in _warned:
         return
     _warned.add(key)
-    warnings.warn(message, category, stacklevel=3)
+    warnings.warn(message, category, stacklevel=stacklevel)
 
 
 def reset_fallback_warnings() -> None:
@@ -170,9 +176,10 @@ def _rlir_logps_and_entropies(trainer, model, input_ids, attention_mask, logits_
             logits = model(**kwargs).logits
         # Position j predicts token j + 1. Score all k + 1 kept positions (the last one against a dummy
         # target, dropped below) so the logits are passed on as they are, without a sliced copy.
-        logits = logits[:, -(k + 1):]
-        targets = torch.cat([ids[:, -k:], ids[:, -1:]], dim=1)
-        scored = att[:, -k:] != 0  # TRL scores only attended positions and reports 0 elsewhere
+        first = ids.size(1) - k  # the completion's first token
+        logits = logits[:, logits.size(1) - (k + 1):]
+        targets = torch.cat([ids[:, first:], ids[:, -1:]], dim=1)
+        scored = att[:, first:] != 0  # TRL scores only attended positions and reports 0 elsewhere
         if compute_entropy:
             logp, entropy = token_logprobs(logits, targets, trainer.temperature, return_entropy=True)
             entropy = entropy[:, :-1]
