@@ -26,13 +26,15 @@ setup(
         "crafter",
         "imageio",
         "imageio-ffmpeg",
+        "matplotlib",
+        "tensorboard",
     ],
     extras_require={
         # trl/transformers: tests/integrations/test_trl.py compares rlir.integrations.trl with TRL's own GRPO
         # loss. Capped at the last TRL series it was verified on, so a TRL release cannot break CI unannounced.
         "test": ["pytest>=8", "hypothesis", "trl>=1.10,<1.17", "transformers"],
         "trl": ["trl>=1.10", "transformers"],
-        "bench": ["liger-kernel", "matplotlib"],
+        "bench": ["liger-kernel", "trl>=1.10"],
         "gpu": ["flash-attn", "xformers"],
     },
     entry_points={"console_scripts": ["rlir=rlir.cli:main"]},
