@@ -31,32 +31,37 @@ from tqdm.auto import tqdm
 from rlir.data import Recording, resize_frames, split_episodes
 from rlir.models.tokenizer import VQTokenizer
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# nn.Module casts that convert floating-point tensors only (the codebook's bool "initialized" buffer stays);
-# ModelMixin.to(dtype) would also warn about fp32-kept modules this model does not have.
-CASTS = {"fp32": "float", "bf16": "bfloat16", "fp16": "half"}
+# Saved weight dtypes -> the nn.Module cast to each: these convert floating-point tensors only (the
+# codebook's integer and bool buffers stay), and ModelMixin.to(dtype) would warn about fp32-kept modules.
+SAVE_DTYPES = {"fp32": "float", "bf16": "bfloat16", "fp16": "half"}
 GRID_FRAMES = 8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="recording directory (holds manifest.json)")
     parser.add_argument("--out", required=True, help="output directory for the model, metrics and a PNG")
-    parser.add_argument("--steps", type=int, default=2000, help="optimiser steps (default: 2000)")
-    parser.add_argument("--batch", type=int, default=64, help="frames per step (default: 64)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: 2e-3)")
+    parser.add_argument("--steps", type=int, default=3000, help="optimiser steps (default: 3000)")
+    parser.add_argument("--batch", type=int, default=32, help="frames per step (default: 32)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: 3e-3)")
     parser.add_argument("--codebook-size", type=int, default=512, help="number of codes (default: 512)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch order (default: 0)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
+    parser.add_argument("--dtype", choices=sorted(SAVE_DTYPES), default="bf16",
                         help="dtype of the saved weights; training is fp32 (default: bf16)")
     parser.add_argument("--heldout-fraction", type=float, default=0.1,
                         help="fraction of episodes held out for evaluation (default: 0.1)")
     parser.add_argument("--log-every", type=int, default=25, help="steps between metrics.jsonl lines (default: 25)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice); 1 is fastest on a shared machine")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"threads must be an int >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
         metrics = train(
             args.data, args.out, steps=args.steps, batch=args.batch, lr=args.lr, codebook_size=args.codebook_size,
             seed=args.seed, dtype=args.dtype, heldout_fraction=args.heldout_fraction, log_every=args.log_every,
@@ -74,9 +79,9 @@ def run(args: argparse.Namespace) -> int:
 def train(
     data: Path | str,
     out: Path | str,
-    steps: int = 2000,
-    batch: int = 64,
-    lr: float = 2e-3,
+    steps: int = 3000,
+    batch: int = 32,
+    lr: float = 3e-3,
     codebook_size: int = 512,
     seed: int = 0,
     dtype: str = "bf16",
@@ -93,8 +98,8 @@ def train(
             raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if dtype not in SAVE_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(SAVE_DTYPES)}, got {dtype!r}")
     if isinstance(heldout_fraction, bool) or not isinstance(heldout_fraction, (int, float)) \
             or not 0 < heldout_fraction < 1:
         raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction!r}")
@@ -137,9 +142,9 @@ def train(
                 bar.set_postfix(psnr=f"{record['train_psnr_db']:.1f}", used=record["codes_used"])
         train_seconds = time.perf_counter() - started
 
-        getattr(model, CASTS[dtype])().save_pretrained(staging)
+        getattr(model, SAVE_DTYPES[dtype])().save_pretrained(staging)
         saved = VQTokenizer.from_pretrained(staging, torch_dtype=torch.float32).eval()
-        originals, reconstructions, metrics = evaluate(saved, heldout_frames)
+        reconstructions, metrics = evaluate(saved, heldout_frames)
         metrics.update(
             checkpoint_bytes=sum(p.stat().st_size for p in staging.glob("*.safetensors")),
             parameters=sum(p.numel() for p in saved.parameters()),
@@ -148,8 +153,8 @@ def train(
             data=str(recording.root),
         )
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
-        picks = torch.linspace(0, len(originals) - 1, GRID_FRAMES).round().long()
-        save_grid(staging / "reconstructions.png", originals[picks], reconstructions[picks])
+        picks = torch.linspace(0, len(heldout_frames) - 1, GRID_FRAMES).round().long()
+        save_grid(staging / "reconstructions.png", heldout_frames[picks], reconstructions[picks])
     return metrics
 
 
@@ -205,9 +210,9 @@ def psnr(original: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: VQTokenizer, frames: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Round-trip uint8 ``frames`` [N, 3, 64, 64] through codes -> (frames, reconstructions uint8, metrics):
-    mean per-frame PSNR and the codebook usage over all of them."""
+def evaluate(model: VQTokenizer, frames: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, dict]:
+    """Round-trip uint8 ``frames`` [N, 3, 64, 64] through codes -> (reconstructions uint8, metrics): the mean
+    per-frame PSNR and the codebook usage over all of them."""
     codes = torch.cat([model.encode(frames[i : i + batch]) for i in range(0, len(frames), batch)])
     reconstructions = torch.cat([model.to_uint8(model.decode(codes[i : i + batch]))
                                  for i in range(0, len(codes), batch)])
@@ -220,7 +225,7 @@ def evaluate(model: VQTokenizer, frames: torch.Tensor, batch: int = 256) -> tupl
         "codebook_usage": statistics["codes_used"] / model.codebook_size,
         "perplexity": statistics["perplexity"],
     }
-    return frames, reconstructions, metrics
+    return reconstructions, metrics
 
 
 def save_grid(path: Path, top: torch.Tensor, bottom: torch.Tensor, scale: int = 4, gap: int = 2) -> None:
