@@ -10,6 +10,7 @@ import importlib
 TARGETS = {
     "idm": ("rlir.pretrain.idm", "the inverse dynamics model (the reward IDM, or the held-out evaluation IDM with --eval)"),
     "tokenizer": ("rlir.pretrain.tokenizer", "the VQ frame tokenizer (64x64 frames -> 8x8 codes)"),
+    "world-model": ("rlir.pretrain.world_model", "the autoregressive world model over tokenizer codes (--kind ar)"),
 }
 
 

@@ -1,0 +1,241 @@
+"""`rlir pretrain world-model --kind ar`: train the autoregressive world model over frame-tokenizer codes.
+
+The recording is tokenised once (``rlir.pretrain.tokenized``); training is teacher-forced next-code
+cross-entropy on random clips of the train episodes (AdamW, warm-up then cosine learning rate, gradient
+clipping), through the fused hidden-states-to-log-probs path so the full logits never exist. Writes OUT
+(built in a temporary sibling directory and renamed into place only when complete):
+
+    config.json, diffusion_pytorch_model.safetensors   the model: ARWorldModel.from_pretrained(OUT)
+    codes.safetensors    the pre-tokenised recording (reused by a later run with the same data and tokenizer)
+    metrics.jsonl        training metrics every --log-every steps (and held-out NLL every --eval-every)
+    metrics.json         held-out evaluation of the saved checkpoint and the run's settings
+    generations.png      held-out prompts: real, greedy and sampled continuations, one row each
+
+Held-out episodes are the recording's ``split_episodes(..., heldout_fraction)`` split, the same ones the
+tokenizer and the IDM hold out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from rlir.data import Recording, split_episodes
+from rlir.models.ar_world_model import ARWorldModel
+from rlir.models.tokenizer import VQTokenizer
+from rlir.pretrain.tokenized import TokenizedRecording
+from rlir.pretrain.tokenizer import (append_jsonl, atomic_directory, check_output_directory, learning_rate,
+                                     shuffled_batches)
+from rlir.pretrain.world_model_eval import generation_quality, heldout_nll, real_frames, save_videos
+
+KINDS = ("ar", "diffusion")
+SAVE_DTYPES = {"fp32": "float", "bf16": "bfloat16", "fp16": "half"}  # saved weight dtype -> nn.Module cast
+GRAD_CLIP = 1.0
+WEIGHT_DECAY = 0.05
+NLL_CLIPS_DURING_TRAINING = 32
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0]
+    parser.add_argument("--kind", choices=KINDS, default="ar",
+                        help="world model family; only 'ar' exists so far (default: ar)")
+    parser.add_argument("--data", required=True, help="recording directory (holds manifest.json)")
+    parser.add_argument("--tokenizer", required=True, help="trained frame tokenizer directory (rlir pretrain tokenizer)")
+    parser.add_argument("--out", required=True, help="output directory for the model, codes and metrics")
+    parser.add_argument("--steps", type=int, default=600, help="optimiser steps (default: 600)")
+    parser.add_argument("--batch", type=int, default=4, help="clips per step (default: 4)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (default: 3e-3)")
+    parser.add_argument("--clip-frames", type=int, default=16,
+                        help="frames per training clip, at most --max-frames (default: 16)")
+    parser.add_argument("--max-frames", type=int, default=16,
+                        help="longest clip the model takes: RoPE and KV-cache length (default: 16)")
+    parser.add_argument("--layers", type=int, default=4, help="decoder blocks (default: 4)")
+    parser.add_argument("--d-model", type=int, default=192, help="model width (default: 192)")
+    parser.add_argument("--heads", type=int, default=6, help="attention heads (default: 6)")
+    parser.add_argument("--kv-heads", type=int, default=2, help="key/value heads (GQA; default: 2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, batches and sampling (default: 0)")
+    parser.add_argument("--dtype", choices=sorted(SAVE_DTYPES), default="bf16",
+                        help="dtype of the saved weights; training is fp32 (default: bf16)")
+    parser.add_argument("--heldout-fraction", type=float, default=0.1,
+                        help="fraction of episodes held out for evaluation (default: 0.1)")
+    parser.add_argument("--eval-prompts", type=int, default=32,
+                        help="held-out prompts for the generation PSNR (default: 32)")
+    parser.add_argument("--eval-frames", type=int, default=15,
+                        help="frames generated per prompt, at most --max-frames - 1 (default: 15)")
+    parser.add_argument("--eval-every", type=int, default=100,
+                        help="steps between held-out NLL lines in metrics.jsonl; 0: only at the end (default: 100)")
+    parser.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl lines (default: 10)")
+    parser.add_argument("--codes", default=None,
+                        help="pre-tokenised recording to reuse when it matches --data and --tokenizer "
+                             "(default: OUT/codes.safetensors of a previous run)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice); 1 is fastest on a shared machine")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "target", "func", "quiet", "threads")}
+    try:
+        if args.threads is not None:
+            _check_int("threads", args.threads, 1)
+            torch.set_num_threads(args.threads)
+        metrics = train(**options, progress=not args.quiet)
+    except ValueError as error:  # bad arguments, a broken recording (RecordingError names the file), no tokenizer
+        print(f"rlir pretrain world-model: error: {error}", file=sys.stderr)
+        return 1
+    heldout, generation = metrics["heldout"], metrics["heldout"]["generation"]
+    print(f"{args.out}: held-out perplexity {heldout['perplexity']:.2f} (NLL {heldout['nll']:.3f} nats/code); "
+          f"{generation['generated_frames']}-frame generation PSNR greedy {generation['greedy']['psnr_db']:.2f} dB, "
+          f"sampled {generation['sampled']['psnr_db']:.2f} dB (copy-context {generation['copy_context']['psnr_db']:.2f}"
+          f" dB, tokenizer ceiling {generation['tokenizer_ceiling']['psnr_db']:.2f} dB); "
+          f"{metrics['model']['parameters']:,} parameters, {metrics['model']['checkpoint_bytes'] / 1e6:.2f} MB "
+          f"({metrics['model']['dtype']}), trained in {metrics['training']['seconds']:.0f} s")
+    return 0
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _load_tokenizer(path: Path | str) -> VQTokenizer:
+    if not (Path(path) / "config.json").is_file():
+        raise ValueError(f"tokenizer: {path} holds no config.json; train one with `rlir pretrain tokenizer`")
+    return VQTokenizer.from_pretrained(path, torch_dtype=torch.float32).eval()
+
+
+def _windows(tokenized: TokenizedRecording, recording: Recording, train_ids: list[str], heldout_ids: list[str],
+             clip_frames: int, prompt_frames: int, prompts: int) -> tuple[list, list, list]:
+    """(episode, start) windows: every train clip (stride 1), the held-out NLL clips (not overlapping) and
+    ``prompts`` held-out generation prompts spread evenly over the held-out episodes."""
+    train = tokenized.windows(train_ids, clip_frames, stride=1)
+    nll = tokenized.windows(heldout_ids, clip_frames, stride=clip_frames)
+    generation = tokenized.windows(heldout_ids, prompt_frames, stride=prompt_frames)
+    for name, windows, frames, episodes in (("train", train, clip_frames, train_ids),
+                                            ("held-out", nll, clip_frames, heldout_ids),
+                                            ("held-out", generation, prompt_frames, heldout_ids)):
+        if not windows:
+            raise ValueError(f"data: the {len(episodes)} {name} episode(s) of {recording.root} are all shorter "
+                             f"than {frames} frames; lower --clip-frames or --eval-frames")
+    picks = torch.linspace(0, len(generation) - 1, min(prompts, len(generation))).round().long()
+    return train, nll, [generation[i] for i in picks.tolist()]
+
+
+def train(data: Path | str, tokenizer: Path | str, out: Path | str, kind: str = "ar", steps: int = 600,
+          batch: int = 4, lr: float = 3e-3, clip_frames: int = 16, max_frames: int = 16, layers: int = 4,
+          d_model: int = 192, heads: int = 6, kv_heads: int = 2, seed: int = 0, dtype: str = "bf16",
+          heldout_fraction: float = 0.1, eval_prompts: int = 32, eval_frames: int = 15, eval_every: int = 100,
+          log_every: int = 10, codes: Path | str | None = None, overwrite: bool = False,
+          progress: bool = True) -> dict:
+    """Train an ARWorldModel on the codes of the train episodes of ``data``, save it into ``out`` and
+    return the held-out metrics written to ``out``/metrics.json (see the module docstring)."""
+    if kind != "ar":
+        raise ValueError(f"kind must be 'ar': --kind {kind!r} (the diffusion world model) is not implemented yet")
+    for name, value, minimum in (("steps", steps, 1), ("batch", batch, 1), ("clip_frames", clip_frames, 2),
+                                 ("max_frames", max_frames, 2), ("seed", seed, 0), ("eval_prompts", eval_prompts, 1),
+                                 ("eval_frames", eval_frames, 1), ("eval_every", eval_every, 0),
+                                 ("log_every", log_every, 1)):
+        _check_int(name, value, minimum)
+    if clip_frames > max_frames:
+        raise ValueError(f"clip_frames ({clip_frames}) must be <= max_frames ({max_frames})")
+    if eval_frames >= max_frames:
+        raise ValueError(f"eval_frames ({eval_frames}) must be < max_frames ({max_frames}): one context frame "
+                         f"plus the generated frames must fit")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if dtype not in SAVE_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(SAVE_DTYPES)}, got {dtype!r}")
+    if isinstance(heldout_fraction, bool) or not isinstance(heldout_fraction, (int, float)) \
+            or not 0 < heldout_fraction < 1:
+        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction!r}")
+    out = Path(out)
+    check_output_directory(out, overwrite)
+    shape = dict(n_layers=layers, d_model=d_model, n_heads=heads, n_kv_heads=kv_heads, max_frames=max_frames)
+    ARWorldModel(codebook_size=2, tokens_per_frame=1, **shape)  # raises on a bad shape before the slow part
+
+    recording = Recording(data)
+    vq = _load_tokenizer(tokenizer)
+    train_ids, heldout_ids = split_episodes(recording.episode_ids, heldout_fraction)
+    if not heldout_ids:
+        raise ValueError(f"data: {recording.root} has {len(recording)} episode(s); holding out a fraction needs "
+                         f"at least 2")
+    started = time.perf_counter()
+    tokenized = TokenizedRecording.load_or_build(codes if codes is not None else out / "codes.safetensors",
+                                                 recording, vq)
+    tokenize_seconds = time.perf_counter() - started
+    train_windows, nll_windows, prompt_windows = _windows(tokenized, recording, train_ids, heldout_ids, clip_frames,
+                                                          eval_frames + 1, eval_prompts)
+
+    torch.manual_seed(seed)
+    model = ARWorldModel(codebook_size=tokenized.codebook_size, tokens_per_frame=tokenized.tokens_per_frame,
+                         action_head_sizes=list(recording.action_space.head_sizes), **shape)
+    matrices = [p for p in model.parameters() if p.ndim >= 2]
+    others = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": WEIGHT_DECAY},
+                                   {"params": others, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    batches = shuffled_batches(len(train_windows), batch, torch.Generator().manual_seed(seed))
+    nll_codes, nll_actions = tokenized.clips(nll_windows, clip_frames)
+
+    with atomic_directory(out, overwrite) as staging:
+        tokenized.save(staging / "codes.safetensors")
+        started = time.perf_counter()
+        bar = tqdm(range(1, steps + 1), desc="pretrain world-model", unit="step", disable=not progress)
+        for step in bar:
+            model.train()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, steps, lr)
+            frames, actions = tokenized.clips([train_windows[i] for i in next(batches).tolist()], clip_frames)
+            loss = model.loss(frames, actions)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+            optimizer.step()
+            if step % log_every == 0 or step == steps:
+                seconds = time.perf_counter() - started
+                append_jsonl(staging / "metrics.jsonl", {
+                    "step": step, "loss": loss.item(), "grad_norm": grad_norm.item(),
+                    "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
+                    "tokens_per_second": step * batch * clip_frames * model.frame_stride / seconds})
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            if eval_every and step % eval_every == 0 and step < steps:
+                model.eval()
+                nll = heldout_nll(model, nll_codes[:NLL_CLIPS_DURING_TRAINING], nll_actions[:NLL_CLIPS_DURING_TRAINING])
+                append_jsonl(staging / "metrics.jsonl", {"step": step, "heldout_nll": nll["nll"],
+                                                         "heldout_perplexity": nll["perplexity"]})
+        train_seconds = time.perf_counter() - started
+
+        # Evaluate what is saved: the weights rounded to --dtype, computing in fp32.
+        started = time.perf_counter()
+        getattr(model, SAVE_DTYPES[dtype])().save_pretrained(staging)
+        saved = ARWorldModel.from_pretrained(staging, torch_dtype=torch.float32).eval()
+        prompt_codes, prompt_actions = tokenized.clips(prompt_windows, eval_frames + 1)
+        size = vq.config.image_size
+        generation, videos = generation_quality(saved, vq, prompt_codes, prompt_actions,
+                                                real_frames(recording, prompt_windows, eval_frames + 1, size), seed)
+        save_videos(staging / "generations.png", videos)
+        metrics = {
+            "kind": kind,
+            "model": {"parameters": sum(p.numel() for p in saved.parameters()),
+                      "checkpoint_bytes": sum(p.stat().st_size for p in staging.glob("diffusion_pytorch_model*")),
+                      "dtype": dtype,
+                      "config": {k: v for k, v in saved.config.items() if not k.startswith("_")}},
+            "training": {"data": str(recording.root), "tokenizer": str(Path(tokenizer).resolve()),
+                         "codes_fingerprint": tokenized.fingerprint, "steps": steps, "batch": batch, "lr": lr,
+                         "clip_frames": clip_frames, "seed": seed, "seconds": round(train_seconds, 1),
+                         "tokens_seen": steps * batch * clip_frames * model.frame_stride,
+                         "final_loss": loss.item(), "train_episodes": train_ids, "train_windows": len(train_windows),
+                         "torch_threads": torch.get_num_threads()},
+            "heldout": {"episodes": heldout_ids, **heldout_nll(saved, nll_codes, nll_actions),
+                        "generation": generation},
+        }
+        metrics["training"].update(tokenize_seconds=round(tokenize_seconds, 1),
+                                   eval_seconds=round(time.perf_counter() - started, 1))
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    return metrics
