@@ -10,13 +10,10 @@ from rlir.metrics.classification import ClassificationReport
 
 def plot_confusion(report: ClassificationReport, path: Path | str, title: str = "") -> Path:
     """Write one row-normalised confusion matrix per head (cells show counts) to ``path`` (PNG, SVG, ...)."""
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError("plotting confusion matrices needs matplotlib: pip install matplotlib") from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     heads = report.heads
     columns = min(3, len(heads))

@@ -35,14 +35,16 @@ class TransitionEncoder(nn.Module):
     """[M, 9, H, W] (previous frame, next frame, their difference) -> [M, width].
 
     Stride-2 convolutions down to H/2^L x W/2^L, then a linear layer over the flattened map: flattening
-    (not pooling) keeps where things are, and the player sits at the centre of the view.
+    (not pooling) keeps where things are, and the player sits at the centre of the view. The BatchNorms
+    matter: on Crafter this CNN starts telling moves apart after ~50 steps with them, and plateaus for
+    hundreds of steps (depending on the seed) with GroupNorm or no normalisation.
     """
 
     def __init__(self, frame_size: tuple[int, int], channels: Sequence[int], width: int):
         super().__init__()
         layers, previous = [], 9
         for c in channels:
-            layers += [nn.Conv2d(previous, c, kernel_size=4, stride=2, padding=1), nn.GELU()]
+            layers += [nn.Conv2d(previous, c, kernel_size=4, stride=2, padding=1), nn.BatchNorm2d(c), nn.GELU()]
             previous = c
         self.convs = nn.Sequential(*layers)
         h, w = frame_size[0] >> len(channels), frame_size[1] >> len(channels)
@@ -81,16 +83,17 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
     width (embedding size), depth (transformer blocks), heads (attention heads, divides width),
     channels (the CNN's conv channels; each conv halves the frame, so H and W must be >= 2^len).
     Frames are uint8 in [0, 255] or floats in [0, 1]. ``save_pretrained``/``from_pretrained`` write and read
-    config.json + safetensors.
+    config.json + safetensors; ``from_pretrained`` returns the model in eval mode, which inference needs
+    (the CNN's BatchNorms use their running statistics there).
     """
 
     @register_to_config
     def __init__(self, head_sizes: Sequence[int] = (17,), frame_size: Union[int, Sequence[int]] = (64, 64),
                  window: int = 16, width: int = 128, depth: int = 2, heads: int = 4,
-                 channels: Sequence[int] = (32, 64, 64)):
+                 channels: Sequence[int] = (16, 32, 32)):
         super().__init__()
         self.head_sizes = _int_list("head_sizes", head_sizes, minimum=2)
-        sizes = [frame_size, frame_size] if isinstance(frame_size, int) and not isinstance(frame_size, bool) else frame_size
+        sizes = [frame_size] * 2 if isinstance(frame_size, int) and not isinstance(frame_size, bool) else frame_size
         if not isinstance(sizes, (list, tuple)) or len(sizes) != 2:
             raise ValueError(f"frame_size must be an int or [height, width], got {frame_size!r}")
         self.frame_size = tuple(_int_list("frame_size", sizes))

@@ -11,6 +11,7 @@ model size, training settings) and confusion.png. It is written to a temporary d
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -28,12 +29,14 @@ from tqdm.auto import tqdm
 from rlir.data.clips import ClipDataset, split_episodes
 from rlir.data.recording import Recording
 from rlir.metrics.classification import ClassificationReport, classification_report, format_report
+from rlir.metrics.plots import plot_confusion
 from rlir.models.idm import InverseDynamicsModel
 
 # The evaluation IDM differs from the reward IDM in seed and width, so the two do not share the same
 # blind spots; everything else is shared.
 ROLE_DEFAULTS = {"reward": {"seed": 0, "width": 128}, "eval": {"seed": 1, "width": 96}}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Saved-weight dtypes -> the cast. Not .to(dtype): diffusers' ModelMixin.to warns on every dtype cast.
+CASTS = {"fp32": "float", "bf16": "bfloat16", "fp16": "half"}
 CLASS_WEIGHTS = ("none", "inverse-sqrt")
 
 
@@ -45,9 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train the held-out evaluation IDM (defaults: seed %d, width %d) instead of the reward "
                         "IDM (seed %d, width %d)" % (ROLE_DEFAULTS["eval"]["seed"], ROLE_DEFAULTS["eval"]["width"],
                                                     ROLE_DEFAULTS["reward"]["seed"], ROLE_DEFAULTS["reward"]["width"]))
-    parser.add_argument("--steps", type=int, default=1200, help="optimizer steps (default: 1200)")
-    parser.add_argument("--batch", type=int, default=16, help="clips per step (default: 16)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default: 1e-3)")
+    parser.add_argument("--steps", type=int, default=250, help="optimizer steps (default: 250)")
+    parser.add_argument("--batch", type=int, default=8, help="clips per step (default: 8)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default: 2e-3)")
     parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
     parser.add_argument("--window", type=int, default=16, help="frames per training clip and per transformer "
                         "window (default: 16)")
@@ -61,16 +64,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of episodes held out for evaluation (default: 0.1)")
     parser.add_argument("--class-weights", choices=CLASS_WEIGHTS, default="none",
                         help="cross-entropy class weights: none, or inverse square root of the training frequency")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the saved weights")
-    parser.add_argument("--eval-every", type=int, default=200,
-                        help="held-out evaluation every N steps into metrics.jsonl; 0: only at the end (default: 200)")
+    parser.add_argument("--dtype", choices=sorted(CASTS), default="fp32", help="dtype of the saved weights")
+    parser.add_argument("--eval-every", type=int, default=100,
+                        help="held-out evaluation every N steps into metrics.jsonl; 0: only at the end (default: 100)")
     parser.add_argument("--log-every", type=int, default=10, help="training metrics every N steps (default: 10)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no table")
 
 
 def run(args: argparse.Namespace) -> int:
     role = "eval" if args.eval else "reward"
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "target", "func", "eval")}
+    options = {k: v for k, v in vars(args).items() if k in inspect.signature(train).parameters}
     for key in ("seed", "width"):
         if options[key] is None:
             options[key] = ROLE_DEFAULTS[role][key]
@@ -87,10 +90,10 @@ def _check_positive(name: str, value, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
-def train(data: str | Path, out: str | Path, role: str = "reward", steps: int = 1200, batch: int = 16,
-          lr: float = 1e-3, weight_decay: float = 0.01, window: int = 16, width: int = 128, depth: int = 2,
+def train(data: str | Path, out: str | Path, role: str = "reward", steps: int = 250, batch: int = 8,
+          lr: float = 2e-3, weight_decay: float = 0.01, window: int = 16, width: int = 128, depth: int = 2,
           heads: int = 4, channels: Sequence[int] = (16, 32, 32), seed: int = 0, heldout_fraction: float = 0.1,
-          class_weights: str = "none", dtype: str = "fp32", eval_every: int = 200, log_every: int = 10,
+          class_weights: str = "none", dtype: str = "fp32", eval_every: int = 100, log_every: int = 10,
           quiet: bool = False) -> dict:
     """Train, evaluate on the held-out episodes and write --out (see the module docstring).
     Returns the content of metrics.json."""
@@ -105,8 +108,8 @@ def train(data: str | Path, out: str | Path, role: str = "reward", steps: int = 
         raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
     if class_weights not in CLASS_WEIGHTS:
         raise ValueError(f"class_weights must be one of {list(CLASS_WEIGHTS)}, got {class_weights!r}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if dtype not in CASTS:
+        raise ValueError(f"dtype must be one of {sorted(CASTS)}, got {dtype!r}")
     if not 0 < heldout_fraction < 1:
         raise ValueError(f"heldout_fraction must be in (0, 1): the IDM is evaluated on held-out episodes, "
                          f"got {heldout_fraction!r}")
@@ -157,7 +160,7 @@ def train(data: str | Path, out: str | Path, role: str = "reward", steps: int = 
         seconds = time.perf_counter() - start
 
         # Evaluate what is saved: the weights rounded to --dtype (computing in fp32).
-        model.to(DTYPES[dtype]).save_pretrained(tmp)
+        getattr(model, CASTS[dtype])().save_pretrained(tmp)
         model.float()
         report = evaluate(model, recording, heldout)
         metrics = {
@@ -166,7 +169,7 @@ def train(data: str | Path, out: str | Path, role: str = "reward", steps: int = 
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "checkpoint_bytes": sum(f.stat().st_size for f in tmp.glob("*.safetensors")),
                 "dtype": dtype,
-                "config": dict(model.config),
+                "config": {k: v for k, v in model.config.items() if not k.startswith("_")},
             },
             "training": {
                 "data": str(recording.root), "steps": steps, "batch": batch, "lr": lr, "weight_decay": weight_decay,
@@ -177,14 +180,15 @@ def train(data: str | Path, out: str | Path, role: str = "reward", steps: int = 
             "heldout": {"episodes": heldout, **report.to_json()},
         }
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        _plot(report, tmp / "confusion.png", f"{role} IDM, held-out episodes of {recording.root.name}")
+        plot_confusion(report, tmp / "confusion.png", f"{role} IDM, held-out episodes of {recording.root.name}")
         _replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if not quiet:
         print(format_report(report))
-        print(f"{out}: {metrics['model']['parameters']:,} parameters, {metrics['model']['checkpoint_bytes'] / 1e6:.2f} MB "
-              f"({dtype}), trained in {seconds:.0f} s")
+        size = metrics["model"]
+        print(f"{out}: {size['parameters']:,} parameters, {size['checkpoint_bytes'] / 1e6:.2f} MB ({dtype}), "
+              f"trained in {seconds:.0f} s")
     return metrics
 
 
@@ -229,15 +233,6 @@ def _frame_accuracy(logits: list[torch.Tensor], actions: torch.Tensor) -> float:
 def _log(log, record: dict) -> None:
     log.write(json.dumps(record) + "\n")
     log.flush()
-
-
-def _plot(report: ClassificationReport, path: Path, title: str) -> None:
-    from rlir.metrics.plots import plot_confusion
-
-    try:
-        plot_confusion(report, path, title)
-    except ImportError as error:  # matplotlib is optional: the numbers are in metrics.json anyway
-        print(f"rlir pretrain idm: not writing {path.name}: {error}", file=sys.stderr)
 
 
 def _replace(tmp: Path, out: Path) -> None:

@@ -1,0 +1,88 @@
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import rlir.cli
+from rlir.data import record, split_episodes
+from rlir.models.idm import InverseDynamicsModel
+from rlir.pretrain.idm import train
+
+# Tiny sizes: 3 steps of 2 clips of 6 frames through a 2-conv CNN.
+TINY = ["--steps", "3", "--batch", "2", "--window", "6", "--depth", "1", "--heads", "2", "--channels", "4", "8",
+        "--eval-every", "2", "--log-every", "1", "--quiet"]
+FILES = ["config.json", "confusion.png", "diffusion_pytorch_model.safetensors", "metrics.json", "metrics.jsonl"]
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    """2 Crafter episodes of 30 steps: one trains, one is held out."""
+    return record("crafter", tmp_path_factory.mktemp("idm_rec"), episodes=2, steps=30, seed=5, progress=False)
+
+
+def test_pretrain_idm_end_to_end(recording, tmp_path):
+    out = tmp_path / "runs" / "idm"
+    argv = ["pretrain", "idm", "--data", str(recording.root), "--out", str(out), "--width", "32", *TINY]
+    assert rlir.cli.main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == FILES
+    assert [p.name for p in out.parent.iterdir()] == ["idm"]  # no temporary directory left behind
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    heldout = split_episodes(recording.episode_ids, 0.1)[1]
+    assert metrics["role"] == "reward" and metrics["training"]["seed"] == 0
+    assert metrics["heldout"]["episodes"] == heldout
+    assert metrics["heldout"]["count"] == sum(recording.episode(e).frames - 1 for e in heldout)
+    assert set(metrics["heldout"]["heads"][0]["classes"]) == set(recording.action_space.heads[0].classes)
+    assert metrics["model"]["config"]["width"] == 32 and metrics["model"]["dtype"] == "fp32"
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "loss" in line] == [1, 2, 3]
+    assert [line["step"] for line in lines if "heldout_frame_accuracy" in line] == [2]
+
+    model = InverseDynamicsModel.from_pretrained(out).eval()
+    frames, _ = recording.load_episode(heldout[0])
+    video = torch.from_numpy(frames.copy()).permute(0, 3, 1, 2)[None]
+    assert model.predict(video).shape == (1, len(frames) - 1, 1)
+
+
+
+def test_eval_idm_has_its_own_seed_and_width_saves_bf16_and_replaces_out(recording, tmp_path, capsys):
+    out = tmp_path / "eval_idm"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an earlier run")
+    argv = ["pretrain", "idm", "--eval", "--data", str(recording.root), "--out", str(out), "--dtype", "bf16",
+            "--class-weights", "inverse-sqrt", *TINY[:-1]]
+    assert rlir.cli.main(argv) == 0
+    assert "move_left" in capsys.readouterr().out  # the table
+    assert sorted(p.name for p in out.iterdir()) == FILES
+    assert [p.name for p in tmp_path.iterdir()] == ["eval_idm"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["role"] == "eval" and metrics["training"]["seed"] == 1
+    assert metrics["model"]["config"]["width"] == 96 and metrics["model"]["dtype"] == "bf16"
+    with safe_open(out / "diffusion_pytorch_model.safetensors", "pt") as weights:
+        dtypes = {weights.get_tensor(k).dtype for k in weights.keys()}
+    assert dtypes == {torch.bfloat16, torch.int64}  # int64: the BatchNorms' num_batches_tracked
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(steps=0), "steps"),
+    (dict(batch=-1), "batch"),
+    (dict(lr=0.0), "lr"),
+    (dict(window=1), "window"),
+    (dict(window=40), "no train clips"),
+    (dict(heldout_fraction=0.0), "heldout_fraction"),
+    (dict(class_weights="balanced"), "class_weights"),
+    (dict(dtype="int8"), "dtype"),
+    (dict(width=30, heads=4), "divisible by heads"),
+])
+def test_bad_arguments_raise(recording, tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train(recording.root, tmp_path / "out", **{"width": 32, "quiet": True, **overrides})
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
+    argv = ["pretrain", "idm", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]
+    assert rlir.cli.main(argv) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("rlir pretrain idm: error:") and "manifest.json" in error
