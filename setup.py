@@ -1,6 +1,6 @@
 from setuptools import setup
 
-PACKAGES = ["rlir", "rlir.kernels", "rlir.profiling", "rlir.commands", "rlir.envs", "rlir.data", "rlir.models", "rlir.pretrain", "rlir.metrics", "rlir.grpo", "rlir.integrations"]
+PACKAGES = ["rlir", "rlir.kernels", "rlir.profiling", "rlir.commands", "rlir.envs", "rlir.data", "rlir.models", "rlir.pretrain", "rlir.eval", "rlir.metrics", "rlir.grpo", "rlir.integrations"]
 
 setup(
     name="rlir",

@@ -1,0 +1,34 @@
+"""rlir.grpo: GRPO post-training of world models with an inverse-dynamics reward (the RLIR loop).
+
+    from rlir.grpo import GRPOTrainer, load_config
+    trainer = GRPOTrainer.from_config(load_config("configs/crafter_ar.yaml"))
+    trainer.train()
+
+Pieces: ``config`` (GRPOConfig, load_config), ``policy`` (the Policy interface, Prompts, Rollout),
+``ar_policy`` (ARPolicy: ARWorldModel + VQTokenizer), ``prompts`` (resumable PromptSampler),
+``trainer`` (GRPOTrainer), ``checkpoint`` (atomic save, exact resume), ``logging`` (jsonl + TensorBoard).
+"""
+from .ar_policy import ARPolicy
+from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .config import ConfigError, GRPOConfig, config_from_dict, load_config
+from .policy import Policy, Prompts, Rollout
+from .prompts import PromptSampler, SyntheticClips
+from .trainer import GRPOTrainer
+
+__all__ = [
+    "ARPolicy",
+    "ConfigError",
+    "GRPOConfig",
+    "GRPOTrainer",
+    "Policy",
+    "PromptSampler",
+    "Prompts",
+    "Rollout",
+    "SyntheticClips",
+    "config_from_dict",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_config",
+    "save_checkpoint",
+]

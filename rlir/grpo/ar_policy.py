@@ -1,0 +1,155 @@
+"""The autoregressive token world model (``ARWorldModel`` + ``VQTokenizer``) as a GRPO ``Policy``.
+
+rollout: encode the prompt's context frames to codes, ``generate`` G continuations per prompt (one shared
+prefill per prompt, log-probs recorded under softmax(logits / temperature)); one log-prob slot per
+generated code, S = n * tokens_per_frame, all valid.
+decode: the last context frame's codes + the generated codes -> tokenizer.decode -> uint8. The context
+frame is decoded from its codes too, so every frame the IDM sees went through the same decoder.
+logprobs: ``model.token_logprobs`` teacher-forced on [context codes, sampled codes] (differentiable).
+Under autocast (bf16 on CUDA) the rollout runs on a copy of the model cast to bf16, refreshed from the
+trained fp32 weights every rollout; set loss.old_logprobs: recompute for an exact first ratio then.
+reference_logprobs: the same under a frozen copy of the initial weights, built on first use by
+``reference_factory`` (never built when beta = 0).
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Callable, Dict, Iterable, Optional
+
+import torch
+import torch.nn as nn
+
+from rlir.models.sampling import generate
+
+from .policy import Policy, Prompts, Rollout
+
+
+def to_uint8(frames: torch.Tensor) -> torch.Tensor:
+    """Float frames in [0, 1] -> uint8 0..255 (rounded)."""
+    return (frames.float() * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+class ARPolicy(Policy):
+    """model: ARWorldModel (trained); tokenizer: frames <-> codes (``encode(uint8 [..., 3, s, s]) -> [..., g, g]``,
+    ``decode(codes [..., g, g]) -> float [..., 3, s, s]`` in [0, 1]), frozen; reference_factory: returns a
+    model with the initial weights (called once, lazily; needed only for the KL term)."""
+
+    def __init__(self, model: nn.Module, tokenizer: nn.Module, *, temperature: float = 1.0,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None,
+                 reference_factory: Optional[Callable[[], nn.Module]] = None):
+        self.model = model
+        self.tokenizer = tokenizer.eval().requires_grad_(False)
+        self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
+        self.reference_factory = reference_factory
+        self._reference: Optional[nn.Module] = None
+        self._rollout_copy: Optional[nn.Module] = None
+        if top_k is not None or top_p is not None:
+            warnings.warn("rollout.top_k/top_p make the sampler differ from the policy being optimised: tokens "
+                          "come from the truncated distribution while old and new log-probs are under the full "
+                          "softmax, so GRPO's importance ratios are off-policy-biased", stacklevel=2)
+        f = model.config.tokens_per_frame
+        grid = getattr(tokenizer, "code_grid", None)
+        if grid is not None and grid[0] * grid[1] != f:
+            raise ValueError(f"tokenizer code grid {tuple(grid)} has {grid[0] * grid[1]} codes, the world model "
+                             f"expects tokens_per_frame={f}")
+        size = getattr(tokenizer, "codebook_size", None)
+        if size is not None and size != model.config.codebook_size:
+            raise ValueError(f"tokenizer codebook_size {size} != world model codebook_size "
+                             f"{model.config.codebook_size}")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames [B, T, 3, s, s] -> codes int64 [B, T, F]."""
+        codes = self.tokenizer.encode(frames.to(self.device))
+        return codes.reshape(*frames.shape[:2], -1).long()
+
+    @torch.no_grad()
+    def rollout(self, prompts: Prompts, num_samples: int, generator: Optional[torch.Generator] = None) -> Rollout:
+        prompts = prompts.to(self.device)
+        g = num_samples
+        ctx = self.encode(prompts.context)  # [B, C, F]
+        tokens, logp = generate(self._rollout_model(), ctx, prompts.actions, context_actions=prompts.context_actions,
+                                num_samples=g, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                                generator=generator)
+        n_rows, n, f = tokens.shape
+        actions = prompts.actions.long().repeat_interleave(g, 0)
+        all_actions = actions if prompts.context_actions is None else torch.cat(
+            (prompts.context_actions.long().repeat_interleave(g, 0), actions), dim=1)
+        return Rollout(
+            prompts=prompts,
+            num_samples=g,
+            samples={"context_tokens": ctx.repeat_interleave(g, 0), "tokens": tokens, "all_actions": all_actions},
+            old_logp=logp.reshape(n_rows, n * f).float(),
+            mask=torch.ones(n_rows, n * f, dtype=torch.bool, device=tokens.device),
+            prompt_index=torch.arange(len(prompts), device=tokens.device).repeat_interleave(g),
+            actions=actions,
+        )
+
+    def _rollout_model(self) -> nn.Module:
+        """The model itself, or under autocast a copy cast to the autocast dtype (refreshed every call): the
+        static KV cache is allocated in the model's dtype and attention needs q, k, v in one dtype."""
+        kind = self.device.type
+        if not torch.is_autocast_enabled(kind):
+            return self.model
+        dtype = torch.get_autocast_dtype(kind)
+        if dtype == self.model.dtype:
+            return self.model
+        if self._rollout_copy is None or self._rollout_copy.dtype != dtype:
+            self._rollout_copy = copy.deepcopy(self.model).to(dtype).eval().requires_grad_(False)
+        else:
+            for dst, src in zip(self._rollout_copy.state_dict().values(), self.model.state_dict().values()):
+                dst.copy_(src)
+        return self._rollout_copy
+
+    @torch.no_grad()
+    def decode(self, rollout: Rollout) -> torch.Tensor:
+        s = rollout.samples
+        codes = torch.cat((s["context_tokens"][:, -1:], s["tokens"]), dim=1)  # [N, n+1, F]
+        grid = self.tokenizer.code_grid
+        frames = self.tokenizer.decode(codes.reshape(*codes.shape[:2], *grid))
+        return to_uint8(frames)
+
+    def _score(self, model: nn.Module, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
+        s = rollout.samples
+        ctx, tokens = s["context_tokens"][indices], s["tokens"][indices]
+        frames = torch.cat((ctx, tokens), dim=1)
+        logp = model.token_logprobs(frames, s["all_actions"][indices], temperature=self.temperature,
+                                    n_context=ctx.shape[1])
+        return logp.reshape(len(indices), -1)
+
+    def logprobs(self, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
+        return self._score(self.model, rollout, indices)
+
+    @torch.no_grad()
+    def reference_logprobs(self, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
+        return self._score(self.reference_model(), rollout, indices)
+
+    def reference_model(self) -> nn.Module:
+        if self._reference is None:
+            if self.reference_factory is None:
+                raise RuntimeError("ARPolicy has no reference_factory: the KL term (loss.beta > 0) needs the "
+                                   "initial weights")
+            ref = self.reference_factory()
+            self._reference = ref.to(self.device).eval().requires_grad_(False)
+        return self._reference
+
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def named_trainable_parameters(self):
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state_dict)
+
+    def train(self, mode: bool = True) -> "ARPolicy":
+        self.model.train(mode)
+        return self

@@ -1,0 +1,154 @@
+"""Build a GRPO run's components (models, policy, prompt sampler, evaluation prompts) from a GRPOConfig.
+
+models.source = pretrained loads ``save_pretrained`` directories (cast to fp32: the trained weights are the
+fp32 master copy; bf16 compute comes from autocast). models.source = random builds tiny models from
+``seed`` (deterministically, without touching the global RNG), so the reference model of a resumed run is
+the same initialisation. Sizes shared between models are checked here, before any training work, and a
+mismatch raises ConfigError naming the key to change.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+
+from rlir.models.ar_world_model import ARWorldModel
+from rlir.models.idm import InverseDynamicsModel
+from rlir.models.tokenizer import VQTokenizer
+
+from .ar_policy import ARPolicy
+from .config import ConfigError, GRPOConfig
+from .policy import Prompts
+from .prompts import PromptSampler, SyntheticClips, fixed_prompts
+
+
+@dataclass
+class Run:
+    policy: ARPolicy
+    idm: nn.Module
+    eval_idm: Optional[nn.Module]
+    prompts: PromptSampler
+    eval_prompts: Optional[Prompts]
+    head_names: list
+
+
+def _random_models(cfg: GRPOConfig):
+    r = cfg.models.random
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        tokenizer = VQTokenizer(image_size=r.image_size, **r.tokenizer)
+        world_model = ARWorldModel(codebook_size=tokenizer.codebook_size, tokens_per_frame=tokenizer.tokens_per_frame,
+                                   action_head_sizes=list(r.action_head_sizes), **r.world_model)
+        idm = InverseDynamicsModel(head_sizes=list(r.action_head_sizes), frame_size=r.image_size, **r.idm)
+    return world_model, tokenizer, idm
+
+
+def _load(cls, path: str, key: str):
+    """from_pretrained, but strict: diffusers silently re-initialises weights a checkpoint lacks (e.g. one
+    saved by an older version of the model code), which would make a reward model or policy garbage."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = cls.from_pretrained(path).float()
+    except Exception as error:  # noqa: BLE001 - report which key pointed at the bad directory
+        raise ConfigError(key, f"cannot load a {cls.__name__} from {path}: {error}") from error
+    files = sorted(Path(path).glob("*.safetensors"))
+    weights = [f for f in files if f.name.startswith("diffusion_pytorch_model")]
+    if len(weights) == 1:
+        with safe_open(str(weights[0]), framework="pt") as f:
+            saved = set(f.keys())
+        missing = sorted(set(model.state_dict()) - saved)
+        if missing:
+            raise ConfigError(key, f"{weights[0]} lacks {len(missing)} weights of the current {cls.__name__} "
+                              f"(e.g. {missing[:3]}): saved by another version of the model code? retrain it")
+    return model
+
+
+def build_models(cfg: GRPOConfig, device: torch.device):
+    """-> (world_model, tokenizer, idm, eval_idm, reference_factory), all on ``device``."""
+    m = cfg.models
+    if m.source == "random":
+        world_model, tokenizer, idm = _random_models(cfg)
+        eval_idm = None
+
+        def reference_factory() -> nn.Module:
+            return _random_models(cfg)[0]
+    else:
+        world_model = _load(ARWorldModel, m.world_model, "models.world_model")
+        tokenizer = _load(VQTokenizer, m.tokenizer, "models.tokenizer")
+        idm = _load(InverseDynamicsModel, m.idm, "models.idm")
+        eval_idm = _load(InverseDynamicsModel, m.eval_idm, "models.eval_idm") if m.eval_idm else None
+
+        def reference_factory() -> nn.Module:
+            return _load(ARWorldModel, m.world_model, "models.world_model")
+
+    wm = world_model.config
+    if tokenizer.codebook_size != wm.codebook_size:
+        raise ConfigError("models.tokenizer", f"codebook_size {tokenizer.codebook_size} != the world model's "
+                          f"{wm.codebook_size}")
+    if tokenizer.tokens_per_frame != wm.tokens_per_frame:
+        raise ConfigError("models.tokenizer", f"{tokenizer.tokens_per_frame} codes per frame != the world "
+                          f"model's tokens_per_frame {wm.tokens_per_frame}")
+    for key, model in (("models.idm", idm), ("models.eval_idm", eval_idm)):
+        if model is None:
+            continue
+        if list(model.head_sizes) != list(world_model.head_sizes):
+            raise ConfigError(key, f"action heads {list(model.head_sizes)} != the world model's "
+                              f"{list(world_model.head_sizes)}")
+        size = tokenizer.config.image_size
+        if tuple(model.frame_size) != (size, size):
+            raise ConfigError(key, f"reads {list(model.frame_size)} frames, the tokenizer makes {size}x{size}")
+    need = cfg.data.context_frames + cfg.rollout.n_frames
+    if need > wm.max_frames:
+        raise ConfigError("rollout.n_frames", f"data.context_frames + rollout.n_frames = {need} exceeds the world "
+                          f"model's max_frames ({wm.max_frames})")
+    moved = [x.to(device) if x is not None else None for x in (world_model, tokenizer, idm, eval_idm)]
+    return (*moved, reference_factory)
+
+
+def build_datasets(cfg: GRPOConfig, image_size: int, head_sizes):
+    """-> (train dataset, held-out dataset or None, head names)."""
+    d, n = cfg.data, cfg.rollout.n_frames
+    if d.source == "synthetic":
+        common = dict(clips=d.synthetic_clips, context_frames=d.context_frames, clip_frames=n,
+                      image_size=image_size, head_sizes=head_sizes, seed=cfg.seed)
+        names = [f"head{i}" for i in range(len(head_sizes))]
+        return SyntheticClips(split="train", **common), SyntheticClips(split="heldout", **common), names
+    from rlir.data import ClipDataset, Recording
+
+    recording = Recording(d.path)
+    space = recording.action_space
+    if list(space.head_sizes) != list(head_sizes):
+        raise ConfigError("data.path", f"{d.path} has action heads {space.head_sizes}, the models have "
+                          f"{list(head_sizes)}")
+    if tuple(recording.frame_size) != (image_size, image_size):
+        raise ConfigError("data.path", f"{d.path} has {list(recording.frame_size)} frames, the tokenizer reads "
+                          f"{image_size}x{image_size}")
+    common = dict(context_frames=d.context_frames, clip_frames=n, stride=d.stride or n,
+                  heldout_fraction=d.heldout_fraction)
+    train = ClipDataset(recording, split="train", **common)
+    try:
+        heldout = ClipDataset(recording, split="heldout", **common)
+    except ValueError as error:
+        warnings.warn(f"no held-out evaluation: {error}")
+        heldout = None
+    return train, heldout, [h.name for h in space.heads]
+
+
+def build_run(cfg: GRPOConfig, device: torch.device) -> Run:
+    world_model, tokenizer, idm, eval_idm, reference_factory = build_models(cfg, device)
+    train, heldout, names = build_datasets(cfg, tokenizer.config.image_size, list(world_model.head_sizes))
+    r = cfg.rollout
+    policy = ARPolicy(world_model, tokenizer, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
+                      reference_factory=reference_factory if cfg.loss.beta > 0 else None)
+    sampler = PromptSampler(train, r.prompts_per_step, context_frames=cfg.data.context_frames, n_frames=r.n_frames,
+                            seed=cfg.seed)
+    eval_prompts = None
+    if cfg.train.eval_interval and heldout is not None:
+        eval_prompts = fixed_prompts(heldout, cfg.eval.prompts, cfg.data.context_frames, r.n_frames)
+    return Run(policy, idm, eval_idm, sampler, eval_prompts, names)

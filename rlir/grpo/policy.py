@@ -1,0 +1,164 @@
+"""The policy interface the GRPO trainer optimises: any world model that samples videos with log-probs.
+
+The trainer only ever calls these methods, so an autoregressive token model (``ARPolicy``: one log-prob
+per sampled code) and a diffusion/flow model (one Gaussian log-prob per denoising step and frame, from
+``rlir.kernels.flow_sde_step``) plug in the same way. Shapes, with B prompts, G samples each,
+N = B * G rows (row b*G + g is sample g of prompt b), n generated frames, H action heads and S log-prob
+slots per video (tokens for AR, denoising steps x frames for diffusion):
+
+    rollout(prompts, num_samples=G, generator) -> Rollout     no grad; records old_logp [N, S] fp32, mask [N, S]
+    decode(rollout)            -> uint8 [N, n+1, 3, h, w]     the last context frame + the n generated frames
+    logprobs(rollout, idx)     -> fp32 [len(idx), S]          differentiable, under the current weights
+    reference_logprobs(rollout, idx) -> fp32 [len(idx), S]    no grad, frozen initial weights (only if beta > 0)
+    trainable_parameters()     -> the parameters the optimizer updates
+    state_dict() / load_state_dict(sd)                        what a checkpoint saves (tensors only)
+
+``logprobs`` must score the *same* samples the rollout drew, at the same slots, with the same sampling
+distribution (temperature), so that the ratio exp(logprobs - old_logp) is 1 before the first update.
+
+Worked example (``to_uint8`` from rlir.grpo.ar_policy): a user's own frame-level world model, ``MyModel.sample(context, actions, generator) ->
+(frames float [N, n, 3, h, w] in [0, 1], logp [N, n])`` and ``MyModel.score(context, actions, frames) ->
+logp [N, n]`` (e.g. a per-frame Gaussian)::
+
+    class MyPolicy(Policy):
+        def __init__(self, model):
+            self.model = model
+
+        def rollout(self, prompts, num_samples, generator):
+            ctx = prompts.context.repeat_interleave(num_samples, 0)          # uint8 [N, C, 3, h, w]
+            act = prompts.actions.repeat_interleave(num_samples, 0)          # [N, n, H]
+            frames, logp = self.model.sample(ctx, act, generator)
+            return Rollout(prompts, num_samples, samples={"context": ctx, "frames": frames},
+                           old_logp=logp.float(), mask=torch.ones_like(logp, dtype=torch.bool),
+                           prompt_index=torch.arange(len(prompts)).repeat_interleave(num_samples),
+                           actions=act)
+
+        def decode(self, rollout):
+            s = rollout.samples
+            return torch.cat([s["context"][:, -1:], to_uint8(s["frames"])], dim=1)
+
+        def logprobs(self, rollout, idx):
+            s = rollout.samples
+            return self.model.score(s["context"][idx], rollout.actions[idx], s["frames"][idx]).float()
+
+        def trainable_parameters(self):
+            return list(self.model.parameters())
+
+        def state_dict(self):
+            return self.model.state_dict()
+
+        def load_state_dict(self, sd):
+            self.model.load_state_dict(sd)
+
+    trainer = GRPOTrainer(cfg, MyPolicy(model), idm=my_idm, prompts=my_prompt_sampler)
+    trainer.train()
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import Dict, Iterable, Optional
+
+import torch
+
+
+@dataclass
+class Prompts:
+    """B prompts. context: uint8 [B, C, 3, h, w] frames; actions: int [B, n, H], where actions[:, k] leads
+    to generated frame k (from the last context frame for k = 0); context_actions: int [B, C-1, H], the
+    actions between the context frames (None when C = 1)."""
+
+    context: torch.Tensor
+    actions: torch.Tensor
+    context_actions: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        c, a = self.context, self.actions
+        if not isinstance(c, torch.Tensor) or c.dtype != torch.uint8 or c.ndim != 5 or c.shape[2] != 3:
+            raise ValueError(f"Prompts.context must be uint8 [B, C, 3, h, w], got "
+                             f"{getattr(c, 'dtype', type(c).__name__)} {tuple(getattr(c, 'shape', ()))}")
+        if not isinstance(a, torch.Tensor) or a.ndim != 3 or a.shape[0] != c.shape[0] or a.is_floating_point():
+            raise ValueError(f"Prompts.actions must be integer [B={c.shape[0]}, n, H], got "
+                             f"{tuple(getattr(a, 'shape', ()))}")
+        ca = self.context_actions
+        if c.shape[1] > 1 and (ca is None or tuple(ca.shape) != (c.shape[0], c.shape[1] - 1, a.shape[2])):
+            raise ValueError(f"Prompts.context_actions must be [B, C-1, H] = "
+                             f"{(c.shape[0], c.shape[1] - 1, a.shape[2])} with C = {c.shape[1]} context frames")
+
+    def __len__(self) -> int:
+        return self.context.shape[0]
+
+    @property
+    def n_frames(self) -> int:
+        return self.actions.shape[1]
+
+    def to(self, device) -> "Prompts":
+        ca = None if self.context_actions is None else self.context_actions.to(device)
+        return replace(self, context=self.context.to(device), actions=self.actions.to(device), context_actions=ca)
+
+
+@dataclass
+class Rollout:
+    """G samples of each of B prompts; every tensor is row-aligned with N = B * G rows.
+
+    samples: paradigm-specific tensors (AR: "context_tokens" [N, C, F], "tokens" [N, n, F], ...).
+    old_logp: fp32 [N, S] log-probs recorded while sampling; mask: bool [N, S] (valid slots).
+    prompt_index: int64 [N] (row -> prompt); actions: [N, n, H] the commanded actions (the reward's labels).
+    frames: uint8 [N, n+1, 3, h, w] once decoded (``Policy.decode``), else None.
+    """
+
+    prompts: Prompts
+    num_samples: int
+    samples: Dict[str, torch.Tensor]
+    old_logp: torch.Tensor
+    mask: torch.Tensor
+    prompt_index: torch.Tensor
+    actions: torch.Tensor
+    frames: Optional[torch.Tensor] = None
+    extras: Dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.old_logp.shape[0]
+
+    @property
+    def slots(self) -> int:
+        """S: log-prob slots per video."""
+        return self.old_logp.shape[1]
+
+
+class Policy(ABC):
+    """What the GRPO trainer needs from a world model; see the module docstring."""
+
+    @abstractmethod
+    def rollout(self, prompts: Prompts, num_samples: int, generator: Optional[torch.Generator] = None) -> Rollout:
+        ...
+
+    @abstractmethod
+    def decode(self, rollout: Rollout) -> torch.Tensor:
+        ...
+
+    @abstractmethod
+    def logprobs(self, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
+        ...
+
+    def reference_logprobs(self, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no reference model: set loss.beta: 0")
+
+    @abstractmethod
+    def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
+        ...
+
+    @abstractmethod
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        ...
+
+    @abstractmethod
+    def load_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> None:
+        ...
+
+    def train(self, mode: bool = True) -> "Policy":
+        """Switch the trainable modules to training (True) or inference (False) mode."""
+        return self
+
+    def eval(self) -> "Policy":
+        return self.train(False)

@@ -1,0 +1,414 @@
+"""The RLIR GRPO loop: rollout -> decode -> IDM reward -> group advantages -> clipped policy-gradient updates.
+
+One step (every phase inside ``PhaseTimer.phase``, i.e. an NVTX range plus a wall-clock timer):
+
+    data         B prompts from the resumable sampler (context frames + commanded actions)
+    rollout      policy.rollout(prompts, G): N = B*G videos, recording old log-probs      (no grad)
+    decode       policy.decode -> uint8 [N, n+1, 3, h, w] (last context frame + n generated)
+    reward       one batched IDM call on all N videos -> per-head logits [N, n, C_h]
+    advantage    rlir.kernels.idm_advantage: exact-match reward per video, group-normalised advantages
+    logprob_old  (loss.old_logprobs = recompute) no-grad teacher-forced log-probs as old log-probs
+    logprob_ref  (loss.beta > 0) log-probs under the frozen reference model
+    then inner_epochs passes over the N videos in shuffled minibatches of micro_batch_size x grad_accumulation:
+    logprob      policy.logprobs on a micro-batch (differentiable)
+    loss         rlir.kernels.grpo_loss, scaled so the accumulated gradient is the minibatch's loss gradient
+    backward
+    optim        grad-norm clip, AdamW step, lr schedule step (once per minibatch)
+
+Build from a config with ``GRPOTrainer.from_config(cfg)``, or pass your own policy / IDM / prompt sampler
+to the constructor (see ``rlir.grpo.policy``).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from rlir.kernels import grpo_loss, idm_advantage, idm_reward
+from rlir.profiling import PhaseTimer, peak_memory, reset_peak_memory
+from rlir.profiling.memory import max_rss_bytes
+
+from . import checkpoint as ckpt
+from .config import ConfigError, GRPOConfig, save_config
+from .logging import MetricsLogger, format_line
+from .policy import Policy, Prompts, Rollout
+from .prompts import PromptSampler
+
+# Metrics that measure the machine, not the optimisation (left out when comparing runs).
+MACHINE_METRIC_PREFIXES = ("time/", "perf/", "mem/")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", f"{name} requested but CUDA is not available")
+    return device
+
+
+def lr_lambda(cfg: GRPOConfig) -> Callable[[int], float]:
+    """LR factor after ``u`` optimizer updates: linear warmup over warmup_steps GRPO steps, then constant or
+    cosine down to min_lr_ratio at the last update."""
+    ups = cfg.updates_per_step
+    warm = cfg.optim.warmup_steps * ups
+    total = cfg.train.steps * ups
+    schedule, floor = cfg.optim.schedule, cfg.optim.min_lr_ratio
+
+    def factor(u: int) -> float:
+        if u < warm:
+            return (u + 1) / warm
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (u - warm) / max(1, total - warm - 1))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class GRPOTrainer:
+    """GRPO on a ``Policy`` with an IDM reward.
+
+    policy: the world model (see rlir.grpo.policy); idm: frames [N, n+1, 3, h, w] -> list of [N, n, C_h]
+    logits (frozen); prompts: a PromptSampler (or anything with next() -> Prompts and state_dict /
+    load_state_dict); eval_prompts: fixed held-out Prompts for evaluation; eval_idm: a second IDM for
+    evaluation only; out_dir: where metrics, TensorBoard events and checkpoints go (None: nowhere).
+    """
+
+    def __init__(self, cfg: GRPOConfig, policy: Policy, idm: nn.Module, prompts: PromptSampler, *,
+                 eval_prompts: Optional[Prompts] = None, eval_idm: Optional[nn.Module] = None,
+                 out_dir=None, device: Optional[torch.device] = None, head_names: Optional[Sequence[str]] = None,
+                 resume_step: Optional[int] = None):
+        self.cfg = cfg
+        self.policy, self.idm, self.prompts = policy, idm, prompts
+        self.eval_prompts, self.eval_idm = eval_prompts, eval_idm
+        self.device = device if device is not None else resolve_device(cfg.device)
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.head_names = list(head_names) if head_names is not None else None
+        for module in (idm, eval_idm):
+            if module is not None:
+                module.eval().requires_grad_(False)
+        bf16 = cfg.train.bf16
+        self.bf16 = self.device.type == "cuda" and (bf16 == "true" or (bf16 == "auto" and torch.cuda.is_bf16_supported()))
+
+        torch.manual_seed(cfg.seed)
+        self.rollout_generator = torch.Generator(self.device).manual_seed(cfg.seed)
+        self.shuffle_generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.step_count = 0
+
+        decay, no_decay = [], []
+        for p in policy.trainable_parameters():
+            (decay if p.ndim >= 2 else no_decay).append(p)
+        if not decay and not no_decay:
+            raise ValueError("the policy has no trainable parameters")
+        groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.optim.lr,
+                                           betas=tuple(cfg.optim.betas), eps=cfg.optim.adam_eps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+
+        self.logger: Optional[MetricsLogger] = None
+        if self.out_dir is not None:
+            self.logger = MetricsLogger(self.out_dir, jsonl=cfg.log.jsonl, tensorboard=cfg.log.tensorboard,
+                                        stdout=cfg.log.stdout, resume_step=resume_step)
+        self.history: List[Dict[str, float]] = []
+
+    # ---- construction from a config --------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, cfg: GRPOConfig, *, out_dir=None, resume: bool = False) -> "GRPOTrainer":
+        """Build models, data and trainer from ``cfg`` (and load the latest checkpoint under out_dir with resume)."""
+        from .builders import build_run
+
+        out_dir = Path(out_dir if out_dir is not None else cfg.out)
+        latest = ckpt.latest_checkpoint(out_dir / "checkpoints") if resume else None
+        if resume and latest is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}")
+        device = resolve_device(cfg.device)
+        run = build_run(cfg, device)
+        resume_step = int(latest.name.split("_")[1]) if latest is not None else None
+        trainer = cls(cfg, run.policy, run.idm, run.prompts, eval_prompts=run.eval_prompts, eval_idm=run.eval_idm,
+                      out_dir=out_dir, device=device, head_names=run.head_names, resume_step=resume_step)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+        if latest is not None:
+            trainer.load_checkpoint(latest)
+        return trainer
+
+    # ---- helpers --------------------------------------------------------------------------------------
+
+    def autocast(self):
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def idm_logits(self, idm: nn.Module, frames: torch.Tensor) -> List[torch.Tensor]:
+        chunk = self.cfg.reward.idm_batch_size
+        if chunk is None or chunk >= frames.shape[0]:
+            return [x.float() for x in idm(frames)]
+        parts = [idm(frames[i:i + chunk]) for i in range(0, frames.shape[0], chunk)]
+        return [torch.cat([p[h] for p in parts]).float() for h in range(len(parts[0]))]
+
+    def _micro_batches(self, order: torch.Tensor):
+        mbs, micro = self.cfg.minibatch_size, self.cfg.train.micro_batch_size
+        for start in range(0, len(order), mbs):
+            mb = order[start:start + mbs]
+            yield [mb[i:i + micro] for i in range(0, len(mb), micro)]
+
+    def _no_grad_logprobs(self, fn, rollout: Rollout, order: torch.Tensor) -> torch.Tensor:
+        """fn(rollout, idx) over micro-batches in the order of the first update, scattered back to rows."""
+        out = torch.empty_like(rollout.old_logp)
+        with torch.no_grad(), self.autocast():
+            for micro_batches in self._micro_batches(order):
+                for idx in micro_batches:
+                    idx = idx.to(self.device)
+                    out[idx] = fn(rollout, idx).float()
+        return out
+
+    def _normaliser(self, mask: torch.Tensor) -> float:
+        """The loss_agg denominator of a set of rows, so that micro-batch losses add up to the minibatch loss."""
+        agg = self.cfg.loss.loss_agg
+        if agg == "token-mean":
+            return float(mask.sum())
+        if agg == "seq-mean-token-mean":
+            return float((mask.sum(1) > 0).sum())
+        return float(mask.shape[0])
+
+    # ---- one GRPO step --------------------------------------------------------------------------------
+
+    def step(self) -> Dict[str, float]:
+        cfg = self.cfg
+        g = cfg.rollout.group_size
+        timer = PhaseTimer()
+        if self.device.type == "cuda":
+            reset_peak_memory(self.device)
+        start = time.perf_counter()
+
+        with timer.phase("data"):
+            prompts = self.prompts.next()
+        self.policy.eval()
+        with timer.phase("rollout"), torch.no_grad(), self.autocast():
+            rollout = self.policy.rollout(prompts, g, generator=self.rollout_generator)
+        with timer.phase("decode"), torch.no_grad(), self.autocast():
+            rollout.frames = self.policy.decode(rollout)
+        with timer.phase("reward"), self.autocast():
+            logits = self.idm_logits(self.idm, rollout.frames)
+        with timer.phase("advantage"):
+            rew, adv = idm_advantage(logits, rollout.actions, group_size=g, mode=cfg.reward.mode,
+                                     scale=cfg.advantage.scale, estimator=cfg.advantage.estimator,
+                                     eps=cfg.advantage.eps)
+        n_rows = len(rollout)
+        orders = [torch.randperm(n_rows, generator=self.shuffle_generator) for _ in range(cfg.train.inner_epochs)]
+
+        old = rollout.old_logp
+        if cfg.loss.old_logprobs == "recompute":
+            with timer.phase("logprob_old"):
+                old = self._no_grad_logprobs(self.policy.logprobs, rollout, orders[0])
+        ref = None
+        if cfg.loss.beta > 0:
+            with timer.phase("logprob_ref"):
+                ref = self._no_grad_logprobs(self.policy.reference_logprobs, rollout, orders[0])
+
+        m = self._rollout_metrics(rollout, rew, adv)
+        m.update(self._update(rollout, old, ref, adv, orders, timer))
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        self.step_count += 1
+        n_frames, slots = rollout.actions.shape[1], rollout.slots
+        phases = timer.breakdown()
+        m["time/step"] = elapsed
+        for name, seconds in phases.items():
+            m[f"time/{name}"] = seconds
+        m["perf/videos_per_s"] = n_rows / elapsed
+        m["perf/frames_per_s"] = n_rows * n_frames / elapsed
+        m["perf/tokens_per_s"] = n_rows * slots / elapsed
+        m["perf/rollout_tokens_per_s"] = n_rows * slots / max(phases.get("rollout", 0.0), 1e-9)
+        if self.device.type == "cuda":
+            m["mem/peak_gib"] = peak_memory(self.device) / 2**30
+        else:
+            m["mem/max_rss_gib"] = max_rss_bytes() / 2**30
+        self._last_phases = phases
+        return m
+
+    def _rollout_metrics(self, rollout: Rollout, rew, adv: torch.Tensor) -> Dict[str, float]:
+        g = rollout.num_samples
+        r = rew.reward.float()
+        m = {
+            "reward/mean": r.nanmean().item(),
+            "reward/std": r.std().item() if r.numel() > 1 else 0.0,
+            "reward/min": r.min().item(),
+            "reward/max": r.max().item(),
+            "adv/mean": adv.mean().item(),
+            "adv/std": adv.std().item() if adv.numel() > 1 else 0.0,
+            "adv/abs_max": adv.abs().max().item(),
+            "adv/zero_group_frac": (r.view(-1, g).amax(1) == r.view(-1, g).amin(1)).float().mean().item(),
+            "rollout/nll_per_token": -(rollout.old_logp * rollout.mask).sum().item() / max(1, int(rollout.mask.sum())),
+        }
+        names = self.head_names or [f"head{i}" for i in range(len(rew.head_accuracy))]
+        for name, acc in zip(names, rew.head_accuracy.tolist()):
+            m[f"reward/head_acc/{name}"] = acc
+        return m
+
+    def _update(self, rollout: Rollout, old: torch.Tensor, ref: Optional[torch.Tensor], adv: torch.Tensor,
+                orders: List[torch.Tensor], timer: PhaseTimer) -> Dict[str, float]:
+        cfg, lc = self.cfg, self.cfg.loss
+        self.policy.train()
+        mask = rollout.mask
+        sums: Dict[str, float] = defaultdict(float)
+        token_total = 0.0
+        losses, norms, lrs = [], [], []
+        first_dev, skipped = 0.0, 0
+        for epoch, order in enumerate(orders):
+            for k, micro_batches in enumerate(self._micro_batches(order)):
+                first = epoch == 0 and k == 0
+                denom = self._normaliser(mask[torch.cat(micro_batches).to(mask.device)])
+                self.optimizer.zero_grad(set_to_none=True)
+                minibatch_loss = 0.0
+                for idx in micro_batches:
+                    idx = idx.to(self.device)
+                    with timer.phase("logprob"), self.autocast():
+                        logp = self.policy.logprobs(rollout, idx)
+                    with timer.phase("loss"):
+                        loss, lm = grpo_loss(logp.float(), old[idx], adv[idx], mask[idx],
+                                             None if ref is None else ref[idx], eps_low=lc.eps_low,
+                                             eps_high=lc.eps_high, delta=lc.delta, beta=lc.beta,
+                                             loss_agg=lc.loss_agg, is_level=lc.is_level)
+                        weight = self._normaliser(mask[idx]) / max(denom, 1e-12)
+                        scaled = loss * weight
+                    with timer.phase("backward"):
+                        scaled.backward()
+                    minibatch_loss += scaled.item()
+                    tokens = float(mask[idx].sum())
+                    token_total += tokens
+                    for key, value in lm.items():
+                        sums[key] += value.item() * tokens
+                    if first:
+                        with torch.no_grad():
+                            d = ((logp.detach().float() - old[idx]).abs() * mask[idx]).max().item()
+                        first_dev = max(first_dev, d)
+                with timer.phase("optim"):
+                    max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else float("inf")
+                    norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm).item()
+                    lrs.append(self.optimizer.param_groups[0]["lr"])
+                    if math.isfinite(norm):
+                        self.optimizer.step()
+                    else:
+                        skipped += 1
+                        warnings.warn(f"step {self.step_count + 1}: non-finite gradient norm; update skipped")
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                losses.append(minibatch_loss)
+                norms.append(norm)
+        m = {f"loss/{k}": v / max(token_total, 1.0) for k, v in sums.items()}
+        m["loss/loss"] = sum(losses) / len(losses)
+        m["loss/first_update_logratio_max"] = first_dev
+        m["optim/lr"] = lrs[0]
+        m["optim/grad_norm"] = sum(norms) / len(norms)
+        m["optim/grad_norm_max"] = max(norms)
+        m["optim/updates"] = float(len(norms))
+        m["optim/skipped_updates"] = float(skipped)
+        return m
+
+    # ---- evaluation -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> Dict[str, float]:
+        """Reward on the fixed held-out prompts, sampled with a fixed generator (the training RNG streams are
+        not touched, so evaluating never changes a run)."""
+        if self.eval_prompts is None:
+            return {}
+        cfg = self.cfg
+        start = time.perf_counter()
+        self.policy.eval()
+        gen = torch.Generator(self.device).manual_seed(cfg.seed + 7919)
+        with self.autocast():
+            rollout = self.policy.rollout(self.eval_prompts, cfg.eval.num_samples, generator=gen)
+            frames = self.policy.decode(rollout)
+            m = {}
+            for prefix, idm in (("eval", self.idm), ("eval_idm", self.eval_idm)):
+                if idm is None:
+                    continue
+                out = idm_reward(self.idm_logits(idm, frames), rollout.actions, mode=cfg.reward.mode)
+                m[f"{prefix}/reward_mean"] = out.reward.nanmean().item()
+                names = self.head_names or [f"head{i}" for i in range(len(out.head_accuracy))]
+                for name, acc in zip(names, out.head_accuracy.tolist()):
+                    m[f"{prefix}/head_acc/{name}"] = acc
+        m["time/eval"] = time.perf_counter() - start
+        return m
+
+    # ---- the loop -------------------------------------------------------------------------------------
+
+    def train(self, steps: Optional[int] = None) -> List[Dict[str, float]]:
+        """Run until train.steps (or ``steps`` more steps); returns the metrics of the steps run."""
+        cfg = self.cfg
+        end = cfg.train.steps if steps is None else min(cfg.train.steps, self.step_count + steps)
+        if self.step_count == 0 and cfg.train.eval_interval and cfg.eval.at_start and self.eval_prompts is not None:
+            em = self.evaluate()
+            self._log(0, em, "eval step 0 | " + " ".join(f"{k} {v:.4f}" for k, v in em.items()))
+        ran = []
+        saved_at = None
+        while self.step_count < end:
+            m = self.step()
+            k = self.step_count
+            if cfg.train.eval_interval and k % cfg.train.eval_interval == 0:
+                m.update(self.evaluate())
+            self.history.append(m)
+            ran.append(m)
+            if k % cfg.train.log_interval == 0 or k == end:
+                self._log(k, m, format_line(k, cfg.train.steps, m, self._last_phases))
+            if self.out_dir is not None and cfg.train.checkpoint_interval and k % cfg.train.checkpoint_interval == 0:
+                self.save_checkpoint()
+                saved_at = k
+        if self.out_dir is not None and ran and saved_at != self.step_count:
+            self.save_checkpoint()
+        return ran
+
+    def _log(self, step: int, m: Dict[str, float], line: str) -> None:
+        if self.logger is not None:
+            self.logger.log(step, m, line)
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+
+    # ---- checkpoints ----------------------------------------------------------------------------------
+
+    def trainer_state(self) -> dict:
+        return {
+            "step": self.step_count,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "rollout_generator": self.rollout_generator.get_state(),
+            "shuffle_generator": self.shuffle_generator.get_state(),
+            "sampler": self.prompts.state_dict(),
+        }
+
+    def save_checkpoint(self, root=None) -> Path:
+        root = Path(root) if root is not None else self.out_dir / "checkpoints"
+        return ckpt.save_checkpoint(root, self.step_count, self.policy.state_dict(), self.trainer_state(),
+                                    meta={"config": self.cfg.to_dict()}, keep_last=self.cfg.train.keep_last)
+
+    def load_checkpoint(self, path) -> int:
+        """Restore policy, optimizer, scheduler, RNG streams, sampler position and step from ``path``."""
+        policy_state, state, _ = ckpt.load_checkpoint(path)
+        self.policy.load_state_dict(policy_state)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        self.rollout_generator.set_state(state["rollout_generator"].cpu())
+        self.shuffle_generator.set_state(state["shuffle_generator"].cpu())
+        self.prompts.load_state_dict(state["sampler"])
+        self.step_count = int(state["step"])
+        return self.step_count

@@ -1,0 +1,77 @@
+"""A bad config fails before any work, naming the key."""
+import pytest
+
+from rlir.cli import main
+from rlir.grpo import ConfigError, config_from_dict, load_config
+from rlir.grpo import trainer as trainer_module
+
+from .conftest import TINY_CONFIG
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["optim.lrr=1e-3"], "optim.lrr"),
+    (["nonsense.x=1"], "nonsense"),
+    (["optim.lr=-1"], "optim.lr"),
+    (["optim.lr=fast"], "optim.lr"),
+    (["rollout.group_size=1"], "rollout.group_size"),
+    (["rollout.group_size=2.5"], "rollout.group_size"),
+    (["loss.loss_agg=mean"], "loss.loss_agg"),
+    (["loss.delta=0.5"], "loss.delta"),
+    (["train.bf16=maybe"], "train.bf16"),
+    (["train.micro_batch_size=3"], "train.micro_batch_size"),
+    (["rollout.n_frames=9"], "rollout.n_frames"),
+    (["models.random.world_model.n_layerz=2"], "models.random.world_model.n_layerz"),
+    (["models.random.world_model.codebook_size=8"], "models.random.world_model.codebook_size"),
+    (["models.source=pretrained"], "models.world_model"),
+    (["data.source=recording", "data.path=/nonexistent"], "data.path"),
+    (["device=tpu"], "device"),
+    (["optim.betas=[0.9]"], "optim.betas"),
+    (["train"], "train"),
+])
+def test_bad_values_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(TINY_CONFIG, overrides)
+    assert str(info.value).startswith(key + ":"), str(info.value)
+    assert info.value.key == key
+
+
+def test_good_overrides_and_yaml_floats():
+    cfg = load_config(TINY_CONFIG, ["optim.lr=1e-5", "rollout.top_k=null", "optim.betas=[0.9,0.95]", "train.bf16=false"])
+    assert cfg.optim.lr == 1e-5 and cfg.rollout.top_k is None and cfg.optim.betas == [0.9, 0.95]
+    assert cfg.train.bf16 == "false"
+    assert config_from_dict({"optim": {"lr": "2e-5"}, "models": {"source": "random"},
+                             "data": {"source": "synthetic"}}).optim.lr == 2e-5
+
+
+def test_cli_fails_before_any_work(monkeypatch, tmp_path, capsys):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started despite a bad config")
+
+    monkeypatch.setattr(trainer_module.GRPOTrainer, "from_config", forbidden)
+    code = main(["train", "--config", str(TINY_CONFIG), "--out", str(tmp_path / "run"), "loss.eps_hgh=0.3"])
+    assert code == 2
+    assert "loss.eps_hgh: unknown key" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_checkpoint_missing_weights_fails_naming_the_key(tmp_path):
+    """diffusers would silently re-initialise weights a checkpoint lacks; the builder refuses."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from rlir.grpo.builders import build_models
+    from rlir.grpo.builders import _random_models
+
+    cfg = load_config(TINY_CONFIG)
+    world_model, tokenizer, idm = _random_models(cfg)
+    for name, model in (("wm", world_model), ("tok", tokenizer), ("idm", idm)):
+        model.save_pretrained(tmp_path / name)
+    weights = tmp_path / "idm" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(weights))
+    state.pop(sorted(state)[0])
+    save_file(state, str(weights))
+    pretrained = load_config(TINY_CONFIG, ["models.source=pretrained", f"models.world_model={tmp_path / 'wm'}",
+                                           f"models.tokenizer={tmp_path / 'tok'}", f"models.idm={tmp_path / 'idm'}"])
+    with pytest.raises(ConfigError) as info:
+        build_models(pretrained, torch.device("cpu"))
+    assert info.value.key == "models.idm" and "lacks 1 weights" in str(info.value)
