@@ -37,7 +37,7 @@ def run(args) -> int:
     from rlir.models.ar_world_model import ARWorldModel
     from rlir.models.idm import InverseDynamicsModel
     from rlir.models.tokenizer import VQTokenizer
-    from rlir.pretrain.tokenizer import psnr
+    from rlir.metrics.image import psnr
 
     if args.frames < 1 or args.prompts < 1:
         raise SystemExit("rlir eval: error: --frames and --prompts must be >= 1")

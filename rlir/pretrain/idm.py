@@ -31,12 +31,12 @@ from rlir.data.recording import Recording
 from rlir.metrics.classification import ClassificationReport, classification_report, format_report
 from rlir.metrics.plots import plot_confusion
 from rlir.models.idm import InverseDynamicsModel
+from rlir.pretrain.common import SAVE_DTYPES, check_int
 
 # The evaluation IDM differs from the reward IDM in seed and width, so the two do not share the same
 # blind spots; everything else is shared.
 ROLE_DEFAULTS = {"reward": {"seed": 0, "width": 128}, "eval": {"seed": 1, "width": 96}}
 # Saved-weight dtypes -> the cast. Not .to(dtype): diffusers' ModelMixin.to warns on every dtype cast.
-CASTS = {"fp32": "float", "bf16": "bfloat16", "fp16": "half"}
 CLASS_WEIGHTS = ("none", "inverse-sqrt")
 
 
@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of episodes held out for evaluation (default: 0.1)")
     parser.add_argument("--class-weights", choices=CLASS_WEIGHTS, default="none",
                         help="cross-entropy class weights: none, or inverse square root of the training frequency")
-    parser.add_argument("--dtype", choices=sorted(CASTS), default="fp32", help="dtype of the saved weights")
+    parser.add_argument("--dtype", choices=sorted(SAVE_DTYPES), default="fp32", help="dtype of the saved weights")
     parser.add_argument("--eval-every", type=int, default=100,
                         help="held-out evaluation every N steps into metrics.jsonl; 0: only at the end (default: 100)")
     parser.add_argument("--log-every", type=int, default=10, help="training metrics every N steps (default: 10)")
@@ -85,11 +85,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_positive(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
 def train(data: str | Path, out: str | Path, role: str = "reward", steps: int = 250, batch: int = 8,
           lr: float = 2e-3, weight_decay: float = 0.01, window: int = 16, width: int = 128, depth: int = 2,
           heads: int = 4, channels: Sequence[int] = (16, 32, 32), seed: int = 0, heldout_fraction: float = 0.1,
@@ -101,21 +96,21 @@ def train(data: str | Path, out: str | Path, role: str = "reward", steps: int = 
         raise ValueError(f"role must be one of {sorted(ROLE_DEFAULTS)}, got {role!r}")
     for name, value, minimum in (("steps", steps, 1), ("batch", batch, 1), ("eval_every", eval_every, 0),
                                  ("log_every", log_every, 1)):
-        _check_positive(name, value, minimum)
+        check_int(name, value, minimum)
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a number > 0, got {lr!r}")
     if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
         raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
     if class_weights not in CLASS_WEIGHTS:
         raise ValueError(f"class_weights must be one of {list(CLASS_WEIGHTS)}, got {class_weights!r}")
-    if dtype not in CASTS:
-        raise ValueError(f"dtype must be one of {sorted(CASTS)}, got {dtype!r}")
+    if dtype not in SAVE_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(SAVE_DTYPES)}, got {dtype!r}")
     if not 0 < heldout_fraction < 1:
         raise ValueError(f"heldout_fraction must be in (0, 1): the IDM is evaluated on held-out episodes, "
                          f"got {heldout_fraction!r}")
     out = Path(out)
     recording = Recording(data)
-    _check_positive("window", window, 2)
+    check_int("window", window, 2)
     clips = ClipDataset(recording, "train", context_frames=1, clip_frames=window - 1, stride=1,
                         heldout_fraction=heldout_fraction)
     heldout = split_episodes(recording.episode_ids, heldout_fraction)[1]
@@ -160,7 +155,7 @@ def train(data: str | Path, out: str | Path, role: str = "reward", steps: int = 
         seconds = time.perf_counter() - start
 
         # Evaluate what is saved: the weights rounded to --dtype (computing in fp32).
-        getattr(model, CASTS[dtype])().save_pretrained(tmp)
+        getattr(model, SAVE_DTYPES[dtype])().save_pretrained(tmp)
         model.float()
         report = evaluate(model, recording, heldout)
         metrics = {

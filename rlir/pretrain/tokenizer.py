@@ -15,13 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -29,11 +25,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rlir.data import Recording, resize_frames, split_episodes
+from rlir.metrics.image import psnr
 from rlir.models.tokenizer import VQTokenizer
+from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_common_args, check_int,
+                                  check_output_directory, learning_rate, shuffled_batches)
 
-# Saved weight dtypes -> the nn.Module cast to each: these convert floating-point tensors only (the
-# codebook's integer and bool buffers stay), and ModelMixin.to(dtype) would warn about fp32-kept modules.
-SAVE_DTYPES = {"fp32": "float", "bf16": "bfloat16", "fp16": "half"}
 GRID_FRAMES = 8
 
 
@@ -94,15 +90,8 @@ def train(
     return the held-out metrics written to ``out``/metrics.json (see the module docstring)."""
     for name, value, minimum in (("steps", steps, 1), ("batch", batch, 1), ("codebook_size", codebook_size, 2),
                                  ("seed", seed, 0), ("log_every", log_every, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if dtype not in SAVE_DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(SAVE_DTYPES)}, got {dtype!r}")
-    if isinstance(heldout_fraction, bool) or not isinstance(heldout_fraction, (int, float)) \
-            or not 0 < heldout_fraction < 1:
-        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction!r}")
+        check_int(name, value, minimum)
+    check_common_args(lr, dtype, heldout_fraction)
     out = Path(out)
     check_output_directory(out, overwrite)
 
@@ -158,36 +147,10 @@ def train(
     return metrics
 
 
-def check_output_directory(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out: {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"out: {out} exists and is not empty; pass --overwrite to replace it")
-
-
 def load_frames(recording: Recording, episode_ids: list[str], size: int) -> torch.Tensor:
     """All frames of ``episode_ids`` as one uint8 tensor [N, 3, size, size]."""
     frames = [resize_frames(recording.load_episode(e)[0], (size, size)) for e in episode_ids]
     return torch.from_numpy(np.concatenate(frames)).permute(0, 3, 1, 2).contiguous()
-
-
-def shuffled_batches(n: int, batch: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless index batches: each pass over range(n) is a fresh permutation (batches may span two passes)."""
-    pending = torch.empty(0, dtype=torch.int64)
-    while True:
-        while len(pending) < batch:
-            pending = torch.cat([pending, torch.randperm(n, generator=generator)])
-        yield pending[:batch]
-        pending = pending[batch:]
-
-
-def learning_rate(step: int, steps: int, peak: float, warmup: int = 100) -> float:
-    """Linear warm-up over min(warmup, steps // 10) steps, then cosine decay to 10% of ``peak``."""
-    warmup = min(warmup, steps // 10)
-    if step <= warmup:
-        return peak * step / warmup
-    progress = (step - warmup) / max(steps - warmup, 1)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def code_statistics(codes: torch.Tensor, codebook_size: int) -> dict:
@@ -196,17 +159,6 @@ def code_statistics(codes: torch.Tensor, codebook_size: int) -> dict:
     p = counts / counts.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
     return {"codes_used": int((counts > 0).sum()), "perplexity": math.exp(entropy)}
-
-
-def psnr(original: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
-    """Per-frame PSNR in dB of uint8 frames [N, ...] against 255: 10 log10(255^2 / MSE). A frame that is
-    reproduced exactly scores 10 log10(255^2 / 1e-10) (148 dB), not inf, so means stay finite."""
-    if original.shape != reconstruction.shape or original.dtype != torch.uint8 or reconstruction.dtype != torch.uint8:
-        raise ValueError(f"original and reconstruction must be uint8 tensors of one shape, got "
-                         f"{original.dtype} {tuple(original.shape)} and {reconstruction.dtype} "
-                         f"{tuple(reconstruction.shape)}")
-    error = (original.double() - reconstruction.double()).pow(2).reshape(len(original), -1).mean(1)
-    return 10 * torch.log10(255.0**2 / error.clamp_min(1e-10))
 
 
 @torch.no_grad()
@@ -238,30 +190,3 @@ def save_grid(path: Path, top: torch.Tensor, bottom: torch.Tensor, scale: int = 
     Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST).save(path)
 
 
-@contextmanager
-def atomic_directory(final: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary sibling of ``final`` to write into. When the block succeeds it is renamed
-    to ``final`` (replacing an existing one only when ``overwrite``); when it fails it is deleted. Readers
-    never see a half-written ``final``."""
-    final = Path(final)
-    check_output_directory(final, overwrite)
-    staging = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if final.exists():
-        retired = final.parent / f".{final.name}.old-{os.getpid()}"
-        os.replace(final, retired)
-        os.replace(staging, final)
-        shutil.rmtree(retired)
-    else:
-        os.replace(staging, final)
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -30,12 +29,11 @@ from rlir.data import Recording, split_episodes
 from rlir.models.ar_world_model import ARWorldModel
 from rlir.models.tokenizer import VQTokenizer
 from rlir.pretrain.tokenized import TokenizedRecording
-from rlir.pretrain.tokenizer import (append_jsonl, atomic_directory, check_output_directory, learning_rate,
-                                     shuffled_batches)
+from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_common_args, check_int,
+                                  check_output_directory, learning_rate, shuffled_batches)
 from rlir.pretrain.world_model_eval import generation_quality, heldout_nll, real_frames, save_videos
 
 KINDS = ("ar", "diffusion")
-SAVE_DTYPES = {"fp32": "float", "bf16": "bfloat16", "fp16": "half"}  # saved weight dtype -> nn.Module cast
 GRAD_CLIP = 1.0
 WEIGHT_DECAY = 0.05
 NLL_CLIPS_DURING_TRAINING = 32
@@ -84,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     options = {k: v for k, v in vars(args).items() if k not in ("command", "target", "func", "quiet", "threads")}
     try:
         if args.threads is not None:
-            _check_int("threads", args.threads, 1)
+            check_int("threads", args.threads, 1)
             torch.set_num_threads(args.threads)
         metrics = train(**options, progress=not args.quiet)
     except ValueError as error:  # bad arguments, a broken recording (RecordingError names the file), no tokenizer
@@ -98,11 +96,6 @@ def run(args: argparse.Namespace) -> int:
           f"{metrics['model']['parameters']:,} parameters, {metrics['model']['checkpoint_bytes'] / 1e6:.2f} MB "
           f"({metrics['model']['dtype']}), trained in {metrics['training']['seconds']:.0f} s")
     return 0
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _load_tokenizer(path: Path | str) -> VQTokenizer:
@@ -142,19 +135,13 @@ def train(data: Path | str, tokenizer: Path | str, out: Path | str, kind: str = 
                                  ("max_frames", max_frames, 2), ("seed", seed, 0), ("eval_prompts", eval_prompts, 1),
                                  ("eval_frames", eval_frames, 1), ("eval_every", eval_every, 0),
                                  ("log_every", log_every, 1)):
-        _check_int(name, value, minimum)
+        check_int(name, value, minimum)
     if clip_frames > max_frames:
         raise ValueError(f"clip_frames ({clip_frames}) must be <= max_frames ({max_frames})")
     if eval_frames >= max_frames:
         raise ValueError(f"eval_frames ({eval_frames}) must be < max_frames ({max_frames}): one context frame "
                          f"plus the generated frames must fit")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if dtype not in SAVE_DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(SAVE_DTYPES)}, got {dtype!r}")
-    if isinstance(heldout_fraction, bool) or not isinstance(heldout_fraction, (int, float)) \
-            or not 0 < heldout_fraction < 1:
-        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction!r}")
+    check_common_args(lr, dtype, heldout_fraction)
     out = Path(out)
     check_output_directory(out, overwrite)
     shape = dict(n_layers=layers, d_model=d_model, n_heads=heads, n_kv_heads=kv_heads, max_frames=max_frames)

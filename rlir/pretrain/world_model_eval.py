@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from rlir.data import Recording, resize_frames
 from rlir.models.ar_world_model import ARWorldModel
 from rlir.models.tokenizer import VQTokenizer
-from rlir.pretrain.tokenizer import psnr
+from rlir.metrics.image import psnr
 
 
 @torch.no_grad()

@@ -7,7 +7,9 @@ import torch
 import rlir.cli
 from rlir.data import record
 from rlir.models.tokenizer import VQTokenizer
-from rlir.pretrain.tokenizer import atomic_directory, psnr, train
+from rlir.metrics.image import psnr
+from rlir.pretrain.common import atomic_directory
+from rlir.pretrain.tokenizer import train
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,88 @@
+"""Training plumbing shared by the `rlir pretrain` targets: argument checks, batches, the lr schedule,
+metrics lines and atomic output directories."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+# Saved weight dtypes -> the nn.Module cast to each: these convert floating-point tensors only (integer
+# and bool buffers stay), and ModelMixin.to(dtype) would warn about fp32-kept modules.
+SAVE_DTYPES = {"fp32": "float", "bf16": "bfloat16", "fp16": "half"}
+
+
+def check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def check_common_args(lr, dtype: str, heldout_fraction) -> None:
+    """The arguments every pretraining target takes: a positive lr, a SAVE_DTYPES key, a fraction in (0, 1)."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if dtype not in SAVE_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(SAVE_DTYPES)}, got {dtype!r}")
+    if isinstance(heldout_fraction, bool) or not isinstance(heldout_fraction, (int, float)) \
+            or not 0 < heldout_fraction < 1:
+        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction!r}")
+
+
+def check_output_directory(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"out: {out} exists and is not empty; pass --overwrite to replace it")
+
+
+def shuffled_batches(n: int, batch: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless index batches: each pass over range(n) is a fresh permutation (batches may span two passes)."""
+    pending = torch.empty(0, dtype=torch.int64)
+    while True:
+        while len(pending) < batch:
+            pending = torch.cat([pending, torch.randperm(n, generator=generator)])
+        yield pending[:batch]
+        pending = pending[batch:]
+
+
+def learning_rate(step: int, steps: int, peak: float, warmup: int = 100) -> float:
+    """Linear warm-up over min(warmup, steps // 10) steps, then cosine decay to 10% of ``peak``."""
+    warmup = min(warmup, steps // 10)
+    if step <= warmup:
+        return peak * step / warmup
+    progress = (step - warmup) / max(steps - warmup, 1)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@contextmanager
+def atomic_directory(final: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``final`` to write into. When the block succeeds it is renamed
+    to ``final`` (replacing an existing one only when ``overwrite``); when it fails it is deleted. Readers
+    never see a half-written ``final``."""
+    final = Path(final)
+    check_output_directory(final, overwrite)
+    staging = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if final.exists():
+        retired = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, retired)
+        os.replace(staging, final)
+        shutil.rmtree(retired)
+    else:
+        os.replace(staging, final)
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
