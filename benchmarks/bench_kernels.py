@@ -9,6 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_fused_linear_logprobs  # noqa: E402
 import bench_group_advantage  # noqa: E402
 import bench_grpo_loss  # noqa: E402
 import bench_memory  # noqa: E402
@@ -19,6 +20,7 @@ SUITES = {
     "group_advantage": bench_group_advantage.cases,
     "token_logprobs": bench_token_logprobs.cases,
     "grpo_loss": bench_grpo_loss.cases,
+    "fused_linear_logprobs": bench_fused_linear_logprobs.cases,
 }
 
 
