@@ -18,8 +18,7 @@ def main():
     parser.add_argument("--out", default=str(RESULTS_DIR), help="results folder (default benchmarks/results)")
     args = parser.parse_args()
     bench_kernels.main(["--out", args.out])
-    sys.argv = [sys.argv[0], "--results", args.out]
-    report.main()
+    report.main(["--results", args.out])
 
 
 if __name__ == "__main__":
