@@ -14,8 +14,6 @@ import argparse
 import inspect
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,7 +29,7 @@ from rlir.data.recording import Recording
 from rlir.metrics.classification import ClassificationReport, classification_report, format_report
 from rlir.metrics.plots import plot_confusion
 from rlir.models.idm import InverseDynamicsModel
-from rlir.pretrain.common import SAVE_DTYPES, check_int
+from rlir.pretrain.common import SAVE_DTYPES, atomic_directory, check_int
 
 # The evaluation IDM differs from the reward IDM in seed and width, so the two do not share the same
 # blind spots; everything else is shared.
@@ -126,10 +124,7 @@ def train(data: str | Path, out: str | Path, role: str = "reward", steps: int = 
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     generator = torch.Generator().manual_seed(seed)
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(out, overwrite=True) as tmp:  # an existing --out is replaced only when complete
         start = time.perf_counter()
         with open(tmp / "metrics.jsonl", "w") as log, \
                 tqdm(total=steps, desc=f"pretrain idm ({role})", unit="step", disable=quiet) as bar:
@@ -176,9 +171,6 @@ def train(data: str | Path, out: str | Path, role: str = "reward", steps: int = 
         }
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
         plot_confusion(report, tmp / "confusion.png", f"{role} IDM, held-out episodes of {recording.root.name}")
-        _replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if not quiet:
         print(format_report(report))
         size = metrics["model"]
@@ -228,12 +220,3 @@ def _frame_accuracy(logits: list[torch.Tensor], actions: torch.Tensor) -> float:
 def _log(log, record: dict) -> None:
     log.write(json.dumps(record) + "\n")
     log.flush()
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Move tmp to out; an existing out is moved aside first and deleted only once tmp is in place."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
