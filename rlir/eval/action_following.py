@@ -32,8 +32,7 @@ def generate_videos(world_model: ARWorldModel, tokenizer: VQTokenizer, first_fra
         context = tokenizer.encode(first_frames[i:i + batch]).flatten(1)
         codes, _ = generate(world_model, context, actions[i:i + batch], temperature=temperature, top_k=top_k,
                             generator=generator)
-        frames = VQTokenizer.to_uint8(tokenizer.decode(codes.reshape(*codes.shape[:2], *tokenizer.code_grid)))
-        videos.append(torch.cat([first_frames[i:i + batch, None], frames], dim=1))
+        videos.append(torch.cat([first_frames[i:i + batch, None], tokenizer.decode_tokens(codes)], dim=1))
     return torch.cat(videos)
 
 

@@ -21,13 +21,12 @@ import torch
 import torch.nn as nn
 
 from rlir.models.sampling import generate
+from rlir.models.tokenizer import VQTokenizer
 
 from .policy import Policy, Prompts, Rollout
 
 
-def to_uint8(frames: torch.Tensor) -> torch.Tensor:
-    """Float frames in [0, 1] -> uint8 0..255 (rounded)."""
-    return (frames.float() * 255).round().clamp(0, 255).to(torch.uint8)
+to_uint8 = VQTokenizer.to_uint8  # float frames in [0, 1] -> uint8; policy.py's worked example uses it
 
 
 class ARPolicy(Policy):
@@ -110,8 +109,8 @@ class ARPolicy(Policy):
     def decode(self, rollout: Rollout) -> torch.Tensor:
         s = rollout.samples
         codes = torch.cat((s["context_tokens"][:, -1:], s["tokens"]), dim=1)  # [N, n+1, F]
-        grid = self.tokenizer.code_grid
-        frames = self.tokenizer.decode(codes.reshape(*codes.shape[:2], *grid))
+        # Only decode() and code_grid are asked of the tokenizer, so user tokenizers need nothing more.
+        frames = self.tokenizer.decode(codes.reshape(*codes.shape[:2], *self.tokenizer.code_grid))
         return to_uint8(frames)
 
     def _score(self, model: nn.Module, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:

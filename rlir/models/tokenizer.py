@@ -233,6 +233,14 @@ class VQTokenizer(ModelMixin, ConfigMixin):
         frames = self._decode_latents(latents).clamp(0, 1)
         return frames.reshape(*codes.shape[:-2], *frames.shape[1:])
 
+    @torch.no_grad()
+    def decode_tokens(self, tokens: torch.Tensor, batch: int = 256) -> torch.Tensor:
+        """Flat per-frame codes [..., tokens_per_frame] (what the world model emits) -> uint8 frames
+        [..., 3, 64, 64], decoded ``batch`` frames at a time to bound memory."""
+        grid = tokens.reshape(-1, *self.code_grid)
+        frames = torch.cat([self.to_uint8(self.decode(grid[i:i + batch])) for i in range(0, len(grid), batch)])
+        return frames.reshape(*tokens.shape[:-1], *frames.shape[1:])
+
     @staticmethod
     def to_uint8(frames: torch.Tensor) -> torch.Tensor:
         """Float frames in [0, 1] -> uint8 0..255 (rounded)."""

@@ -39,13 +39,6 @@ def real_frames(recording: Recording, windows: list[tuple[str, int]], frames: in
     return torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3).contiguous()
 
 
-def _decode(tokenizer: VQTokenizer, codes: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """Codes [N, T, F] -> uint8 frames [N, T, 3, S, S]."""
-    grid = codes.reshape(-1, *tokenizer.code_grid)
-    frames = torch.cat([tokenizer.to_uint8(tokenizer.decode(grid[i:i + batch])) for i in range(0, len(grid), batch)])
-    return frames.reshape(*codes.shape[:2], *frames.shape[1:])
-
-
 def _psnr_summary(real: torch.Tensor, generated: torch.Tensor) -> dict:
     """Mean PSNR over all frames and per generated step (averaged over prompts) of [N, n, 3, S, S] videos."""
     values = psnr(real.flatten(0, 1), generated.flatten(0, 1)).view(real.shape[:2])
@@ -65,12 +58,12 @@ def generation_quality(model: ARWorldModel, tokenizer: VQTokenizer, codes: torch
     metrics = {"prompts": len(codes), "context_frames": 1, "generated_frames": codes.shape[1] - 1}
     for name, options in (("greedy", {"top_k": 1}), ("sampled", {"temperature": 1.0})):
         tokens, _ = model.generate(codes[:, :1], actions, generator=torch.Generator().manual_seed(seed), **options)
-        generated = _decode(tokenizer, tokens)
+        generated = tokenizer.decode_tokens(tokens)
         videos[name] = torch.cat((frames[:, :1], generated), dim=1)
         metrics[name] = _psnr_summary(real, generated)
         metrics[name]["code_accuracy"] = (tokens == codes[:, 1:]).float().mean().item()
     metrics["copy_context"] = _psnr_summary(real, frames[:, :1].expand_as(real))
-    metrics["tokenizer_ceiling"] = _psnr_summary(real, _decode(tokenizer, codes[:, 1:]))
+    metrics["tokenizer_ceiling"] = _psnr_summary(real, tokenizer.decode_tokens(codes[:, 1:]))
     return metrics, videos
 
 
