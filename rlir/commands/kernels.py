@@ -56,8 +56,8 @@ def _cases(torch, K, dev, gen):
     def loss_of(fn, z):
         return fn(z, ids, old, adv, mask, ref, beta=0.04, eps_high=0.28)[0]
 
-    def reference_from_logits(z, *args, **kwargs):
-        return K.grpo_loss_reference(K.token_logprobs_reference(z.double(), ids), *args[1:], **kwargs)
+    def reference_from_logits(z, ids, *loss_args, **loss_kwargs):
+        return K.grpo_loss_reference(K.token_logprobs_reference(z.double(), ids), *loss_args, **loss_kwargs)
 
     yield ("grpo_loss_from_logits (+grad)", with_grad(lambda z: loss_of(K.grpo_loss_from_logits, z), logits),
            with_grad(lambda z: loss_of(reference_from_logits, z), logits), 1e-4)
