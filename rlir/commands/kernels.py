@@ -6,6 +6,7 @@ interpreter (so the check is slow-ish but real). Prints one line per op with the
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 
@@ -67,8 +68,11 @@ def run_check(args) -> int:
     import torch
 
     on_gpu = torch.cuda.is_available()
-    if not on_gpu:
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the kernels' import
+    if not on_gpu and os.environ.get("TRITON_INTERPRET") != "1":
+        # Triton reads TRITON_INTERPRET when a kernel is decorated, and building the CLI has already imported
+        # the kernels: rerun this command in a fresh interpreter with the variable set.
+        os.environ["TRITON_INTERPRET"] = "1"
+        os.execv(sys.executable, [sys.executable, "-m", "rlir", "kernels", "check", "--seed", str(args.seed)])
     os.environ["RLIR_KERNELS"] = "triton"
     import rlir.kernels as K
 
