@@ -62,7 +62,8 @@ def grpo_loss_reference(logp: torch.Tensor, old_logp: Optional[torch.Tensor], ad
     # Padded positions may hold anything (even inf): zero them so they cannot leak NaN into sums or grads.
     lp = torch.where(valid, logp.to(dtype), 0.0)
     old = lp.detach() if old_logp is None else torch.where(valid, old_logp.detach().to(dtype), 0.0)
-    adv = advantages.detach().to(dtype)[:, None]
+    adv = advantages.detach().to(dtype)
+    adv = adv[:, None] if adv.ndim == 1 else torch.where(valid, adv, 0.0)
     n_row = w.sum(1)
     n_tok = n_row.sum()
 
@@ -111,12 +112,13 @@ if HAS_TRITON:
         logp_ptr, old_ptr, ref_ptr, adv_ptr, mask_ptr, row_count_ptr, norm_ptr, grad_ptr, partial_ptr,
         T, eps_low, eps_high, delta, beta,
         HAS_REF: tl.constexpr, HAS_DELTA: tl.constexpr, SEQ_MEAN_AGG: tl.constexpr,
-        SEQ_LEVEL: tl.constexpr, N_PARTIAL: tl.constexpr, BLOCK_T: tl.constexpr,
+        SEQ_LEVEL: tl.constexpr, ADV_PER_TOKEN: tl.constexpr, N_PARTIAL: tl.constexpr, BLOCK_T: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
         base = row * T
         cols = tl.arange(0, BLOCK_T)
-        adv = tl.load(adv_ptr + row).to(tl.float32)
+        if not ADV_PER_TOKEN:
+            adv = tl.load(adv_ptr + row).to(tl.float32)
         n_row = tl.load(row_count_ptr + row)
         # Loss weight of each valid token of this row.
         w = 1.0 / tl.load(norm_ptr)
@@ -144,6 +146,8 @@ if HAS_TRITON:
             in_row = offs < T
             valid = in_row & (tl.load(mask_ptr + base + offs, mask=in_row, other=0) != 0)
             lp = tl.load(logp_ptr + base + offs, mask=valid, other=0.0).to(tl.float32)
+            if ADV_PER_TOKEN:
+                adv = tl.load(adv_ptr + base + offs, mask=valid, other=0.0).to(tl.float32)
             if SEQ_LEVEL:
                 log_ratio = tl.zeros([BLOCK_T], dtype=tl.float32) + seq_log_ratio
             else:
@@ -175,15 +179,15 @@ if HAS_TRITON:
                 kl_acc += tl.where(valid, kl, 0.0)
             tl.store(grad_ptr + base + offs, tl.where(valid, w * grad, 0.0), mask=in_row)
             loss_acc += tl.where(valid, per_token, 0.0)
-            below_acc += tl.where(valid & (ratio < 1.0 - eps_low), 1.0, 0.0)
-            above_acc += tl.where(valid & (ratio > 1.0 + eps_high), 1.0, 0.0)
+            below_acc += tl.where(valid & (ratio < 1.0 - eps_low), tl.where(adv < 0, 1.0, 0.0), 0.0)
+            above_acc += tl.where(valid & (ratio > 1.0 + eps_high), tl.where(adv > 0, 1.0, 0.0), 0.0)
             ratio_acc += tl.where(valid, ratio, 0.0)
 
         # A ratio below the range is clipped only when A < 0, above it only when A > 0: the two are
         # exclusive, so clip_frac = low + high.
         out = partial_ptr + row * N_PARTIAL
-        low_sum = tl.where(adv < 0, tl.sum(below_acc, axis=0), 0.0)
-        high_sum = tl.where(adv > 0, tl.sum(above_acc, axis=0), 0.0)
+        low_sum = tl.sum(below_acc, axis=0)
+        high_sum = tl.sum(above_acc, axis=0)
         tl.store(out + 0, w * tl.sum(loss_acc, axis=0))
         tl.store(out + 1, tl.sum(kl_acc, axis=0))
         tl.store(out + 2, low_sum)
@@ -221,7 +225,7 @@ class _GRPOLossFunction(torch.autograd.Function):
             logp, old_logp, ref_logp, advantages, mask_u8, row_count, norm.reshape(1), grad, partial,
             T, eps_low, eps_high, 0.0 if delta is None else delta, beta,
             HAS_REF=has_ref, HAS_DELTA=delta is not None, SEQ_MEAN_AGG=loss_agg == "seq-mean-token-mean",
-            SEQ_LEVEL=is_level == "sequence", N_PARTIAL=partial.shape[1],
+            SEQ_LEVEL=is_level == "sequence", ADV_PER_TOKEN=advantages.ndim == 2, N_PARTIAL=partial.shape[1],
             BLOCK_T=min(next_pow2(T), MAX_BLOCK_T), num_warps=4,
         )
         sums = partial.sum(0)
@@ -244,8 +248,11 @@ def _check_grpo_args(N: int, T: int, old_logp, advantages, ref_logp,
     if old_logp is not None:
         check_tensor("old_logp", old_logp, ndim=2, dtypes=FLOAT_DTYPES)
         check_shape("old_logp", old_logp, (N, T))
-    check_tensor("advantages", advantages, ndim=1, dtypes=FLOAT_DTYPES)
-    check_shape("advantages", advantages, (N,))
+    check_tensor("advantages", advantages, ndim=(1, 2), dtypes=FLOAT_DTYPES)
+    check_shape("advantages", advantages, (N,) if advantages.ndim == 1 else (N, T))
+    if advantages.ndim == 2 and is_level == "sequence":
+        raise ValueError("advantages must be [N] (one per sequence) with is_level='sequence': a sequence-level "
+                         "ratio has one importance weight per sequence, so per-token advantages do not apply")
     if ref_logp is not None:
         check_tensor("ref_logp", ref_logp, ndim=2, dtypes=FLOAT_DTYPES)
         check_shape("ref_logp", ref_logp, (N, T))
@@ -272,7 +279,8 @@ def grpo_loss(logp: torch.Tensor, old_logp: Optional[torch.Tensor], advantages: 
     """GRPO loss (0-d fp32) and metrics (dict of 0-d fp32: kl, clip_frac_low/high, clip_frac, ratio_mean).
 
     logp/old_logp/ref_logp: [N, T] per-token log-probs (old_logp None: the rollout policy is the current
-    one, ratio exactly 1); advantages: [N]; mask: [N, T] bool or 0/1, None = all valid. Differentiable
+    one, ratio exactly 1); advantages: [N] per sequence, or [N, T] per token (e.g. per-frame credit);
+    mask: [N, T] bool or 0/1, None = all valid. Differentiable
     w.r.t. ``logp`` only. Metrics are masked means over valid tokens; an empty mask gives 0, never NaN.
     """
     check_tensor("logp", logp, ndim=2, dtypes=FLOAT_DTYPES)

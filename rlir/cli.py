@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Command-group modules, in the order `rlir --help` lists them.
-COMMAND_MODULES = ["kernels", "data", "pretrain", "train", "profile", "eval"]
+COMMAND_MODULES = ["quickstart", "kernels", "data", "pretrain", "train", "profile", "eval"]
 
 
 def build_parser() -> argparse.ArgumentParser:

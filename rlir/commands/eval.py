@@ -1,77 +1,120 @@
-"""`rlir eval`: action-following and visual quality of an AR world model on held-out prompts.
+"""`rlir eval`: action-following and visual quality of a world model (or of a GRPO run, before vs after).
 
 Each held-out prompt is a real first frame plus the next ``--frames`` real commanded actions. The world model
 generates the frames; the evaluation IDM (never seen by the reward) and the reward IDM read the actions back;
-PSNR compares the generated frames with the real continuation. The same IDMs on the real frames give the
-ceiling. Writes a JSON report and prints a summary.
+PSNR and SSIM compare the generated frames with the real continuation. The same IDMs on the real frames give
+the ceiling. Writes report.json, report.md, a video grid (PNG, MP4, GIF) and, for a run, its training curves.
+
+    rlir eval --data data/crafter                          # the shipped world model
+    rlir eval --data data/crafter --run runs/grpo/x        # a GRPO run: its start vs its latest checkpoint
+    rlir eval --data data/crafter --world-model A --baseline B
 """
 from __future__ import annotations
 
-import json
+import shlex
+import sys
 from pathlib import Path
 
 CHECKPOINTS = Path("checkpoints/crafter")
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("eval", help="action-following (eval IDM) and PSNR of a world model")
-    parser.add_argument("--world-model", type=Path, default=CHECKPOINTS / "ar_world_model")
+    parser = subparsers.add_parser("eval", help="action-following (eval IDM), PSNR and SSIM of a world model, "
+                                   "with a markdown report and video grid")
+    parser.add_argument("--data", type=Path, required=True, help="a recording folder (its held-out episodes)")
+    parser.add_argument("--world-model", type=Path, default=None,
+                        help="a save_pretrained dir, a GRPO run dir or one of its checkpoints "
+                             f"(default: {CHECKPOINTS / 'ar_world_model'})")
+    parser.add_argument("--run", type=Path, default=None,
+                        help="a GRPO run dir: compare the model it started from (before) with its latest "
+                             "checkpoint (after) and plot its training curves")
+    parser.add_argument("--baseline", type=Path, default=None, help="a second world model, reported as 'before'")
     parser.add_argument("--tokenizer", type=Path, default=CHECKPOINTS / "tokenizer")
     parser.add_argument("--idm", type=Path, default=CHECKPOINTS / "idm", help="the reward IDM")
     parser.add_argument("--eval-idm", type=Path, default=CHECKPOINTS / "eval_idm", help="the held-out IDM")
-    parser.add_argument("--data", type=Path, required=True, help="a recording folder (its held-out episodes)")
     parser.add_argument("--frames", type=int, default=15, help="generated frames per prompt (default 15)")
     parser.add_argument("--prompts", type=int, default=64, help="held-out prompts (default 64)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="report JSON (default: print only)")
+    parser.add_argument("--grid", type=int, default=4, help="prompts shown in the video grid (default 4)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report directory (default: RUN/eval with --run, else print only)")
     parser.set_defaults(func=run)
+
+
+def _models(args) -> dict:
+    """label -> path of the world models to evaluate, in report order."""
+    from rlir.eval.loading import run_base_world_model
+
+    if args.run is not None:
+        if args.world_model is not None:
+            raise SystemExit("rlir eval: error: give --run or --world-model, not both")
+        base = args.baseline or run_base_world_model(args.run)
+        if base is None:
+            raise SystemExit(f"rlir eval: error: --run {args.run} is not a GRPO run (no checkpoints/)")
+        return {"before": Path(base), "after": args.run}
+    model = args.world_model or CHECKPOINTS / "ar_world_model"
+    if args.baseline is not None:
+        return {"before": args.baseline, "after": model}
+    return {"model": model}
 
 
 def run(args) -> int:
     import torch
 
-    from rlir.data import ClipDataset, Recording
-    from rlir.eval.action_following import generate_videos, idm_scores
+    from rlir.data import Recording
+    from rlir.eval.evaluate import HeldOutPrompts, evaluate_world_model, idm_metrics
+    from rlir.eval.loading import load_world_model
+    from rlir.eval.media import plot_curves, write_video_grid
+    from rlir.eval.report import HEADLINE, build_report, write_report
     from rlir.metrics import format_report
-    from rlir.models.ar_world_model import ARWorldModel
     from rlir.models.idm import InverseDynamicsModel
     from rlir.models.tokenizer import VQTokenizer
-    from rlir.metrics.image import psnr
 
     if args.frames < 1 or args.prompts < 1:
         raise SystemExit("rlir eval: error: --frames and --prompts must be >= 1")
+    models = _models(args)
+    out = args.out if args.out is not None else (args.run / "eval" if args.run is not None else None)
     recording = Recording(args.data)
-    clips = ClipDataset(recording, split="heldout", context_frames=1, clip_frames=args.frames)
-    if len(clips) == 0:
-        raise SystemExit(f"rlir eval: error: --data {args.data} has no held-out clip of {args.frames + 1} frames")
-    step = max(1, len(clips) // args.prompts)
-    items = [clips[i] for i in range(0, len(clips), step)][: args.prompts]
-    first = torch.stack([torch.as_tensor(it["context"][0]) for it in items])
-    real = torch.stack([torch.cat([torch.as_tensor(it["context"]), torch.as_tensor(it["target"])]) for it in items])
-    actions = torch.stack([torch.as_tensor(it["actions"]) for it in items])
-
+    try:
+        prompts = HeldOutPrompts.from_recording(recording, args.prompts, args.frames)
+    except ValueError as error:
+        raise SystemExit(f"rlir eval: error: --data: {error}")
     tokenizer = VQTokenizer.from_pretrained(args.tokenizer).eval()
-    world_model = ARWorldModel.from_pretrained(args.world_model).eval()
     idms = {"eval_idm": InverseDynamicsModel.from_pretrained(args.eval_idm).eval(),
             "reward_idm": InverseDynamicsModel.from_pretrained(args.idm).eval()}
-    generated = generate_videos(world_model, tokenizer, first, actions, temperature=args.temperature, seed=args.seed)
 
-    report = {"prompts": len(items), "frames": args.frames, "temperature": args.temperature,
-              "world_model": str(args.world_model),
-              "psnr_db": psnr(real[:, 1:].flatten(0, 1), generated[:, 1:].flatten(0, 1)).mean().item()}
-    for name, idm in idms.items():
-        for source, videos in (("generated", generated), ("real", real)):
-            scores = idm_scores(idm, videos, actions, recording.action_space)
-            report[f"{name}_{source}_frame_accuracy"] = scores["frame_accuracy"]
-            if name == "eval_idm" and source == "generated":
-                report["eval_idm_generated_report"] = scores["report"].to_json()
-                print(format_report(scores["report"]))
-    summary = {k: round(v, 4) for k, v in report.items() if isinstance(v, float)}
-    print(json.dumps(summary, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        tmp.replace(args.out)
+    results = {"real": idm_metrics(idms, prompts.real, prompts, recording.action_space)}
+    videos = {"real": prompts.real}
+    info_models = {}
+    for label, path in models.items():
+        model, info = load_world_model(path)
+        metrics, videos[label] = evaluate_world_model(model, tokenizer, idms, prompts, recording.action_space,
+                                                      temperature=args.temperature, seed=args.seed)
+        results[label] = metrics
+        info_models[label] = info
+        print(f"== {label}: {info['source']}")
+        print(format_report(metrics["eval_idm/report"]))
+
+    info = {"prompts": len(prompts), "frames": args.frames, "temperature": args.temperature, "seed": args.seed,
+            "models": info_models, "video_rows": list(videos),
+            "command": "rlir " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["eval"] else ""}
+    report = build_report(results, info=info)
+    for key, title in HEADLINE:
+        print(f"{title:48s} " + "  ".join(f"{k} {v:.4f}" for k, v in report["metrics"][key].items() if v is not None))
+    if out is None:
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    names = [action_names(recording.action_space, a) for a in prompts.actions[:args.grid]]
+    files = {k: p.name for k, p in write_video_grid(out, videos, names, count=args.grid).items()}
+    metrics_jsonl = args.run / "metrics.jsonl" if args.run is not None else None
+    if metrics_jsonl is not None and metrics_jsonl.is_file() and plot_curves(metrics_jsonl, out / "curves.png"):
+        files["curves"] = "curves.png"
+    paths = write_report(out, report, files)
+    print(f"report: {paths['md']} (and {paths['json'].name}, {', '.join(files.values())})")
     return 0
+
+
+def action_names(action_space, actions) -> list[str]:
+    """Commanded actions [n, H] of one prompt -> short labels, e.g. 'move_left'."""
+    return ["+".join(action_space.class_names(row.tolist()).values()) for row in actions]

@@ -87,6 +87,7 @@ class ARPolicy(Policy):
             mask=torch.ones(n_rows, n * f, dtype=torch.bool, device=tokens.device),
             prompt_index=torch.arange(len(prompts), device=tokens.device).repeat_interleave(g),
             actions=actions,
+            slot_frame=torch.arange(n * f, device=tokens.device) // f,
         )
 
     def _rollout_model(self) -> nn.Module:

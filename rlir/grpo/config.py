@@ -110,6 +110,9 @@ class AdvantageConfig:
     scale: str = _f("group", choices=("group", "batch", "none"))
     estimator: str = _f("grpo", choices=("grpo", "rloo"))
     eps: float = _f(1e-6, gt=0.0)
+    credit: str = _f("video", choices=("video", "frame"),
+                     help="video: one advantage per video from its reward (the paper); frame: each generated "
+                     "frame's slots get the group advantage of that frame's own IDM match")
 
 
 @dataclass

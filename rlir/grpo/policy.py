@@ -105,6 +105,8 @@ class Rollout:
     old_logp: fp32 [N, S] log-probs recorded while sampling; mask: bool [N, S] (valid slots).
     prompt_index: int64 [N] (row -> prompt); actions: [N, n, H] the commanded actions (the reward's labels).
     frames: uint8 [N, n+1, 3, h, w] once decoded (``Policy.decode``), else None.
+    slot_frame: int64 [S], the generated frame (0..n-1) each log-prob slot belongs to; needed for per-frame
+    credit (advantage.credit: frame), None if the policy cannot say.
     """
 
     prompts: Prompts
@@ -115,6 +117,7 @@ class Rollout:
     prompt_index: torch.Tensor
     actions: torch.Tensor
     frames: Optional[torch.Tensor] = None
+    slot_frame: Optional[torch.Tensor] = None
     extras: Dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:

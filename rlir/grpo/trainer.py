@@ -7,6 +7,7 @@ One step (every phase inside ``PhaseTimer.phase``, i.e. an NVTX range plus a wal
     decode       policy.decode -> uint8 [N, n+1, 3, h, w] (last context frame + n generated)
     reward       one batched IDM call on all N videos -> per-head logits [N, n, C_h]
     advantage    rlir.kernels.idm_advantage: exact-match reward per video, group-normalised advantages
+                 (advantage.credit = frame: per generated frame instead, broadcast to that frame's slots)
     logprob_old  (loss.old_logprobs = recompute) no-grad teacher-forced log-probs as old log-probs
     logprob_ref  (loss.beta > 0) log-probs under the frozen reference model
     then inner_epochs passes over the N videos in shuffled minibatches of micro_batch_size x grad_accumulation:
@@ -31,7 +32,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from rlir.kernels import grpo_loss, idm_advantage, idm_reward
+from rlir.kernels import group_advantage, grpo_loss, idm_advantage, idm_reward
 from rlir.profiling import PhaseTimer, peak_memory, reset_peak_memory
 from rlir.profiling.memory import max_rss_bytes
 
@@ -174,6 +175,19 @@ class GRPOTrainer:
                     out[idx] = fn(rollout, idx).float()
         return out
 
+    def frame_advantages(self, frame_match: torch.Tensor, rollout: Rollout) -> torch.Tensor:
+        """Per-frame credit: frame k of every video is compared with frame k of the other G - 1 samples of
+        its prompt (same commanded action), and each log-prob slot gets its frame's advantage -> [N, S]."""
+        if rollout.slot_frame is None:
+            raise ConfigError("advantage.credit", f"'frame' needs Rollout.slot_frame, which "
+                              f"{type(self.policy).__name__}.rollout does not set")
+        a = self.cfg.advantage
+        n_rows, n = frame_match.shape
+        by_frame = frame_match.float().t().reshape(-1)  # frame-major: groups of G stay contiguous
+        adv = group_advantage(by_frame, group_size=rollout.num_samples, scale=a.scale, estimator=a.estimator,
+                              eps=a.eps)
+        return adv.view(n, n_rows).t()[:, rollout.slot_frame.to(frame_match.device)].contiguous()
+
     def _normaliser(self, mask: torch.Tensor) -> float:
         """The loss_agg denominator of a set of rows, so that micro-batch losses add up to the minibatch loss."""
         agg = self.cfg.loss.loss_agg
@@ -206,6 +220,8 @@ class GRPOTrainer:
             rew, adv = idm_advantage(logits, rollout.actions, group_size=g, mode=cfg.reward.mode,
                                      scale=cfg.advantage.scale, estimator=cfg.advantage.estimator,
                                      eps=cfg.advantage.eps)
+            if cfg.advantage.credit == "frame":
+                adv = self.frame_advantages(rew.frame_match, rollout)
         n_rows = len(rollout)
         orders = [torch.randperm(n_rows, generator=self.shuffle_generator) for _ in range(cfg.train.inner_epochs)]
 

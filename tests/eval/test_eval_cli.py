@@ -1,19 +1,58 @@
-"""`rlir eval` end to end: the shipped Crafter checkpoints on a tiny fresh recording."""
+"""`rlir eval` and `rlir quickstart` end to end: the shipped Crafter checkpoints on a tiny fresh recording."""
 import json
+
+import pytest
 
 from rlir.cli import main
 from rlir.data import record
 
+METRICS = ("eval_idm/frame_accuracy", "reward_idm/frame_accuracy", "psnr_db", "ssim")
 
-def test_eval_writes_a_report(tmp_path):
-    data = tmp_path / "rec"
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    data = tmp_path_factory.mktemp("eval") / "rec"
     record("crafter", data, episodes=2, steps=12, seed=3, progress=False)
-    out = tmp_path / "report.json"
-    assert main(["eval", "--data", str(data), "--frames", "3", "--prompts", "2", "--out", str(out)]) == 0
-    report = json.loads(out.read_text())
+    return data
+
+
+def test_eval_of_one_model_writes_a_report(recording, tmp_path):
+    out = tmp_path / "report"
+    assert main(["eval", "--data", str(recording), "--frames", "3", "--prompts", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
     assert report["prompts"] >= 1 and report["frames"] == 3
-    for key in ("eval_idm_generated_frame_accuracy", "eval_idm_real_frame_accuracy",
-                "reward_idm_generated_frame_accuracy", "reward_idm_real_frame_accuracy"):
-        assert 0.0 <= report[key] <= 1.0
-    assert report["psnr_db"] > 0
-    assert report["eval_idm_generated_report"]["count"] == report["prompts"] * 3
+    for key in METRICS:
+        assert set(report["metrics"][key]) >= {"model"}
+    for key in ("eval_idm/frame_accuracy", "reward_idm/frame_accuracy"):
+        assert 0.0 <= report["metrics"][key]["model"] <= 1.0 and 0.0 <= report["metrics"][key]["real"] <= 1.0
+    assert report["metrics"]["psnr_db"]["model"] > 0 and -1 <= report["metrics"]["ssim"]["model"] <= 1
+    assert report["eval_idm_per_action"]["model"]["count"] == report["prompts"] * 3
+    for name in ("report.md", "video_grid.png", "video_grid.mp4", "video_grid.gif"):
+        assert (out / name).stat().st_size > 0
+    assert "| action-following, eval IDM" in (out / "report.md").read_text()
+
+
+def test_comparing_a_model_with_itself_gives_zero_deltas(recording, tmp_path):
+    out = tmp_path / "report"
+    model = "checkpoints/crafter/ar_world_model"
+    assert main(["eval", "--data", str(recording), "--frames", "2", "--prompts", "2", "--world-model", model,
+                 "--baseline", model, "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    for key in METRICS:
+        row = report["metrics"][key]
+        assert row["before"] == row["after"] and row["delta"] == 0.0
+
+
+def test_quickstart_trains_and_reports_before_and_after(recording, tmp_path):
+    out = tmp_path / "quick"
+    args = ["quickstart", "--data", str(recording), "--out", str(out), "--steps", "1", "--prompts", "2",
+            "--frames", "2", "rollout.prompts_per_step=1", "rollout.group_size=2", "rollout.n_frames=2",
+            "train.micro_batch_size=2", "train.grad_accumulation=1", "eval.prompts=2", "log.tensorboard=false",
+            "data.heldout_fraction=0.5"]
+    assert main(args) == 0
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert report["models"]["after"]["step"] == 1
+    assert report["models"]["before"]["source"].endswith("ar_world_model")
+    for key in METRICS:
+        assert {"before", "after", "delta"} <= set(report["metrics"][key])
+    assert (out / "eval" / "curves.png").is_file() and (out / "eval" / "video_grid.gif").is_file()

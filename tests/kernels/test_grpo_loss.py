@@ -117,6 +117,35 @@ def test_matches_float64_reference(backend, gen, loss_agg, is_level, delta, kl):
                    run_reference64(logp, old, adv, mask, ref, **opts))
 
 
+@pytest.mark.parametrize("delta", [None, 1.5])
+@pytest.mark.parametrize("loss_agg", LOSS_AGGS)
+def test_per_token_advantages_match_float64_reference(backend, gen, loss_agg, delta):
+    """Advantages [N, T] (per-frame credit): signs vary along a row; padded positions hold NaN."""
+    logp, old, ref, _, mask = make_batch(gen)
+    adv = torch.randn(mask.shape, generator=gen, dtype=torch.float64).masked_fill(~mask, float("nan")).float()
+    opts = dict(eps_low=0.2, eps_high=0.28, delta=delta, beta=0.1, loss_agg=loss_agg)
+    got = run_public(grpo_loss, logp, old, adv, mask, ref, **opts)
+    assert_matches(got, run_reference64(logp, old, adv, mask, ref, **opts))
+    assert got[1]["clip_frac_low"] > 0 and got[1]["clip_frac_high"] > 0
+
+
+def test_per_token_advantages_reject_sequence_level_ratio(backend, gen):
+    logp, old, _, adv, mask = make_batch(gen)
+    with pytest.raises(ValueError, match="advantages.*is_level"):
+        grpo_loss(logp, old, adv[:, None].expand(mask.shape), mask, is_level="sequence")
+
+
+def test_per_token_advantages_constant_along_rows_equal_per_row(backend, gen):
+    logp, old, ref, adv, mask = make_batch(gen, garbage=False)
+    opts = dict(eps_low=0.2, eps_high=0.28, beta=0.1)
+    row = run_public(grpo_loss, logp, old, adv, mask, ref, **opts)
+    token = run_public(grpo_loss, logp, old, adv[:, None].expand(mask.shape).contiguous(), mask, ref, **opts)
+    torch.testing.assert_close(token[0], row[0])
+    torch.testing.assert_close(token[2], row[2])
+    for k in METRICS:
+        torch.testing.assert_close(token[1][k], row[1][k], msg=k)
+
+
 def test_batch_exercises_every_branch(gen):
     """Guard on make_batch: the data above do clip low and high and do hit the delta cap."""
     logp, old, ref, adv, mask = make_batch(gen)

@@ -1,0 +1,64 @@
+"""Evaluate one world model on fixed held-out prompts: action-following (both IDMs), PSNR and SSIM."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict
+
+import torch
+
+from rlir.metrics.image import psnr, ssim
+
+from .action_following import generate_videos, idm_scores
+
+
+@dataclass
+class HeldOutPrompts:
+    """K held-out clips: real videos uint8 [K, n + 1, 3, S, S] (frame 0 is the prompt) and the commanded
+    actions [K, n, H]."""
+
+    real: torch.Tensor
+    actions: torch.Tensor
+
+    @classmethod
+    def from_recording(cls, recording, count: int, frames: int) -> "HeldOutPrompts":
+        from rlir.data import ClipDataset
+
+        clips = ClipDataset(recording, split="heldout", context_frames=1, clip_frames=frames)
+        if len(clips) == 0:
+            raise ValueError(f"the recording {recording.root} has no held-out clip of {frames + 1} frames")
+        step = max(1, len(clips) // count)
+        items = [clips[i] for i in range(0, len(clips), step)][:count]
+        real = torch.stack([torch.cat([torch.as_tensor(it["context"]), torch.as_tensor(it["target"])])
+                            for it in items])
+        actions = torch.stack([torch.as_tensor(it["actions"]) for it in items])
+        return cls(real, actions)
+
+    def __len__(self) -> int:
+        return len(self.real)
+
+
+def idm_metrics(idms: Dict[str, torch.nn.Module], videos: torch.Tensor, prompts: HeldOutPrompts,
+                action_space) -> Dict[str, object]:
+    """Frame accuracy of each IDM on ``videos``, and the eval IDM's per-action P/R/F1 report."""
+    out: Dict[str, object] = {}
+    for name, idm in idms.items():
+        scores = idm_scores(idm, videos, prompts.actions, action_space)
+        out[f"{name}/frame_accuracy"] = scores["frame_accuracy"]
+        if name == "eval_idm":
+            out["eval_idm/report"] = scores["report"]
+    return out
+
+
+@torch.no_grad()
+def evaluate_world_model(world_model, tokenizer, idms: Dict[str, torch.nn.Module], prompts: HeldOutPrompts,
+                         action_space, *, temperature: float = 1.0, seed: int = 0):
+    """-> (metrics, generated uint8 videos [K, n + 1, 3, S, S]). Metrics: ``<idm>/frame_accuracy`` for each
+    IDM, ``eval_idm/report`` (ClassificationReport), ``psnr_db`` and ``ssim`` of the generated frames against
+    the real continuation (frame 0, the prompt, excluded)."""
+    videos = generate_videos(world_model, tokenizer, prompts.real[:, 0], prompts.actions, temperature=temperature,
+                             seed=seed)
+    metrics = idm_metrics(idms, videos, prompts, action_space)
+    real, fake = prompts.real[:, 1:].flatten(0, 1), videos[:, 1:].flatten(0, 1)
+    metrics["psnr_db"] = psnr(real, fake).mean().item()
+    metrics["ssim"] = ssim(real, fake).mean().item()
+    return metrics, videos

@@ -1,0 +1,124 @@
+"""The evaluation report: ``report.json`` for machines, ``report.md`` for people, with the video grid and the
+training curves beside them.
+
+``results`` maps a label ("before", "after", or one model's name) to the metrics of
+``rlir.eval.evaluate.evaluate_world_model``; "real" holds the IDMs' scores on the real frames (the ceiling).
+With two models, every metric gets before / after / delta.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+HEADLINE = (
+    ("eval_idm/frame_accuracy", "action-following, eval IDM (never a reward)"),
+    ("reward_idm/frame_accuracy", "action-following, reward IDM"),
+    ("psnr_db", "PSNR vs the real continuation (dB)"),
+    ("ssim", "SSIM vs the real continuation"),
+)
+
+
+def _finite(value) -> Optional[float]:
+    return float(value) if value is not None and math.isfinite(float(value)) else None
+
+
+def build_report(results: Dict[str, dict], *, info: dict) -> dict:
+    """The machine-readable report: {"metrics": {name: {label: value, ..., "delta": after - before}}, ...}."""
+    labels = [k for k in results if k != "real"]
+    metrics: Dict[str, dict] = {}
+    for key, _ in HEADLINE:
+        row = {label: _finite(results[label].get(key)) for label in labels}
+        if key in results.get("real", {}):
+            row["real"] = _finite(results["real"][key])
+        if {"before", "after"} <= set(labels) and None not in (row["before"], row["after"]):
+            row["delta"] = row["after"] - row["before"]
+        metrics[key] = row
+    per_action = {label: results[label]["eval_idm/report"].to_json()
+                  for label in labels if "eval_idm/report" in results[label]}
+    return {**info, "metrics": metrics, "eval_idm_per_action": per_action}
+
+
+def _cell(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _signed(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:+.{digits}f}"
+
+
+def per_action_table(report: dict, labels) -> list[str]:
+    """Markdown: per class of each head, support and F1 (and precision/recall) per model."""
+    lines = []
+    heads = report["eval_idm_per_action"]
+    first = heads[labels[0]]["heads"]
+    for h, head in enumerate(first):
+        header = "| class | support | " + " | ".join(f"{lab} P / R / F1" for lab in labels) + " |"
+        lines += [f"Head `{head['name']}`:", "", header, "|---|---:|" + "---:|" * len(labels)]
+        for name, values in head["classes"].items():
+            if values["support"] == 0 and all(heads[lab]["heads"][h]["classes"][name]["precision"] is None
+                                              for lab in labels):
+                continue
+            cells = []
+            for lab in labels:
+                v = heads[lab]["heads"][h]["classes"][name]
+                cells.append(f"{_cell(v['precision'], 2)} / {_cell(v['recall'], 2)} / {_cell(v['f1'], 2)}")
+            lines.append(f"| {name} | {values['support']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def markdown(report: dict, files: Dict[str, str]) -> str:
+    labels = [k for k in next(iter(report["metrics"].values())) if k not in ("real", "delta")]
+    compare = "delta" in json.dumps(report["metrics"])
+    lines = [f"# World-model evaluation: {', '.join(labels)}", ""]
+    lines.append(f"{report['prompts']} held-out prompts, 1 real context frame, {report['frames']} generated frames, "
+                 f"temperature {report['temperature']}, seed {report['seed']}.")
+    for label, model in report.get("models", {}).items():
+        lines.append(f"- **{label}**: `{model['source']}`" + (f" (GRPO step {model['step']})" if model.get("step") else ""))
+    lines += ["", "| metric | " + " | ".join(labels) + (" | delta" if compare else "") + " | real frames |",
+              "|---|" + "---:|" * (len(labels) + (2 if compare else 1))]
+    for key, title in HEADLINE:
+        row = report["metrics"][key]
+        cells = [_cell(row.get(lab)) for lab in labels]
+        if compare:
+            cells.append(_signed(row.get("delta")))
+        cells.append(_cell(row.get("real")))
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if "curves" in files:
+        lines += ["## Training", "", f"![training curves]({files['curves']})", ""]
+    if "gif" in files:
+        lines += ["## Videos", "", f"Rows: {', '.join(report.get('video_rows', labels))}; the commanded action is "
+                  "written above each generated frame.", "", f"![video grid]({files['gif']})", "",
+                  f"Filmstrip: [{files['png']}]({files['png']}) · MP4: [{files['mp4']}]({files['mp4']})", ""]
+    if report.get("eval_idm_per_action"):
+        lines += ["## Per-action precision / recall / F1 (eval IDM on generated frames)", ""]
+        lines += per_action_table(report, [lab for lab in labels if lab in report["eval_idm_per_action"]])
+    if report.get("command"):
+        lines += ["Reproduce:", "", "```", report["command"], "```", ""]
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_report(out_dir, report: dict, files: Dict[str, str]) -> Dict[str, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "report.json", "md": out_dir / "report.md"}
+    _atomic_write(paths["json"], json.dumps(report, indent=1, default=_json_default))
+    _atomic_write(paths["md"], markdown(report, files))
+    return paths
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
