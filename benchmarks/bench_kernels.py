@@ -9,6 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_flow_sde_step  # noqa: E402
 import bench_fused_linear_logprobs  # noqa: E402
 import bench_group_advantage  # noqa: E402
 import bench_grpo_loss  # noqa: E402
@@ -21,6 +22,7 @@ SUITES = {
     "token_logprobs": bench_token_logprobs.cases,
     "grpo_loss": bench_grpo_loss.cases,
     "fused_linear_logprobs": bench_fused_linear_logprobs.cases,
+    "flow_sde_step": bench_flow_sde_step.cases,
 }
 
 

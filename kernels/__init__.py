@@ -8,6 +8,7 @@ from .idm_reward import IDMReward, idm_advantage, idm_reward, idm_reward_referen
 from .token_logprobs import token_logprobs, token_logprobs_reference
 from .grpo_loss import grpo_loss, grpo_loss_from_logits, grpo_loss_reference
 from .fused_linear_logprobs import fused_linear_grpo_loss, fused_linear_logprobs, fused_linear_logprobs_reference
+from .flow_sde_step import FlowSDEStep, flow_sde_step, flow_sde_step_reference
 
 __all__ = [
     "group_advantage",
@@ -24,4 +25,7 @@ __all__ = [
     "fused_linear_logprobs",
     "fused_linear_logprobs_reference",
     "fused_linear_grpo_loss",
+    "flow_sde_step",
+    "flow_sde_step_reference",
+    "FlowSDEStep",
 ]

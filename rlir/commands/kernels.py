@@ -63,6 +63,21 @@ def _cases(torch, K, dev, gen):
     yield ("grpo_loss_from_logits (+grad)", with_grad(lambda z: loss_of(K.grpo_loss_from_logits, z), logits),
            with_grad(lambda z: loss_of(reference_from_logits, z), logits), 1e-4)
 
+    x, v, noise = randn(3, 4, 37), randn(3, 4, 37).requires_grad_(), randn(3, 4, 37)
+    sigma = torch.tensor([1.0, 0.6, 0.3]).to(dev)
+
+    def sde(step, cast):
+        def run():
+            sampled = step(cast(x), cast(v), sigma, sigma - 0.1, 0.7, noise=cast(noise))
+            scored = step(cast(x), cast(v), sigma, sigma - 0.1, 0.7, x_next=sampled.x_next.detach())
+            (grad,) = torch.autograd.grad(scored.log_prob.sum(), v)
+            return torch.cat([t.flatten().double() for t in (sampled.x_next, sampled.mean, sampled.log_prob,
+                                                             scored.log_prob, grad)])
+        return run
+
+    yield ("flow_sde_step (+grad)", sde(K.flow_sde_step, lambda t: t),
+           sde(K.flow_sde_step_reference, lambda t: t.double()), 1e-4)
+
 
 def run_check(args) -> int:
     import torch

@@ -14,4 +14,4 @@ def test_kernels_check_passes_from_a_plain_environment():
                          text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "all kernels match their references" in out.stdout
-    assert out.stdout.count("ok  ") == 4
+    assert out.stdout.count("ok  ") == 5
