@@ -100,18 +100,24 @@ def generate(model, context_tokens: torch.Tensor, actions: torch.Tensor, *,
     action_ids = model.action_token_ids(actions)
     prompt = torch.cat((model.sequence(context, context_actions), action_ids[:, 0]), dim=1)
     action_ids = action_ids.repeat_interleave(g, dim=0)
+    conditioned = getattr(model, "frame_action_embeddings", None) is not None
     if use_cache:
         cache = model.new_cache(b, max_len=(n_ctx + n_steps) * model.frame_stride - n_heads - 1)
         last_hidden = model.forward_tokens(prompt, cache)[:, -1].repeat_interleave(g, dim=0)
         cache = cache.repeat_interleave(g)
 
-        def step(feed):
-            return model.forward_tokens(feed, cache)[:, -1]
+        def step(feed, k):
+            # feed[:, 0] is a code of generated frame k, led into by action k; action tokens after it get none.
+            frame_actions = None
+            if conditioned:
+                frame_actions = torch.full((*feed.shape, n_heads), -1, dtype=torch.long, device=feed.device)
+                frame_actions[:, 0] = action_ids[:, k]
+            return model.forward_tokens(feed, cache, frame_actions)[:, -1]
     else:
         seq = prompt.repeat_interleave(g, dim=0)
         last_hidden = model.forward_tokens(seq)[:, -1]
 
-        def step(feed):
+        def step(feed, k):
             nonlocal seq
             seq = torch.cat((seq, feed), dim=1)
             return model.forward_tokens(seq)[:, -1]
@@ -129,5 +135,5 @@ def generate(model, context_tokens: torch.Tensor, actions: torch.Tensor, *,
                 feed = torch.cat((ids[:, None], action_ids[:, k + 1]), dim=1)
             else:
                 break
-            logits = model.output(step(feed))
+            logits = model.output(step(feed, k))
     return tokens, logprobs

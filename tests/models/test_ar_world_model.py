@@ -44,8 +44,9 @@ def test_rope_is_relative_and_norm_preserving(make_model):
     assert not torch.allclose(score(7, 3), score(3, 7))
 
 
-def test_causality(make_model, random_clip):
-    model = make_model()
+@pytest.mark.parametrize("frame_action_embedding", [False, True])
+def test_causality(make_model, random_clip, frame_action_embedding):
+    model = make_model(frame_action_embedding=frame_action_embedding)
     frames, actions = random_clip(model, batch=2, frames=4)
     logits = model(frames, actions)
     later = frames.clone()
@@ -61,18 +62,38 @@ def test_causality(make_model, random_clip):
     assert not torch.allclose(steered[:, 2], logits[:, 2])
 
 
-def test_kv_cache_chunks_match_full_forward(make_model, random_clip):
-    model = make_model()
+@pytest.mark.parametrize("frame_action_embedding", [False, True])
+def test_kv_cache_chunks_match_full_forward(make_model, random_clip, frame_action_embedding):
+    model = make_model(frame_action_embedding=frame_action_embedding)
     frames, actions = random_clip(model, batch=2, frames=3)
     ids = model.sequence(frames, actions)
+    frame_actions = model.frame_actions(ids)
     with torch.no_grad():
         full = model.forward_tokens(ids)
         cache = model.new_cache(batch=2, max_len=ids.shape[1])
-        parts = [model.forward_tokens(ids[:, a:b], cache) for a, b in ((0, 7), (7, 8), (8, 11), (11, 16))]
+        parts = [model.forward_tokens(ids[:, a:b], cache, frame_actions[:, a:b]) for a, b in
+                 ((0, 7), (7, 8), (8, 11), (11, 16))]
     assert cache.length == 16
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="overflow"):
-        model.forward_tokens(ids[:, :1], cache)
+        model.forward_tokens(ids[:, :1], cache, frame_actions[:, :1])
+
+
+def test_frame_actions_follow_the_layout(make_model, random_clip):
+    model = make_model(frame_action_embedding=True)
+    frames, actions = random_clip(model, batch=2, frames=3)
+    ids = model.sequence(frames, actions)
+    got = model.frame_actions(ids)
+    f, stride = model.config.tokens_per_frame, model.frame_stride
+    assert (got[:, :stride] == -1).all()  # frame 0 and the action tokens after it
+    for t in (1, 2):
+        expected = model.action_token_ids(actions[:, t - 1])[:, None].expand(-1, f, -1)
+        assert torch.equal(got[:, t * stride:t * stride + f], expected)
+    assert (got[:, stride + f:2 * stride] == -1).all()
+    cache = model.new_cache(batch=2, max_len=ids.shape[1])
+    model.forward_tokens(ids[:, :5], cache, got[:, :5])
+    with pytest.raises(ValueError, match="frame_actions"):
+        model.forward_tokens(ids[:, 5:6], cache)
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")

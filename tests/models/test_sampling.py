@@ -12,9 +12,10 @@ def _rollout(model, context, actions, context_actions, *, seed=0, **kwargs):
                     generator=torch.Generator().manual_seed(seed), **kwargs)
 
 
+@pytest.mark.parametrize("frame_action_embedding", [False, True])
 @pytest.mark.parametrize("filters", [{}, {"top_k": 8, "top_p": 0.9}])
-def test_cached_equals_uncached(make_model, random_clip, filters):
-    model = make_model()
+def test_cached_equals_uncached(make_model, random_clip, filters, frame_action_embedding):
+    model = make_model(frame_action_embedding=frame_action_embedding)
     frames, actions = random_clip(model, batch=2, frames=5)
     context, context_actions, commanded = frames[:, :2].flatten(1), actions[:, :1], actions[:, 1:]
     tokens, logp = _rollout(model, context, commanded, context_actions, **filters)
@@ -25,9 +26,10 @@ def test_cached_equals_uncached(make_model, random_clip, filters):
     torch.testing.assert_close(logp, ref_logp, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("frame_action_embedding", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_recorded_logprobs_equal_teacher_forced(make_model, random_clip, temperature):
-    model = make_model(seed=1, n_kv_heads=1)
+def test_recorded_logprobs_equal_teacher_forced(make_model, random_clip, temperature, frame_action_embedding):
+    model = make_model(seed=1, n_kv_heads=1, frame_action_embedding=frame_action_embedding)
     frames, actions = random_clip(model, batch=2, frames=5, seed=1)
     context = frames[:, :2]
     tokens, logp = _rollout(model, context.flatten(1), actions[:, 1:], actions[:, :1], temperature=temperature)
@@ -43,9 +45,9 @@ def test_samples_share_one_prefill(make_model, random_clip):
     calls = []
     forward_tokens = model.forward_tokens
 
-    def recording(ids, cache=None):
+    def recording(ids, cache=None, frame_actions=None):
         calls.append((tuple(ids.shape), cache is not None))
-        return forward_tokens(ids, cache)
+        return forward_tokens(ids, cache, frame_actions)
 
     model.forward_tokens = recording
     tokens, _ = _rollout(model, frames[:, 0], actions, None)
