@@ -1,10 +1,13 @@
 """fused_linear_logprobs: log-probs from hidden states without the [M, V] logits, forward and full
-(forward + backward), against materialising the logits (eager and torch.compile) and the bare matmul
-(the roofline this op should approach). Run: python benchmarks/bench_fused_linear_logprobs.py [--out DIR]"""
+(forward + backward), against materialising the logits (eager and torch.compile), the bare matmul
+(the roofline this op should approach) and, on CUDA, Liger-Kernel's fused linear cross-entropy with
+reduction="none" (its per-token loss is minus the log-prob; Triton, so not on CPU).
+Run: python benchmarks/bench_fused_linear_logprobs.py [--out DIR]"""
 from __future__ import annotations
 
 import torch
 
+from bench_token_logprobs import installed, unavailable
 from harness import Case, compiled, device, main, provider
 from rlir.kernels import fused_linear_logprobs, fused_linear_logprobs_reference
 
@@ -13,6 +16,20 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 def bare_matmul(hidden, weight, ids):
     return hidden @ weight.T
+
+
+def liger_fused_linear_cross_entropy(hidden, weight, ids):
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    return -LigerFusedLinearCrossEntropyLoss(reduction="none")(weight, hidden, ids)
+
+
+def liger_provider(make_inputs, mode, dev):
+    if not installed("liger_kernel"):
+        return unavailable("liger-kernel is not installed (pip install -e '.[bench]')")
+    if dev.type != "cuda":
+        return unavailable("Liger's fused linear cross-entropy is a Triton kernel: needs a CUDA device")
+    return provider(liger_fused_linear_cross_entropy, make_inputs, mode)
 
 
 def shapes():
@@ -41,8 +58,10 @@ def cases():
             for mode in ("forward", "full"):
                 # forward: one [M,H]x[H,V] matmul; full adds the two backward matmuls (and ours recomputes one)
                 flops = 2 * rows * hidden_size * vocab * (1 if mode == "forward" else 3)
+                builders = {k: provider(f, make_inputs, mode) for k, f in fns.items()}
+                builders["liger fused_linear_cross_entropy"] = liger_provider(make_inputs, mode, dev)
                 out.append(Case("fused_linear_logprobs", {"M": rows, "H": hidden_size, "V": vocab}, dtype_name, mode,
-                                {k: provider(f, make_inputs, mode) for k, f in fns.items()}, flops=flops))
+                                builders, flops=flops))
     return out
 
 

@@ -29,13 +29,22 @@ def memory_table(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def _unavailable(row: dict) -> bool:
+    return row.get("error", "").startswith("Unavailable:")
+
+
 def speed_table(payload: dict) -> str:
-    """One row per (op, shape, dtype, mode); one column per provider (median ms, GB/s)."""
+    """One row per (op, shape, dtype, mode); one column per provider (median ms, GB/s). Providers that cannot
+    run on the machine are n/a, with the reason under the table."""
     providers = list(dict.fromkeys(r["provider"] for r in payload["rows"]))
     cases = defaultdict(dict)
+    reasons = {}
     for r in payload["rows"]:
         key = (r["op"], _shape(r["shape"]), r["dtype"], r["mode"])
-        if "error" in r:
+        if _unavailable(r):
+            cases[key][r["provider"]] = "n/a"
+            reasons[r["provider"]] = r["error"].split(":", 1)[1].strip()
+        elif "error" in r:
             cases[key][r["provider"]] = "fails"
         else:
             gbps = f" ({r['gb_per_s']:.1f} GB/s)" if r.get("gb_per_s") is not None else ""
@@ -44,6 +53,25 @@ def speed_table(payload: dict) -> str:
              "|---|---|---|---|" + "---:|" * len(providers)]
     for (op, shape, dtype, mode), cells in cases.items():
         lines.append(f"| {op} | {shape} | {dtype} | {mode} | " + " | ".join(cells.get(p, "") for p in providers) + " |")
+    if reasons:
+        lines.append("")
+        lines += [f"- n/a: {provider}: {reason}" for provider, reason in reasons.items()]
+    return "\n".join(lines)
+
+
+def grpo_step_table(payload: dict) -> str:
+    """Seconds per phase of one GRPO step, the straightforward loop vs GRPOTrainer, and the speedup."""
+    seconds, speedup = payload["seconds"], payload["speedup"]
+    shape = payload["shape"]
+    lines = [f"B={shape['B']} prompts x G={shape['G']} samples, {shape['frames']} generated frames of "
+             f"{shape['tokens_per_frame']} codes, micro-batch {shape['micro_batch']} x {shape['grad_accumulation']} "
+             f"accumulation; median of {payload['repeats']} steps. Straightforward: {payload['straightforward']}.",
+             "", "| phase | straightforward | rlir | speedup |", "|---|---:|---:|---:|"]
+    for phase in seconds["rlir"]:
+        ratio = f"{speedup[phase]:.1f}x" if phase in speedup else ""
+        name = f"**{phase}**" if phase == "total" else phase
+        ours, theirs = seconds["rlir"][phase], seconds["straightforward"][phase]
+        lines.append(f"| {name} | {theirs:.3f} s | {ours:.3f} s | {ratio} |")
     return "\n".join(lines)
 
 
@@ -87,6 +115,8 @@ def main(argv=None):
         sections += ["", f"## {path.stem}", "", environment_line(payload["environment"]), ""]
         if payload["benchmark"] == "memory":
             sections.append(memory_table(payload))
+        elif payload["benchmark"] == "grpo_step":
+            sections.append(grpo_step_table(payload))
         else:
             sections.append(speed_table(payload))
             plot = path.with_suffix(".png")
