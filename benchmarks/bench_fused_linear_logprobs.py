@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from bench_token_logprobs import installed, unavailable
+from harness import installed, unavailable
 from harness import Case, compiled, device, main, provider
 from rlir.kernels import fused_linear_logprobs, fused_linear_logprobs_reference
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from bench_token_logprobs import installed, unavailable
+from harness import installed, unavailable
 from harness import Case, compiled, device, main, provider
 from rlir.kernels import (fused_linear_grpo_loss, grpo_loss, grpo_loss_from_logits, grpo_loss_reference,
                           token_logprobs_reference)

@@ -7,22 +7,12 @@ from __future__ import annotations
 
 import torch
 
-from harness import Case, compiled, device, main, provider
+from harness import Case, compiled, device, installed, main, provider, unavailable
 from rlir.kernels import token_logprobs, token_logprobs_reference
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # TRL and Liger take logits [B, L, V] (TRL loops over B on CPU): the rows are laid out as this many sequences.
 SEQUENCES = 8
-
-
-class Unavailable(Exception):
-    """A provider that cannot run on this machine (its row in the JSON says why)."""
-
-
-def unavailable(reason: str):
-    def build():
-        raise Unavailable(reason)
-    return build
 
 
 def log_softmax_gather(logits, ids):
@@ -43,14 +33,6 @@ def liger_selective_log_softmax(logits, ids):
 
     vocab = logits.shape[-1]
     return fused_selective_log_softmax(logits.view(SEQUENCES, -1, vocab), ids.view(SEQUENCES, -1), 1.0)
-
-
-def installed(module: str) -> bool:
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
 
 
 def external_providers(mode, make_inputs, dev):

@@ -142,6 +142,25 @@ def format_row(row: Dict[str, object]) -> str:
     return f"{head} {row['median_ms']:10.3f} ms{extra}"
 
 
+class Unavailable(Exception):
+    """A provider that cannot run on this machine (its row in the JSON says why)."""
+
+
+def unavailable(reason: str) -> Callable:
+    """A provider builder that records ``reason`` instead of running (e.g. a Triton kernel without CUDA)."""
+    def build():
+        raise Unavailable(reason)
+    return build
+
+
+def installed(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
 def compiled(fn: Callable) -> Callable:
     """torch.compile of a reference (compiled lazily, on the provider's warm-up call)."""
     return torch.compile(fn, dynamic=False)

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import bench_fused_linear_logprobs  # noqa: E402
 import bench_grpo_loss  # noqa: E402
 import bench_token_logprobs  # noqa: E402
-from harness import Case, run_cases  # noqa: E402
+from harness import Case, Unavailable, run_cases, unavailable  # noqa: E402
 from rlir.kernels import fused_linear_logprobs_reference, token_logprobs_reference  # noqa: E402
 
 N, T, H, V = 2, 8, 16, 40
@@ -72,7 +72,7 @@ def test_liger_triton_kernels_equal_reference():
 
 def test_unavailable_providers_are_recorded_with_their_reason():
     case = Case("op", {"n": 1}, "fp32", "forward",
-                {"fast": lambda: (lambda: None), "gone": bench_token_logprobs.unavailable("needs a CUDA device")})
+                {"fast": lambda: (lambda: None), "gone": unavailable("needs a CUDA device")})
     rows = run_cases([case])
     assert "error" not in rows[0]
     assert rows[1]["error"] == "Unavailable: needs a CUDA device"
@@ -83,5 +83,5 @@ def test_cpu_cases_list_liger_triton_as_unavailable():
     pytest.importorskip("liger_kernel")
     cases = [c for c in bench_grpo_loss.from_logits_cases(torch.device("cpu"))]
     build = cases[0].providers["liger triton_grpo_loss"]
-    with pytest.raises(bench_token_logprobs.Unavailable, match="needs a CUDA device"):
+    with pytest.raises(Unavailable, match="needs a CUDA device"):
         build()
