@@ -5,21 +5,25 @@
     trainer.train()
 
 Pieces: ``config`` (GRPOConfig, load_config), ``policy`` (the Policy interface, Prompts, Rollout),
-``ar_policy`` (ARPolicy: ARWorldModel + VQTokenizer), ``prompts`` (resumable PromptSampler),
+``ar_policy`` (ARPolicy: ARWorldModel + VQTokenizer), ``diffusion_policy`` (DiffusionPolicy: DiTWorldModel with
+the SDE sampler's step log-probs), ``prompts`` (resumable PromptSampler),
 ``trainer`` (GRPOTrainer), ``checkpoint`` (atomic save, exact resume), ``logging`` (jsonl + TensorBoard).
 """
 from .ar_policy import ARPolicy
 from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import ConfigError, GRPOConfig, config_from_dict, load_config
-from .policy import Policy, Prompts, Rollout
+from .diffusion_policy import DiffusionPolicy
+from .policy import ModelPolicy, Policy, Prompts, Rollout
 from .prompts import PromptSampler, SyntheticClips
 from .trainer import GRPOTrainer
 
 __all__ = [
     "ARPolicy",
     "ConfigError",
+    "DiffusionPolicy",
     "GRPOConfig",
     "GRPOTrainer",
+    "ModelPolicy",
     "Policy",
     "PromptSampler",
     "Prompts",

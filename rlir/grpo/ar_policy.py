@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -23,13 +23,13 @@ import torch.nn as nn
 from rlir.models.sampling import generate
 from rlir.models.tokenizer import VQTokenizer
 
-from .policy import Policy, Prompts, Rollout
+from .policy import ModelPolicy, Prompts, Rollout
 
 
 to_uint8 = VQTokenizer.to_uint8  # float frames in [0, 1] -> uint8; policy.py's worked example uses it
 
 
-class ARPolicy(Policy):
+class ARPolicy(ModelPolicy):
     """model: ARWorldModel (trained); tokenizer: frames <-> codes (``encode(uint8 [..., 3, s, s]) -> [..., g, g]``,
     ``decode(codes [..., g, g]) -> float [..., 3, s, s]`` in [0, 1]), frozen; reference_factory: returns a
     model with the initial weights (called once, lazily; needed only for the KL term)."""
@@ -37,11 +37,9 @@ class ARPolicy(Policy):
     def __init__(self, model: nn.Module, tokenizer: nn.Module, *, temperature: float = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None,
                  reference_factory: Optional[Callable[[], nn.Module]] = None):
-        self.model = model
+        super().__init__(model, reference_factory)
         self.tokenizer = tokenizer.eval().requires_grad_(False)
         self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
-        self.reference_factory = reference_factory
-        self._reference: Optional[nn.Module] = None
         self._rollout_copy: Optional[nn.Module] = None
         if top_k is not None or top_p is not None:
             warnings.warn("rollout.top_k/top_p make the sampler differ from the policy being optimised: tokens "
@@ -56,10 +54,6 @@ class ARPolicy(Policy):
         if size is not None and size != model.config.codebook_size:
             raise ValueError(f"tokenizer codebook_size {size} != world model codebook_size "
                              f"{model.config.codebook_size}")
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
@@ -114,42 +108,10 @@ class ARPolicy(Policy):
         frames = self.tokenizer.decode(codes.reshape(*codes.shape[:2], *self.tokenizer.code_grid))
         return to_uint8(frames)
 
-    def _score(self, model: nn.Module, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
+    def score(self, model: nn.Module, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
         s = rollout.samples
         ctx, tokens = s["context_tokens"][indices], s["tokens"][indices]
         frames = torch.cat((ctx, tokens), dim=1)
         logp = model.token_logprobs(frames, s["all_actions"][indices], temperature=self.temperature,
                                     n_context=ctx.shape[1])
         return logp.reshape(len(indices), -1)
-
-    def logprobs(self, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
-        return self._score(self.model, rollout, indices)
-
-    @torch.no_grad()
-    def reference_logprobs(self, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
-        return self._score(self.reference_model(), rollout, indices)
-
-    def reference_model(self) -> nn.Module:
-        if self._reference is None:
-            if self.reference_factory is None:
-                raise RuntimeError("ARPolicy has no reference_factory: the KL term (loss.beta > 0) needs the "
-                                   "initial weights")
-            ref = self.reference_factory()
-            self._reference = ref.to(self.device).eval().requires_grad_(False)
-        return self._reference
-
-    def trainable_parameters(self) -> Iterable[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
-
-    def named_trainable_parameters(self):
-        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-
-    def state_dict(self) -> Dict[str, torch.Tensor]:
-        return self.model.state_dict()
-
-    def load_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state_dict)
-
-    def train(self, mode: bool = True) -> "ARPolicy":
-        self.model.train(mode)
-        return self

@@ -18,18 +18,23 @@ import torch.nn as nn
 from safetensors import safe_open
 
 from rlir.models.ar_world_model import ARWorldModel
+from rlir.models.dit_world_model import DiTWorldModel
 from rlir.models.idm import InverseDynamicsModel
 from rlir.models.tokenizer import VQTokenizer
 
 from .ar_policy import ARPolicy
 from .config import ConfigError, GRPOConfig
+from .diffusion_policy import DiffusionPolicy
 from .policy import Prompts
 from .prompts import PromptSampler, SyntheticClips, fixed_prompts
 
 
+WORLD_MODEL_CLASSES = {"ar": ARWorldModel, "diffusion": DiTWorldModel}
+
+
 @dataclass
 class Run:
-    policy: ARPolicy
+    policy: object  # ARPolicy or DiffusionPolicy
     idm: nn.Module
     eval_idm: Optional[nn.Module]
     prompts: PromptSampler
@@ -42,8 +47,17 @@ def _random_models(cfg: GRPOConfig):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         tokenizer = VQTokenizer(image_size=r.image_size, **r.tokenizer)
-        world_model = ARWorldModel(codebook_size=tokenizer.codebook_size, tokens_per_frame=tokenizer.tokens_per_frame,
-                                   action_head_sizes=list(r.action_head_sizes), **r.world_model)
+        if cfg.models.kind == "diffusion":
+            kwargs = dict(r.world_model)
+            if kwargs.get("frame_space", "tokenizer_latents") == "pixels":
+                kwargs.update(in_channels=3, frame_size=r.image_size)
+            else:
+                kwargs.update(in_channels=tokenizer.config.code_dim, frame_size=tokenizer.code_grid[0])
+            world_model = DiTWorldModel(action_head_sizes=list(r.action_head_sizes), **kwargs)
+        else:
+            world_model = ARWorldModel(codebook_size=tokenizer.codebook_size,
+                                       tokens_per_frame=tokenizer.tokens_per_frame,
+                                       action_head_sizes=list(r.action_head_sizes), **r.world_model)
         idm = InverseDynamicsModel(head_sizes=list(r.action_head_sizes), frame_size=r.image_size, **r.idm)
     return world_model, tokenizer, idm
 
@@ -79,21 +93,20 @@ def build_models(cfg: GRPOConfig, device: torch.device):
         def reference_factory() -> nn.Module:
             return _random_models(cfg)[0]
     else:
-        world_model = _load(ARWorldModel, m.world_model, "models.world_model")
+        world_model_class = WORLD_MODEL_CLASSES[m.kind]
+        world_model = _load(world_model_class, m.world_model, "models.world_model")
         tokenizer = _load(VQTokenizer, m.tokenizer, "models.tokenizer")
         idm = _load(InverseDynamicsModel, m.idm, "models.idm")
         eval_idm = _load(InverseDynamicsModel, m.eval_idm, "models.eval_idm") if m.eval_idm else None
 
         def reference_factory() -> nn.Module:
-            return _load(ARWorldModel, m.world_model, "models.world_model")
+            return _load(world_model_class, m.world_model, "models.world_model")
 
     wm = world_model.config
-    if tokenizer.codebook_size != wm.codebook_size:
-        raise ConfigError("models.tokenizer", f"codebook_size {tokenizer.codebook_size} != the world model's "
-                          f"{wm.codebook_size}")
-    if tokenizer.tokens_per_frame != wm.tokens_per_frame:
-        raise ConfigError("models.tokenizer", f"{tokenizer.tokens_per_frame} codes per frame != the world "
-                          f"model's tokens_per_frame {wm.tokens_per_frame}")
+    if m.kind == "diffusion":
+        _check_diffusion_frames(world_model, tokenizer)
+    else:
+        _check_ar_codes(world_model, tokenizer)
     for key, model in (("models.idm", idm), ("models.eval_idm", eval_idm)):
         if model is None:
             continue
@@ -109,6 +122,30 @@ def build_models(cfg: GRPOConfig, device: torch.device):
                           f"model's max_frames ({wm.max_frames})")
     moved = [x.to(device) if x is not None else None for x in (world_model, tokenizer, idm, eval_idm)]
     return (*moved, reference_factory)
+
+
+def _check_ar_codes(world_model: ARWorldModel, tokenizer: VQTokenizer) -> None:
+    wm = world_model.config
+    if tokenizer.codebook_size != wm.codebook_size:
+        raise ConfigError("models.tokenizer", f"codebook_size {tokenizer.codebook_size} != the world model's "
+                          f"{wm.codebook_size}")
+    if tokenizer.tokens_per_frame != wm.tokens_per_frame:
+        raise ConfigError("models.tokenizer", f"{tokenizer.tokens_per_frame} codes per frame != the world "
+                          f"model's tokens_per_frame {wm.tokens_per_frame}")
+
+
+def _check_diffusion_frames(world_model: DiTWorldModel, tokenizer: VQTokenizer) -> None:
+    wm = world_model.config
+    if wm.frame_space == "pixels":
+        size = tokenizer.config.image_size
+        if wm.frame_size != size:
+            raise ConfigError("models.world_model", f"a pixel-space DiT of {wm.frame_size}x{wm.frame_size} frames; "
+                              f"the data and IDMs are {size}x{size}")
+        return
+    shape = (tokenizer.config.code_dim, *tokenizer.code_grid)
+    if (wm.in_channels, wm.frame_size, wm.frame_size) != shape:
+        raise ConfigError("models.tokenizer", f"makes latents {list(shape)}, the DiT takes "
+                          f"{[wm.in_channels, wm.frame_size, wm.frame_size]}")
 
 
 def build_datasets(cfg: GRPOConfig, image_size: int, head_sizes):
@@ -144,8 +181,16 @@ def build_run(cfg: GRPOConfig, device: torch.device) -> Run:
     world_model, tokenizer, idm, eval_idm, reference_factory = build_models(cfg, device)
     train, heldout, names = build_datasets(cfg, tokenizer.config.image_size, list(world_model.head_sizes))
     r = cfg.rollout
-    policy = ARPolicy(world_model, tokenizer, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
-                      reference_factory=reference_factory if cfg.loss.beta > 0 else None)
+    reference = reference_factory if cfg.loss.beta > 0 else None
+    if cfg.models.kind == "diffusion":
+        sde = r.sde
+        latents = world_model.config.frame_space == "tokenizer_latents"
+        policy = DiffusionPolicy(world_model, tokenizer if latents else None, num_steps=sde.num_steps, shift=sde.shift,
+                                 noise_level=sde.noise_level, stochastic=sde.stochastic_arg(),
+                                 reference_factory=reference)
+    else:
+        policy = ARPolicy(world_model, tokenizer, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
+                          reference_factory=reference)
     sampler = PromptSampler(train, r.prompts_per_step, context_frames=cfg.data.context_frames, n_frames=r.n_frames,
                             seed=cfg.seed)
     eval_prompts = None

@@ -10,14 +10,15 @@ wrong type or out of range, an inconsistent combination, or a missing model/data
 
 Sections and keys (defaults in the dataclasses below):
     seed, device (auto|cpu|cuda|cuda:N), out (run directory)
-    models:    source (pretrained|random); world_model, tokenizer, idm, eval_idm (pretrained dirs);
+    models:    kind (ar|diffusion), source (pretrained|random); world_model, tokenizer, idm, eval_idm (pretrained dirs);
                random: image_size, action_head_sizes, tokenizer{...}, world_model{...}, idm{...}
                (constructor kwargs of VQTokenizer / ARWorldModel / InverseDynamicsModel; the shared sizes
                codebook_size, tokens_per_frame, head sizes and frame size are derived, not given)
     data:      source (recording|synthetic), path, heldout_fraction, context_frames, stride, synthetic_clips
-    rollout:   prompts_per_step (B), group_size (G), n_frames, temperature, top_k, top_p
+    rollout:   prompts_per_step (B), group_size (G), n_frames, temperature, top_k, top_p (AR);
+               sde: num_steps, shift, noise_level, stochastic (all|fraction|window), fraction, window (diffusion)
     reward:    mode (exact|per_head|loglik), idm_batch_size
-    advantage: scale (group|batch|none), estimator (grpo|rloo), eps
+    advantage: scale (group|batch|none), estimator (grpo|rloo), eps, credit (video|frame)
     loss:      eps_low, eps_high, delta, beta, loss_agg, is_level, old_logprobs (rollout|recompute)
     optim:     lr, schedule (constant|cosine), warmup_steps, min_lr_ratio, weight_decay, betas, adam_eps,
                max_grad_norm
@@ -65,14 +66,17 @@ class RandomModelsConfig:
     action_head_sizes: list[int] = _f([5], help="classes per action head")
     tokenizer: dict = _f({"patch_size": 4, "hidden_channels": 16, "encoder_blocks": 0, "decoder_blocks": 1,
                           "code_dim": 8, "codebook_size": 32})
-    world_model: dict = _f({"n_layers": 1, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "max_frames": 8})
+    world_model: dict = _f({"n_layers": 1, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "max_frames": 8},
+                           help="ARWorldModel kwargs (models.kind ar) or DiTWorldModel kwargs (diffusion)")
     idm: dict = _f({"width": 16, "depth": 1, "heads": 2, "channels": [8, 8]})
 
 
 @dataclass
 class ModelsConfig:
+    kind: str = _f("ar", choices=("ar", "diffusion"), help="ar: ARWorldModel + ARPolicy; diffusion: DiTWorldModel "
+                   "+ DiffusionPolicy (SDE sampler, rollout.sde)")
     source: str = _f("pretrained", choices=("pretrained", "random"))
-    world_model: Optional[str] = _f(None, help="ARWorldModel.save_pretrained directory")
+    world_model: Optional[str] = _f(None, help="ARWorldModel / DiTWorldModel save_pretrained directory")
     tokenizer: Optional[str] = _f(None, help="VQTokenizer.save_pretrained directory")
     idm: Optional[str] = _f(None, help="reward IDM directory")
     eval_idm: Optional[str] = _f(None, help="held-out evaluation IDM directory (optional)")
@@ -90,6 +94,28 @@ class DataConfig:
 
 
 @dataclass
+class SDEConfig:
+    """The diffusion world model's sampler (models.kind diffusion): Flow-GRPO's SDE on the stochastic steps."""
+
+    num_steps: int = _f(8, min=1, help="denoising steps per generated frame")
+    shift: float = _f(1.0, gt=0.0, help="schedule shift of FlowMatchEulerDiscreteScheduler")
+    noise_level: float = _f(0.7, gt=0.0, help="the SDE's a: sigma_t = a sqrt(sigma / (1 - sigma))")
+    stochastic: str = _f("all", choices=("all", "fraction", "window"),
+                         help="which steps are SDE steps with log-probs: all (Flow-GRPO), a random fraction per "
+                         "rollout (DanceGRPO), or a window (MixGRPO); the others are Euler ODE steps")
+    fraction: float = _f(0.5, gt=0.0, max=1.0, help="with stochastic: fraction")
+    window: list[int] = _f([0, 4], help="with stochastic: window, [first step, number of steps]")
+
+    def stochastic_arg(self):
+        """The ``stochastic`` argument of rlir.models.flow_sampling.generate."""
+        if self.stochastic == "fraction":
+            return float(self.fraction)
+        if self.stochastic == "window":
+            return tuple(self.window)
+        return "all"
+
+
+@dataclass
 class RolloutConfig:
     prompts_per_step: int = _f(4, min=1, help="B")
     group_size: int = _f(8, min=2, help="G: samples per prompt")
@@ -97,6 +123,7 @@ class RolloutConfig:
     temperature: float = _f(1.0, gt=0.0)
     top_k: Optional[int] = _f(None, min=1)
     top_p: Optional[float] = _f(None, gt=0.0, max=1.0)
+    sde: SDEConfig = field(default_factory=SDEConfig)
 
 
 @dataclass
@@ -349,12 +376,19 @@ _DERIVED = {
 }
 
 
-def _random_model_classes():
+# The DiT's frame shape comes from the tokenizer (latents) or the image size (pixels).
+_DERIVED_DIFFUSION = {"action_head_sizes", "in_channels", "frame_size"}
+WORLD_MODEL_CLASS_NAMES = {"ar": "ARWorldModel", "diffusion": "DiTWorldModel"}
+
+
+def _random_model_classes(kind: str = "ar"):
     from rlir.models.ar_world_model import ARWorldModel
+    from rlir.models.dit_world_model import DiTWorldModel
     from rlir.models.idm import InverseDynamicsModel
     from rlir.models.tokenizer import VQTokenizer
 
-    return {"tokenizer": VQTokenizer, "world_model": ARWorldModel, "idm": InverseDynamicsModel}
+    world_model = DiTWorldModel if kind == "diffusion" else ARWorldModel
+    return {"tokenizer": VQTokenizer, "world_model": world_model, "idm": InverseDynamicsModel}
 
 
 def _validate(cfg: GRPOConfig, check_paths: bool) -> None:
@@ -373,18 +407,25 @@ def _validate(cfg: GRPOConfig, check_paths: bool) -> None:
                 value = getattr(m, name)
                 if value is not None and not (Path(value) / "config.json").is_file():
                     raise ConfigError(f"models.{name}", f"{value}: not a saved model directory (no config.json)")
+            import json
+
+            found = json.loads((Path(m.world_model) / "config.json").read_text()).get("_class_name")
+            if found != WORLD_MODEL_CLASS_NAMES[m.kind]:
+                raise ConfigError("models.kind", f"{m.kind} needs a {WORLD_MODEL_CLASS_NAMES[m.kind]}, "
+                                  f"models.world_model {m.world_model} holds a {found}")
     else:
         r = m.random
         if not r.action_head_sizes or any(s < 2 for s in r.action_head_sizes):
             raise ConfigError("models.random.action_head_sizes", f"must be a non-empty list of ints >= 2, got "
                               f"{r.action_head_sizes!r}")
-        for name, cls in _random_model_classes().items():
+        for name, cls in _random_model_classes(m.kind).items():
             params = inspect.signature(cls.__init__).parameters
+            derived = _DERIVED_DIFFUSION if (name == "world_model" and m.kind == "diffusion") else _DERIVED[name]
             for key in getattr(r, name):
-                if key in _DERIVED[name]:
+                if key in derived:
                     raise ConfigError(f"models.random.{name}.{key}", "is derived from the other models; remove it")
                 if key not in params or key == "self":
-                    known = [p for p in params if p != "self" and p not in _DERIVED[name]]
+                    known = [p for p in params if p != "self" and p not in derived]
                     raise ConfigError(f"models.random.{name}.{key}",
                                       f"unknown {cls.__name__} argument (known: {', '.join(known)})")
         patch = r.tokenizer.get("patch_size", 8)
@@ -406,6 +447,12 @@ def _validate(cfg: GRPOConfig, check_paths: bool) -> None:
             raise ConfigError("rollout.n_frames", f"data.context_frames + rollout.n_frames = "
                               f"{d.context_frames + r.n_frames} exceeds models.random.world_model.max_frames "
                               f"({max_frames})")
+
+    sde = r.sde
+    if sde.stochastic == "window" and (len(sde.window) != 2 or not 0 <= sde.window[0] < sde.num_steps
+                                       or sde.window[1] < 1):
+        raise ConfigError("rollout.sde.window", f"must be [first step, number of steps] with 0 <= first < "
+                          f"rollout.sde.num_steps ({sde.num_steps}) and number >= 1, got {sde.window!r}")
 
     t = cfg.train
     n = cfg.videos_per_step

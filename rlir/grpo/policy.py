@@ -165,3 +165,50 @@ class Policy(ABC):
 
     def eval(self) -> "Policy":
         return self.train(False)
+
+
+class ModelPolicy(Policy):
+    """A Policy around one trainable ``nn.Module`` (``self.model``) with a lazily built frozen reference copy:
+    subclasses implement rollout, decode and ``score(model, rollout, indices)``, the log-probs of the rollout's
+    samples under ``model``; logprobs and reference_logprobs are score under the two models."""
+
+    def __init__(self, model: torch.nn.Module, reference_factory=None):
+        self.model = model
+        self.reference_factory = reference_factory
+        self._reference: Optional[torch.nn.Module] = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @abstractmethod
+    def score(self, model: torch.nn.Module, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
+        ...
+
+    def logprobs(self, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
+        return self.score(self.model, rollout, indices)
+
+    @torch.no_grad()
+    def reference_logprobs(self, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
+        return self.score(self.reference_model(), rollout, indices)
+
+    def reference_model(self) -> torch.nn.Module:
+        if self._reference is None:
+            if self.reference_factory is None:
+                raise RuntimeError(f"{type(self).__name__} has no reference_factory: the KL term (loss.beta > 0) "
+                                   f"needs the initial weights")
+            self._reference = self.reference_factory().to(self.device).eval().requires_grad_(False)
+        return self._reference
+
+    def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state_dict)
+
+    def train(self, mode: bool = True) -> "ModelPolicy":
+        self.model.train(mode)
+        return self

@@ -1,4 +1,5 @@
-"""`rlir pretrain world-model --kind ar`: train the autoregressive world model over frame-tokenizer codes.
+"""`rlir pretrain world-model --kind ar|diffusion`: train the autoregressive world model over frame-tokenizer
+codes, or (``--kind diffusion``) the frame-causal DiT of ``rlir.pretrain.diffusion_world_model``.
 
 The recording is tokenised once (``rlir.pretrain.tokenized``); training is teacher-forced next-code
 cross-entropy on random clips of the train episodes (AdamW, warm-up then cosine learning rate, gradient
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from rlir.data import Recording, split_episodes
 from rlir.models.ar_world_model import ARWorldModel
+from rlir.models.dit_world_model import FRAME_SPACES
 from rlir.models.tokenizer import VQTokenizer
 from rlir.pretrain.tokenized import TokenizedRecording
 from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_common_args, check_int,
@@ -39,24 +41,47 @@ WEIGHT_DECAY = 0.05
 NLL_CLIPS_DURING_TRAINING = 32
 
 
+# Options whose default depends on --kind, and the options only one kind takes.
+KIND_DEFAULTS = {"ar": dict(steps=600, batch=4, lr=3e-3, clip_frames=16, eval_every=100),
+                 "diffusion": dict(steps=3000, batch=8, lr=1e-3, clip_frames=4, eval_every=500)}
+ONLY_FOR = {"kv_heads": "ar", "codes": "ar", "frame_action_embedding": "ar",
+            "frame_space": "diffusion", "patch_size": "diffusion",
+            "context_frames": "diffusion", "sample_steps": "diffusion"}
+
+
+def _kind_default(name: str) -> str:
+    return ", ".join(f"{kind} {values[name]}" for kind, values in KIND_DEFAULTS.items())
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.split("\n\n")[0]
     parser.add_argument("--kind", choices=KINDS, default="ar",
-                        help="world model family; only 'ar' exists so far (default: ar)")
+                        help="world model family: autoregressive over tokenizer codes, or the flow-matching DiT "
+                             "(default: ar)")
     parser.add_argument("--data", required=True, help="recording directory (holds manifest.json)")
-    parser.add_argument("--tokenizer", required=True, help="trained frame tokenizer directory (rlir pretrain tokenizer)")
-    parser.add_argument("--out", required=True, help="output directory for the model, codes and metrics")
-    parser.add_argument("--steps", type=int, default=600, help="optimiser steps (default: 600)")
-    parser.add_argument("--batch", type=int, default=4, help="clips per step (default: 4)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (default: 3e-3)")
-    parser.add_argument("--clip-frames", type=int, default=16,
-                        help="frames per training clip, at most --max-frames (default: 16)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="trained frame tokenizer directory (rlir pretrain tokenizer); required except for "
+                             "--kind diffusion --frame-space pixels")
+    parser.add_argument("--out", required=True, help="output directory for the model and metrics")
+    parser.add_argument("--steps", type=int, default=None, help=f"optimiser steps (default: {_kind_default('steps')})")
+    parser.add_argument("--batch", type=int, default=None, help=f"clips per step (default: {_kind_default('batch')})")
+    parser.add_argument("--lr", type=float, default=None, help=f"peak AdamW learning rate (default: {_kind_default('lr')})")
+    parser.add_argument("--clip-frames", type=int, default=None,
+                        help=f"frames per training clip, at most --max-frames (default: {_kind_default('clip_frames')})")
     parser.add_argument("--max-frames", type=int, default=16,
                         help="longest clip the model takes: RoPE and KV-cache length (default: 16)")
-    parser.add_argument("--layers", type=int, default=4, help="decoder blocks (default: 4)")
+    parser.add_argument("--layers", type=int, default=4, help="transformer blocks (default: 4)")
     parser.add_argument("--d-model", type=int, default=192, help="model width (default: 192)")
     parser.add_argument("--heads", type=int, default=6, help="attention heads (default: 6)")
-    parser.add_argument("--kv-heads", type=int, default=2, help="key/value heads (GQA; default: 2)")
+    parser.add_argument("--kv-heads", type=int, default=None, help="ar: key/value heads (GQA; default: 2)")
+    parser.add_argument("--frame-space", choices=FRAME_SPACES, default=None,
+                        help="diffusion: what a frame is to the model (default: tokenizer_latents)")
+    parser.add_argument("--patch-size", type=int, default=None,
+                        help="diffusion: patch side in frame-space cells (default: 2 for latents, 8 for pixels)")
+    parser.add_argument("--context-frames", type=int, default=None,
+                        help="diffusion: clean frames at the start of each training clip (default: 1)")
+    parser.add_argument("--sample-steps", type=int, default=None,
+                        help="diffusion: ODE steps per frame in the held-out generation (default: 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, batches and sampling (default: 0)")
     parser.add_argument("--dtype", choices=sorted(SAVE_DTYPES), default="bf16",
                         help="dtype of the saved weights; training is fp32 (default: bf16)")
@@ -66,39 +91,71 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="held-out prompts for the generation PSNR (default: 32)")
     parser.add_argument("--eval-frames", type=int, default=15,
                         help="frames generated per prompt, at most --max-frames - 1 (default: 15)")
-    parser.add_argument("--eval-every", type=int, default=100,
-                        help="steps between held-out NLL lines in metrics.jsonl; 0: only at the end (default: 100)")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="steps between held-out lines in metrics.jsonl; 0: only at the end "
+                             f"(default: {_kind_default('eval_every')})")
     parser.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl lines (default: 10)")
     parser.add_argument("--codes", default=None,
-                        help="pre-tokenised recording to reuse when it matches --data and --tokenizer "
+                        help="ar: pre-tokenised recording to reuse when it matches --data and --tokenizer "
                              "(default: OUT/codes.safetensors of a previous run)")
+    parser.add_argument("--frame-action-embedding", action="store_true", default=None,
+                        help="ar: add an embedding of the commanded action to every code of the frame it leads "
+                             "to (see ARWorldModel); without it the action is only in the action tokens")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice); 1 is fastest on a shared machine")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _options(args: argparse.Namespace) -> dict:
+    """The train() keyword arguments of args: unset options take their kind's default; an option of the
+    other kind is an error."""
+    options = {k: v for k, v in vars(args).items()
+               if k not in ("command", "target", "func", "quiet", "threads") and (v is not None or k == "tokenizer")}
+    for name, kind in ONLY_FOR.items():
+        if name in options and kind != args.kind:
+            raise ValueError(f"--{name.replace('_', '-')} is only for --kind {kind}")
+    return {**KIND_DEFAULTS[args.kind], **options}
+
+
 def run(args: argparse.Namespace) -> int:
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "target", "func", "quiet", "threads")}
     try:
+        options = _options(args)
         if args.threads is not None:
             check_int("threads", args.threads, 1)
             torch.set_num_threads(args.threads)
-        metrics = train(**options, progress=not args.quiet)
+        if args.kind == "diffusion":
+            from rlir.pretrain import diffusion_world_model
+
+            del options["kind"]
+            metrics = diffusion_world_model.train(**options, progress=not args.quiet)
+        else:
+            metrics = train(**options, progress=not args.quiet)
     except ValueError as error:  # bad arguments, a broken recording (RecordingError names the file), no tokenizer
         print(f"rlir pretrain world-model: error: {error}", file=sys.stderr)
         return 1
-    heldout, generation = metrics["heldout"], metrics["heldout"]["generation"]
-    print(f"{args.out}: held-out perplexity {heldout['perplexity']:.2f} (NLL {heldout['nll']:.3f} nats/code); "
-          f"{generation['generated_frames']}-frame generation PSNR greedy {generation['greedy']['psnr_db']:.2f} dB, "
-          f"sampled {generation['sampled']['psnr_db']:.2f} dB (copy-context {generation['copy_context']['psnr_db']:.2f}"
-          f" dB, tokenizer ceiling {generation['tokenizer_ceiling']['psnr_db']:.2f} dB); "
-          f"{metrics['model']['parameters']:,} parameters, {metrics['model']['checkpoint_bytes'] / 1e6:.2f} MB "
-          f"({metrics['model']['dtype']}), trained in {metrics['training']['seconds']:.0f} s")
+    print(_summary(args.out, metrics))
     return 0
 
 
-def _load_tokenizer(path: Path | str) -> VQTokenizer:
+def _summary(out, metrics: dict) -> str:
+    heldout, generation = metrics["heldout"], metrics["heldout"]["generation"]
+    size = (f"{metrics['model']['parameters']:,} parameters, {metrics['model']['checkpoint_bytes'] / 1e6:.2f} MB "
+            f"({metrics['model']['dtype']}), trained in {metrics['training']['seconds']:.0f} s")
+    if metrics["kind"] == "diffusion":
+        return (f"{out}: held-out flow-matching loss {heldout['loss']:.4f}; {generation['generated_frames']}-frame "
+                f"generation PSNR ({generation['sample_steps']} ODE steps) {generation['ode']['psnr_db']:.2f} dB "
+                f"(copy-context {generation['copy_context']['psnr_db']:.2f} dB, frame-space ceiling "
+                f"{generation['frame_space_ceiling']['psnr_db']:.2f} dB); {size}")
+    return (f"{out}: held-out perplexity {heldout['perplexity']:.2f} (NLL {heldout['nll']:.3f} nats/code); "
+            f"{generation['generated_frames']}-frame generation PSNR greedy {generation['greedy']['psnr_db']:.2f} dB, "
+            f"sampled {generation['sampled']['psnr_db']:.2f} dB (copy-context {generation['copy_context']['psnr_db']:.2f}"
+            f" dB, tokenizer ceiling {generation['tokenizer_ceiling']['psnr_db']:.2f} dB); {size}")
+
+
+def _load_tokenizer(path: Path | str | None) -> VQTokenizer:
+    if path is None:
+        raise ValueError("tokenizer: --kind ar needs --tokenizer (rlir pretrain tokenizer)")
     if not (Path(path) / "config.json").is_file():
         raise ValueError(f"tokenizer: {path} holds no config.json; train one with `rlir pretrain tokenizer`")
     return VQTokenizer.from_pretrained(path, torch_dtype=torch.float32).eval()
@@ -121,16 +178,17 @@ def _windows(tokenized: TokenizedRecording, recording: Recording, train_ids: lis
     return train, nll, [generation[i] for i in picks.tolist()]
 
 
-def train(data: Path | str, tokenizer: Path | str, out: Path | str, kind: str = "ar", steps: int = 600,
+def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, kind: str = "ar", steps: int = 600,
           batch: int = 4, lr: float = 3e-3, clip_frames: int = 16, max_frames: int = 16, layers: int = 4,
           d_model: int = 192, heads: int = 6, kv_heads: int = 2, seed: int = 0, dtype: str = "bf16",
           heldout_fraction: float = 0.1, eval_prompts: int = 32, eval_frames: int = 15, eval_every: int = 100,
           log_every: int = 10, codes: Path | str | None = None, overwrite: bool = False,
-          progress: bool = True) -> dict:
+          frame_action_embedding: bool = False, progress: bool = True) -> dict:
     """Train an ARWorldModel on the codes of the train episodes of ``data``, save it into ``out`` and
     return the held-out metrics written to ``out``/metrics.json (see the module docstring)."""
     if kind != "ar":
-        raise ValueError(f"kind must be 'ar': --kind {kind!r} (the diffusion world model) is not implemented yet")
+        raise ValueError(f"kind must be 'ar' here, got {kind!r}: the diffusion world model trains with "
+                         f"rlir.pretrain.diffusion_world_model.train")
     for name, value, minimum in (("steps", steps, 1), ("batch", batch, 1), ("clip_frames", clip_frames, 2),
                                  ("max_frames", max_frames, 2), ("seed", seed, 0), ("eval_prompts", eval_prompts, 1),
                                  ("eval_frames", eval_frames, 1), ("eval_every", eval_every, 0),
@@ -144,7 +202,8 @@ def train(data: Path | str, tokenizer: Path | str, out: Path | str, kind: str = 
     check_common_args(lr, dtype, heldout_fraction)
     out = Path(out)
     check_output_directory(out, overwrite)
-    shape = dict(n_layers=layers, d_model=d_model, n_heads=heads, n_kv_heads=kv_heads, max_frames=max_frames)
+    shape = dict(n_layers=layers, d_model=d_model, n_heads=heads, n_kv_heads=kv_heads, max_frames=max_frames,
+                 frame_action_embedding=bool(frame_action_embedding))
     ARWorldModel(codebook_size=2, tokens_per_frame=1, **shape)  # raises on a bad shape before the slow part
 
     recording = Recording(data)

@@ -140,7 +140,7 @@ def test_fused_training_loss_equals_the_logits_path():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(kind="diffusion"), "--kind 'diffusion'"),
+    (dict(kind="diffusion"), "kind must be 'ar' here"),
     (dict(steps=0), "steps must be an int >= 1"),
     (dict(batch=0), "batch must be an int >= 1"),
     (dict(clip_frames=17), r"clip_frames \(17\) must be <= max_frames \(16\)"),
@@ -156,10 +156,12 @@ def test_bad_arguments_raise_before_any_work(tmp_path, overrides, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_names_the_missing_tokenizer_and_rejects_diffusion(tiny_recording, tmp_path, capsys):
+def test_cli_names_the_missing_tokenizer(tiny_recording, tmp_path, capsys):
     base = ["pretrain", "world-model", "--data", str(tiny_recording), "--out", str(tmp_path / "out")]
     assert rlir.cli.main(base + ["--tokenizer", str(tmp_path / "nothing")]) == 1
     assert "tokenizer:" in capsys.readouterr().err
-    assert rlir.cli.main(base + ["--tokenizer", str(tmp_path), "--kind", "diffusion"]) == 1
-    assert "--kind 'diffusion'" in capsys.readouterr().err
+    assert rlir.cli.main(base) == 1
+    assert "needs --tokenizer" in capsys.readouterr().err
+    assert rlir.cli.main(base + ["--tokenizer", str(tmp_path), "--frame-space", "pixels"]) == 1
+    assert "--frame-space is only for --kind diffusion" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -1,0 +1,83 @@
+"""The frame-causal DiT world model (``DiTWorldModel``) as a GRPO ``Policy`` (Flow-GRPO-style).
+
+rollout: encode the prompt's context frames to model space and run the SDE sampler
+(``rlir.models.flow_sampling.generate``, sampler "sde"): G continuations per prompt sharing one cached
+context pass. Every generated frame is denoised in ``num_steps`` steps; the ``stochastic`` ones are SDE steps
+(``rlir.kernels.flow_sde_step``) whose Gaussian log-probs are the policy's log-prob slots:
+S = n frames x Ks stochastic steps, slot (k, i) = frame k, stochastic step i.
+decode: the last context frame and the generated frames back to uint8 (the context frame goes through the
+same encoder/decoder round trip, so the IDM sees one kind of frame).
+logprobs: ``transition_logprobs``: the recorded transitions rescored under the current weights in one
+teacher-forced forward (differentiable), equal to the recorded ones before the first update.
+reference_logprobs: the same transitions under a frozen copy of the initial weights, so loss.beta > 0 adds
+the k3 estimate of KL(policy step || reference step) on the sampled x_next.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from rlir.kernels.flow_sde_step import SIGMA_MAX
+from rlir.models.flow_sampling import FlowSample, generate, transition_logprobs
+
+from .policy import ModelPolicy, Prompts, Rollout
+
+
+class DiffusionPolicy(ModelPolicy):
+    """model: DiTWorldModel (trained); tokenizer: the VQ tokenizer for frame_space "tokenizer_latents" (None for
+    pixels); num_steps, shift: the denoising schedule; noise_level: the SDE's a; stochastic: "all", a fraction,
+    or a window (start, length) of the steps (see rlir.models.flow_sampling); reference_factory: returns a model
+    with the initial weights (called once, lazily, only for the KL term)."""
+
+    def __init__(self, model: nn.Module, tokenizer: Optional[nn.Module] = None, *, num_steps: int = 8,
+                 shift: float = 1.0, noise_level: float = 0.7, stochastic="all", sigma_max: float = SIGMA_MAX,
+                 reference_factory: Optional[Callable[[], nn.Module]] = None):
+        super().__init__(model, reference_factory)
+        self.tokenizer = tokenizer.eval().requires_grad_(False) if tokenizer is not None else None
+        self.num_steps, self.shift, self.noise_level = num_steps, shift, noise_level
+        self.stochastic, self.sigma_max = stochastic, sigma_max
+        if noise_level <= 0:
+            raise ValueError(f"noise_level must be > 0 for GRPO (at 0 the sampler is deterministic and has no "
+                             f"log-probs), got {noise_level!r}")
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_frames(frames.to(self.device), self.tokenizer)
+
+    @torch.no_grad()
+    def rollout(self, prompts: Prompts, num_samples: int, generator: Optional[torch.Generator] = None) -> Rollout:
+        prompts = prompts.to(self.device)
+        sample = generate(self.model, self.encode(prompts.context), prompts.actions,
+                          context_actions=prompts.context_actions, num_samples=num_samples,
+                          num_steps=self.num_steps, shift=self.shift, sampler="sde", noise_level=self.noise_level,
+                          stochastic=self.stochastic, sigma_max=self.sigma_max, generator=generator)
+        n_rows, n, ks = sample.log_probs.shape
+        return Rollout(
+            prompts=prompts,
+            num_samples=num_samples,
+            samples={"frames": sample.frames, "context": sample.context, "actions": sample.actions,
+                     "context_actions": sample.context_actions, "trajectory": sample.trajectory,
+                     "sigmas": sample.sigmas, "steps": sample.steps},
+            old_logp=sample.log_probs.reshape(n_rows, n * ks).float(),
+            mask=torch.ones(n_rows, n * ks, dtype=torch.bool, device=sample.frames.device),
+            prompt_index=torch.arange(len(prompts), device=sample.frames.device).repeat_interleave(num_samples),
+            actions=sample.actions,
+            slot_frame=torch.arange(n, device=sample.frames.device).repeat_interleave(ks),
+        )
+
+    def flow_sample(self, rollout: Rollout) -> FlowSample:
+        s = rollout.samples
+        return FlowSample(s["frames"], s["context"], s["actions"], s["context_actions"], s["sigmas"], "sde",
+                          self.noise_level, self.sigma_max, trajectory=s["trajectory"], steps=s["steps"])
+
+    @torch.no_grad()
+    def decode(self, rollout: Rollout) -> torch.Tensor:
+        s = rollout.samples
+        latents = torch.cat((s["context"][:, -1:], s["frames"]), dim=1)
+        return self.model.decode_frames(latents, self.tokenizer)
+
+    def score(self, model: nn.Module, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
+        scores = transition_logprobs(model, self.flow_sample(rollout), indices)
+        return scores.log_probs.reshape(len(indices), -1)

@@ -1,0 +1,294 @@
+"""Sampling frames from a DiTWorldModel: an ODE sampler for evaluation and an SDE sampler for GRPO.
+
+Both generate one frame at a time after the context frames: the frame starts as pure noise at sigma = 1 and
+is integrated to sigma = 0 in ``num_steps`` steps over the schedule of diffusers'
+``FlowMatchEulerDiscreteScheduler`` (uniform sigmas 1 .. 1/num_steps, warped by ``shift``, then 0).
+
+- "ode": the scheduler's Euler step, x_next = x + (sigma_next - sigma) v.
+- "sde": Flow-GRPO's SDE step (``rlir.kernels.flow_sde_step``) on the *stochastic* steps, the plain Euler step
+  on the others. ``stochastic`` picks them: "all" (Flow-GRPO), a fraction in (0, 1] of the steps drawn at
+  random once per call (DanceGRPO's timestep subsampling), or a window (start, length) of consecutive steps
+  (MixGRPO). A stochastic step records, for every sample and generated frame, x_t, x_next, the step's Gaussian
+  mean, its std and the log-prob of x_next; an Euler step records no log-prob.
+
+``transition_logprobs`` scores recorded transitions under the model's current weights (differentiable, for
+the GRPO ratio) and returns their means (for a KL to a reference model: with equal stds the KL between two
+step Gaussians is ||mean - mean_ref||^2 / (2 std^2)). It runs every (frame, stochastic step) of a video in one
+teacher-forced forward: slot (k, i) is frame k's x_t at step i, attending to the generated clean frames < k.
+
+Random draws: the stochastic-step subset (when drawn), then the initial noise of every frame at once, then one
+draw per stochastic step. The cached and the uncached path draw the same, so with one generator they give the
+same frames, and the SDE sampler at noise_level 0 gives the ODE sampler's frames.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from rlir.kernels import flow_sde_step
+from rlir.kernels.flow_sde_step import SIGMA_MAX
+
+SAMPLERS = ("ode", "sde")
+Stochastic = Union[str, float, Sequence[int]]
+
+
+def make_scheduler(num_steps: int, shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
+    """A FlowMatchEulerDiscreteScheduler set to ``num_steps`` uniform sigmas 1, 1 - 1/K, .., 1/K (shifted), then 0."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not shift > 0:
+        raise ValueError(f"shift must be a number > 0, got {shift!r}")
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=float(shift))
+    # Explicit sigmas: the default schedule ends at 1/1000, which wastes the last step on sigma 0.001 -> 0.
+    scheduler.set_timesteps(sigmas=[1 - i / num_steps for i in range(num_steps)])
+    return scheduler
+
+
+def flow_sigmas(num_steps: int, shift: float = 1.0) -> torch.Tensor:
+    """The sampling schedule: fp32 [num_steps + 1] from 1 down to 0."""
+    return make_scheduler(num_steps, shift).sigmas.float().clone()
+
+
+def stochastic_steps(num_steps: int, stochastic: Stochastic = "all",
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Indices (int64, ascending) of the SDE steps among ``num_steps``: "all", a fraction in (0, 1] of them drawn
+    from ``generator`` (at least one), or a window (start, length) clipped to the schedule."""
+    if stochastic == "all":
+        return torch.arange(num_steps)
+    if isinstance(stochastic, float) and not isinstance(stochastic, bool):
+        if not 0 < stochastic <= 1:
+            raise ValueError(f"stochastic fraction must be in (0, 1], got {stochastic!r}")
+        count = max(1, round(stochastic * num_steps))
+        return torch.randperm(num_steps, generator=generator)[:count].sort().values
+    if isinstance(stochastic, (tuple, list)) and len(stochastic) == 2 \
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in stochastic):
+        start, length = stochastic
+        if not 0 <= start < num_steps or length < 1:
+            raise ValueError(f"stochastic window (start, length) needs 0 <= start < num_steps={num_steps} and "
+                             f"length >= 1, got {tuple(stochastic)!r}")
+        return torch.arange(start, min(start + length, num_steps))
+    raise ValueError(f"stochastic must be 'all', a fraction in (0, 1] or a window (start, length), got {stochastic!r}")
+
+
+@dataclass
+class FlowSample:
+    """Generated videos and, for the SDE sampler, the recorded stochastic transitions. N = B * G rows (row
+    b * G + g is sample g of prompt b), n generated frames, K steps, Ks of them stochastic.
+
+    frames: [N, n, C, S, S] the generated frames (model space; ``model.decode_frames`` makes uint8 of them).
+    context [N, n_ctx, C, S, S], actions [N, n, H], context_actions [N, n_ctx - 1, H]: the prompt, per row.
+    sigmas: [K + 1] the schedule. trajectory: [N, n, K + 1, C, S, S], x at every sigma (SDE only).
+    steps: [Ks] the stochastic step indices; means [N, n, Ks, C, S, S], stds [N, n, Ks] and log_probs
+    [N, n, Ks] fp32 of their transitions trajectory[:, :, i] -> trajectory[:, :, i + 1].
+    """
+
+    frames: torch.Tensor
+    context: torch.Tensor
+    actions: torch.Tensor
+    context_actions: torch.Tensor
+    sigmas: torch.Tensor
+    sampler: str
+    noise_level: float = 0.0
+    sigma_max: float = SIGMA_MAX
+    trajectory: Optional[torch.Tensor] = None
+    steps: Optional[torch.Tensor] = None
+    means: Optional[torch.Tensor] = None
+    stds: Optional[torch.Tensor] = None
+    log_probs: Optional[torch.Tensor] = None
+
+    @property
+    def x_t(self) -> torch.Tensor:
+        """[N, n, Ks, C, S, S] the state before each stochastic step."""
+        return self.trajectory[:, :, self.steps]
+
+    @property
+    def x_next(self) -> torch.Tensor:
+        """[N, n, Ks, C, S, S] the state after each stochastic step."""
+        return self.trajectory[:, :, self.steps + 1]
+
+
+def _check_prompt(model, context, actions, context_actions, num_samples):
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    cfg = model.config
+    frame = (cfg.in_channels, cfg.frame_size, cfg.frame_size)
+    if not isinstance(context, torch.Tensor) or context.ndim != 5 or tuple(context.shape[2:]) != frame \
+            or not context.is_floating_point():
+        raise ValueError(f"context must be float model-space frames [B, n_ctx, {', '.join(map(str, frame))}], got "
+                         f"{getattr(context, 'dtype', type(context).__name__)} {tuple(getattr(context, 'shape', ()))}")
+    b, n_ctx = context.shape[:2]
+    model.check_actions(actions)
+    if actions.shape[0] != b or actions.shape[1] < 1:
+        raise ValueError(f"actions must have shape [B={b}, n_steps >= 1, H], got {tuple(actions.shape)}")
+    if context_actions is None:
+        if n_ctx > 1:
+            raise ValueError(f"context_actions [B, n_ctx - 1, H] is required with n_ctx={n_ctx} context frames")
+        context_actions = actions[:, :0]
+    else:
+        model.check_actions(context_actions, "context_actions")
+        if tuple(context_actions.shape[:2]) != (b, n_ctx - 1):
+            raise ValueError(f"context_actions must have shape [B, n_ctx - 1, H] = "
+                             f"{(b, n_ctx - 1, model.num_action_heads)}, got {tuple(context_actions.shape)}")
+    if n_ctx + actions.shape[1] > cfg.max_frames:
+        raise ValueError(f"n_ctx + n_steps = {n_ctx + actions.shape[1]} frames exceeds max_frames={cfg.max_frames}")
+    return context_actions
+
+
+class _CachedHistory:
+    """The clean frames so far, as a KV cache: the velocity of the next frame, then ``append`` it. The B prompts'
+    context is run once and its cache replicated for their G samples."""
+
+    def __init__(self, model, context, all_actions, num_samples):
+        self.model, self.dtype = model, model.patch_in.weight.dtype
+        frame_actions = model.frame_actions(all_actions)  # [B, n_ctx + n, H]: the action that led to each frame
+        n_ctx = context.shape[1]
+        self.cache = model.new_cache(context.shape[0], frame_actions.shape[1])
+        model.cache_frames(context.to(self.dtype), frame_actions[:, :n_ctx], self.cache)
+        self.cache = self.cache.repeat_interleave(num_samples)
+        self.frame_actions = frame_actions.repeat_interleave(num_samples, 0)
+        self.last = context[:, -1].repeat_interleave(num_samples, 0).to(self.dtype)
+        self.next_index = n_ctx
+
+    def velocity(self, x, sigma):
+        return self.model.cached_velocity(x.to(self.dtype), sigma.expand(len(x)),
+                                          self.frame_actions[:, self.next_index], self.cache, self.last)
+
+    def append(self, x):
+        x = x.to(self.dtype)
+        self.model.cache_frames(x[:, None], self.frame_actions[:, self.next_index, None], self.cache, before=self.last)
+        self.last, self.next_index = x, self.next_index + 1
+
+
+class _RecomputedHistory:
+    """The same as _CachedHistory with no cache: every velocity runs the whole clean history again."""
+
+    def __init__(self, model, context, all_actions, num_samples):
+        self.model, self.dtype = model, model.patch_in.weight.dtype
+        self.frames = [context.repeat_interleave(num_samples, 0).to(self.dtype)]
+        self.actions = all_actions.repeat_interleave(num_samples, 0)
+        self.next_index = context.shape[1]
+
+    def velocity(self, x, sigma):
+        v = self.model(x[:, None].to(self.dtype), sigma.expand(len(x), 1), self.actions,
+                       clean=torch.cat(self.frames, dim=1), frame_index=[self.next_index])
+        return v[:, 0]
+
+    def append(self, x):
+        self.frames.append(x[:, None].to(self.dtype))
+        self.next_index += 1
+
+
+@torch.no_grad()
+def generate(model, context: torch.Tensor, actions: torch.Tensor, *, context_actions: Optional[torch.Tensor] = None,
+             num_samples: int = 1, num_steps: int = 8, shift: float = 1.0, sampler: str = "ode",
+             noise_level: float = 0.7, stochastic: Stochastic = "all", sigma_max: float = SIGMA_MAX,
+             generator: Optional[torch.Generator] = None, use_cache: bool = True) -> FlowSample:
+    """Roll out ``num_samples`` (G) continuations of each of B prompts under commanded actions.
+
+    context: model-space frames [B, n_ctx, C, S, S] (``model.encode_frames``); actions [B, n, H], actions[:, k]
+    leads to generated frame k; context_actions [B, n_ctx - 1, H] (required when n_ctx > 1). See the module
+    doc for sampler, noise_level, stochastic; sigma_max is ``flow_sde_step``'s clamp. With ``use_cache`` the
+    B prompts are run once and their KV cache replicated G times; ``use_cache=False`` recomputes the whole
+    history at every step (the reference the cached path is tested against).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
+    context_actions = _check_prompt(model, context, actions, context_actions, num_samples)
+    sigmas = flow_sigmas(num_steps, shift).to(context.device)
+    sde = sampler == "sde"
+    steps = stochastic_steps(num_steps, stochastic, generator) if sde else torch.arange(0)
+    g, n = num_samples, actions.shape[1]
+    rows, frame = context.shape[0] * g, context.shape[2:]
+    all_actions = torch.cat((context_actions, actions), dim=1)
+    history = (_CachedHistory if use_cache else _RecomputedHistory)(model, context, all_actions, g)
+    sample = FlowSample(context.new_empty(rows, n, *frame), context.repeat_interleave(g, 0),
+                        actions.repeat_interleave(g, 0), context_actions.repeat_interleave(g, 0), sigmas, sampler)
+    if sde:
+        ks = len(steps)
+        sample.noise_level, sample.sigma_max, sample.steps = noise_level, sigma_max, steps.to(context.device)
+        sample.trajectory = context.new_empty(rows, n, num_steps + 1, *frame)
+        sample.means = context.new_empty(rows, n, ks, *frame)
+        sample.stds = context.new_empty(rows, n, ks)
+        sample.log_probs = context.new_empty(rows, n, ks)
+
+    initial_noise = torch.randn(rows, n, *frame, generator=generator, device=context.device)
+    for k in range(n):
+        if sde:
+            x = _sde_frame(history, initial_noise[:, k], sample, k, generator)
+        else:
+            x = _ode_frame(history, initial_noise[:, k], num_steps, shift)
+        sample.frames[:, k] = x
+        if k < n - 1:
+            history.append(x)
+    return sample
+
+
+def _ode_frame(history, x: torch.Tensor, num_steps: int, shift: float) -> torch.Tensor:
+    """Integrate one frame from noise x to sigma 0 with the scheduler's Euler steps."""
+    scheduler = make_scheduler(num_steps, shift)  # a scheduler counts its steps: a fresh one per frame
+    for i, timestep in enumerate(scheduler.timesteps):
+        v = history.velocity(x, scheduler.sigmas[i].to(x.device)).float()
+        x = scheduler.step(v, timestep, x).prev_sample
+    return x
+
+
+def _sde_frame(history, x: torch.Tensor, sample: FlowSample, k: int, generator) -> torch.Tensor:
+    """Integrate frame k from noise x: SDE steps at sample.steps, recorded into sample; Euler steps elsewhere."""
+    sigmas = sample.sigmas
+    slots = {step: slot for slot, step in enumerate(sample.steps.tolist())}
+    sample.trajectory[:, k, 0] = x
+    for i in range(len(sigmas) - 1):
+        v = history.velocity(x, sigmas[i]).float()
+        if i in slots:
+            noise = torch.randn(x.shape, generator=generator, device=x.device)
+            out = flow_sde_step(x, v, sigmas[i].item(), sigmas[i + 1].item(), sample.noise_level, noise=noise,
+                                sigma_max=sample.sigma_max)
+            slot = slots[i]
+            sample.means[:, k, slot], sample.stds[:, k, slot], sample.log_probs[:, k, slot] = \
+                out.mean, out.std, out.log_prob
+            x = out.x_next
+        else:
+            x = x + (sigmas[i + 1] - sigmas[i]) * v
+        sample.trajectory[:, k, i + 1] = x
+    return x
+
+
+@dataclass
+class TransitionScores:
+    """Scores of recorded SDE transitions under some weights: log_probs [N, n, Ks] fp32 (differentiable),
+    means [N, n, Ks, C, S, S] (the step Gaussians' means) and stds [N, n, Ks]."""
+
+    log_probs: torch.Tensor
+    means: torch.Tensor
+    stds: torch.Tensor
+
+
+def transition_logprobs(model, sample: FlowSample, index: Optional[torch.Tensor] = None) -> TransitionScores:
+    """Log-probs of the recorded stochastic transitions of ``sample`` (rows ``index``, default all) under the
+    model's current weights, in one teacher-forced forward per call; differentiable w.r.t. the weights. With
+    the weights that generated ``sample`` they equal ``sample.log_probs`` (up to float rounding)."""
+    if sample.sampler != "sde" or len(sample.steps) == 0:
+        raise ValueError("sample holds no stochastic transitions: generate it with sampler='sde'")
+    rows = slice(None) if index is None else index
+    trajectory, context = sample.trajectory[rows], sample.context[rows]
+    all_actions = torch.cat((sample.context_actions[rows], sample.actions[rows]), dim=1)
+    n_rows, n = trajectory.shape[:2]
+    n_ctx, steps = context.shape[1], sample.steps
+    ks = len(steps)
+    dtype = model.patch_in.weight.dtype
+    frame = trajectory.shape[3:]
+    x_t = trajectory[:, :, steps].reshape(n_rows, n * ks, *frame)
+    x_next = trajectory[:, :, steps + 1].reshape(n_rows * n * ks, *frame)
+    sigma = sample.sigmas[steps].repeat(n)  # slot (k, i) -> sigma of step i
+    sigma_next = sample.sigmas[steps + 1].repeat(n)
+    frame_index = (n_ctx + torch.arange(n, device=x_t.device)).repeat_interleave(ks)
+    clean = torch.cat((context, sample.frames[rows][:, :-1]), dim=1).to(dtype)
+    v = model(x_t.to(dtype), sigma.expand(n_rows, -1), all_actions, clean=clean, frame_index=frame_index)
+    out = flow_sde_step(x_t.reshape(n_rows * n * ks, *frame), v.float().reshape(n_rows * n * ks, *frame),
+                        sigma.repeat(n_rows), sigma_next.repeat(n_rows), sample.noise_level, x_next=x_next,
+                        sigma_max=sample.sigma_max)
+    return TransitionScores(out.log_prob.view(n_rows, n, ks), out.mean.view(n_rows, n, ks, *frame),
+                            out.std.view(n_rows, n, ks))

@@ -1,0 +1,279 @@
+"""`rlir pretrain world-model --kind diffusion`: train the frame-causal DiT world model with flow matching.
+
+Every frame of the recording is put into the model's frame space once (``--frame-space``: the VQ tokenizer's
+continuous latents, normalised to unit variance over the train frames, or pixels). Training draws random clips
+of ``--clip-frames`` frames from the train episodes; the first ``--context-frames`` stay clean and every other
+frame gets its own noise level (``DiTWorldModel.loss``). AdamW, warm-up then cosine learning rate, gradient
+clipping, and an exponential moving average of the weights, which is what is evaluated and saved. Writes OUT
+(built in a temporary sibling directory and renamed into place only when complete):
+
+    config.json, diffusion_pytorch_model.safetensors   the EMA model: DiTWorldModel.from_pretrained(OUT)
+    metrics.jsonl        training metrics every --log-every steps (and held-out loss every --eval-every)
+    metrics.json         held-out evaluation of the saved checkpoint and the run's settings
+    generations.png      held-out prompts: real, then ODE-sampled continuations, one row each
+
+The held-out loss is the flow-matching loss of every held-out clip with fixed noise and sigmas (a seeded
+generator), so values at different steps compare. Generation quality is the PSNR of ODE-sampled continuations
+of held-out prompts against the real frames, beside copying the context frame and the frame space's own
+round trip (the ceiling).
+
+The defaults (tokenizer latents in 2x2 patches, the previous frame as input, 4-frame clips) come from the
+comparison in the ``rlir.models.dit_world_model`` docstring.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from rlir.data import Recording, resize_frames, split_episodes
+from rlir.models.dit_world_model import FRAME_SPACES, DiTWorldModel, latents_from_tokenizer
+from rlir.models.flow_sampling import generate
+from rlir.models.tokenizer import VQTokenizer
+from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_common_args, check_int,
+                                  check_output_directory, learning_rate, shuffled_batches)
+from rlir.pretrain.world_model_eval import _psnr_summary, real_frames, save_videos
+
+GRAD_CLIP = 1.0
+WEIGHT_DECAY = 0.0
+EMA_DECAY = 0.999
+VALIDATION_SEED = 1234
+DEFAULT_PATCH = {"tokenizer_latents": 2, "pixels": 8}
+
+
+@dataclass
+class FrameStore:
+    """Every frame of some episodes in the model's frame space, and the actions between them.
+
+    frames[e]: fp32 [T, C, S, S] (latents) or uint8 [T, 3, H, W] (pixels: scaled per batch, 4x less memory).
+    """
+
+    frames: dict[str, torch.Tensor]
+    actions: dict[str, torch.Tensor]
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, recording: Recording, episode_ids: list[str], frame_space: str,
+              tokenizer: Optional[VQTokenizer], batch: int = 256) -> "FrameStore":
+        frames, actions = {}, {}
+        for episode in episode_ids:
+            pixels, episode_actions = recording.load_episode(episode)
+            if frame_space == "tokenizer_latents":
+                size = tokenizer.config.image_size
+                pixels = torch.from_numpy(resize_frames(pixels, (size, size)).copy()).permute(0, 3, 1, 2)
+                frames[episode] = torch.cat([latents_from_tokenizer(tokenizer, pixels[i:i + batch]).cpu()
+                                             for i in range(0, len(pixels), batch)])
+            else:
+                frames[episode] = torch.from_numpy(pixels.copy()).permute(0, 3, 1, 2).contiguous()
+            actions[episode] = torch.from_numpy(episode_actions.copy()).long()
+        return cls(frames, actions)
+
+    def windows(self, episode_ids: list[str], length: int, stride: int) -> list[tuple[str, int]]:
+        return [(e, s) for e in episode_ids for s in range(0, len(self.frames[e]) - length + 1, stride)]
+
+    def clips(self, windows: list[tuple[str, int]], length: int, model: DiTWorldModel) -> tuple[torch.Tensor, torch.Tensor]:
+        """(model-space frames fp32 [N, length, C, S, S], actions int64 [N, length - 1, H]) of the windows."""
+        frames = torch.stack([self.frames[e][s:s + length] for e, s in windows])
+        if frames.dtype == torch.uint8:
+            frames = model.encode_frames(frames)
+        else:
+            frames = (frames - model.config.latent_shift) * model.config.latent_scale
+        return frames, torch.stack([self.actions[e][s:s + length - 1] for e, s in windows])
+
+
+def _load_tokenizer(path) -> VQTokenizer:
+    if path is None:
+        raise ValueError("tokenizer: --frame-space tokenizer_latents needs --tokenizer (rlir pretrain tokenizer)")
+    if not (Path(path) / "config.json").is_file():
+        raise ValueError(f"tokenizer: {path} holds no config.json; train one with `rlir pretrain tokenizer`")
+    return VQTokenizer.from_pretrained(path, torch_dtype=torch.float32).eval()
+
+
+def _model_config(frame_space: str, patch_size: int, recording: Recording, tokenizer, store: FrameStore,
+                  train_ids: list[str], shape: dict) -> dict:
+    heads = list(recording.action_space.head_sizes)
+    if frame_space == "pixels":
+        height, width = recording.frame_size
+        if height != width:
+            raise ValueError(f"data: frame_space 'pixels' needs square frames, the recording has {height}x{width}")
+        return dict(in_channels=3, frame_size=height, patch_size=patch_size, action_head_sizes=heads,
+                    frame_space="pixels", **shape)
+    latents = torch.cat([store.frames[e] for e in train_ids])
+    return dict(in_channels=tokenizer.config.code_dim, frame_size=tokenizer.grid, patch_size=patch_size,
+                action_head_sizes=heads, frame_space="tokenizer_latents", latent_shift=latents.mean().item(),
+                latent_scale=1 / latents.std().item(), **shape)
+
+
+def _windows(store: FrameStore, recording: Recording, train_ids: list[str], heldout_ids: list[str],
+             clip_frames: int, prompt_frames: int, prompts: int) -> tuple[list, list, list]:
+    """(episode, start) windows: every train clip (stride 1), the held-out loss clips (not overlapping) and
+    ``prompts`` held-out generation prompts spread evenly over the held-out episodes."""
+    train = store.windows(train_ids, clip_frames, stride=1)
+    heldout = store.windows(heldout_ids, clip_frames, stride=clip_frames)
+    generation = store.windows(heldout_ids, prompt_frames, stride=prompt_frames)
+    for name, windows, length in (("train", train, clip_frames), ("held-out", heldout, clip_frames),
+                                  ("held-out", generation, prompt_frames)):
+        if not windows:
+            raise ValueError(f"data: the {name} episodes of {recording.root} are all shorter than {length} frames; "
+                             f"lower --clip-frames or --eval-frames")
+    picks = torch.linspace(0, len(generation) - 1, min(prompts, len(generation))).round().long()
+    return train, heldout, [generation[i] for i in picks.tolist()]
+
+
+@torch.no_grad()
+def _update_ema(ema: DiTWorldModel, model: DiTWorldModel, step: int) -> None:
+    """Move the averaged weights towards the current ones; the decay warms up, so the early average is not
+    dominated by the initial weights."""
+    decay = min(EMA_DECAY, (1 + step) / (10 + step))
+    for averaged, current in zip(ema.parameters(), model.parameters()):
+        averaged.lerp_(current, 1 - decay)
+
+
+@torch.no_grad()
+def heldout_loss(model: DiTWorldModel, frames: torch.Tensor, actions: torch.Tensor, n_context: int,
+                 batch: int = 16) -> float:
+    """Mean flow-matching loss of held-out clips with the same noise and sigmas at every call."""
+    generator = torch.Generator().manual_seed(VALIDATION_SEED)
+    total = 0.0
+    for i in range(0, len(frames), batch):
+        part = frames[i:i + batch]
+        total += model.loss(part, actions[i:i + batch], n_context, generator).item() * len(part)
+    return total / len(frames)
+
+
+@torch.no_grad()
+def generation_quality(model: DiTWorldModel, tokenizer, frames: torch.Tensor, actions: torch.Tensor,
+                       sample_steps: int, seed: int = 0, batch: int = 16) -> tuple[dict, dict[str, torch.Tensor]]:
+    """ODE-generate frames 1..T-1 of each prompt from its real frame 0 (uint8 frames [K, T, 3, H, W], actions
+    [K, T-1, H]) and compare with the real ones. Returns (metrics, videos "real" and "ode", uint8)."""
+    generator = torch.Generator().manual_seed(seed)
+    generated = []
+    for i in range(0, len(frames), batch):
+        context = model.encode_frames(frames[i:i + batch, :1], tokenizer)
+        sample = generate(model, context, actions[i:i + batch], num_steps=sample_steps, generator=generator)
+        generated.append(model.decode_frames(sample.frames, tokenizer))
+    generated = torch.cat(generated)
+    real = frames[:, 1:]
+    metrics = {"prompts": len(frames), "context_frames": 1, "generated_frames": real.shape[1],
+               "sample_steps": sample_steps, "ode": _psnr_summary(real, generated),
+               "copy_context": _psnr_summary(real, frames[:, :1].expand_as(real)),
+               "frame_space_ceiling": _psnr_summary(real, model.decode_frames(model.encode_frames(real, tokenizer),
+                                                                             tokenizer))}
+    return metrics, {"real": frames, "ode": torch.cat((frames[:, :1], generated), dim=1)}
+
+
+def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None,
+          frame_space: str = "tokenizer_latents", patch_size: Optional[int] = None, steps: int = 3000,
+          batch: int = 8, lr: float = 1e-3, clip_frames: int = 4, context_frames: int = 1, max_frames: int = 16,
+          layers: int = 4, d_model: int = 192, heads: int = 6, seed: int = 0, dtype: str = "bf16",
+          heldout_fraction: float = 0.1, eval_prompts: int = 32, eval_frames: int = 15, eval_every: int = 500,
+          log_every: int = 10, sample_steps: int = 8, overwrite: bool = False, progress: bool = True) -> dict:
+    """Train a DiTWorldModel on the train episodes of ``data``, save its EMA weights into ``out`` and return
+    the held-out metrics written to ``out``/metrics.json (see the module docstring)."""
+    if frame_space not in FRAME_SPACES:
+        raise ValueError(f"frame_space must be one of {list(FRAME_SPACES)}, got {frame_space!r}")
+    patch_size = DEFAULT_PATCH[frame_space] if patch_size is None else patch_size
+    for name, value, minimum in (("steps", steps, 1), ("batch", batch, 1), ("clip_frames", clip_frames, 2),
+                                 ("context_frames", context_frames, 1), ("max_frames", max_frames, 2),
+                                 ("seed", seed, 0), ("eval_prompts", eval_prompts, 1), ("eval_frames", eval_frames, 1),
+                                 ("eval_every", eval_every, 0), ("log_every", log_every, 1),
+                                 ("sample_steps", sample_steps, 1), ("patch_size", patch_size, 1)):
+        check_int(name, value, minimum)
+    if context_frames >= clip_frames:
+        raise ValueError(f"context_frames ({context_frames}) must be < clip_frames ({clip_frames})")
+    if clip_frames > max_frames:
+        raise ValueError(f"clip_frames ({clip_frames}) must be <= max_frames ({max_frames})")
+    if eval_frames >= max_frames:
+        raise ValueError(f"eval_frames ({eval_frames}) must be < max_frames ({max_frames}): one context frame "
+                         f"plus the generated frames must fit")
+    check_common_args(lr, dtype, heldout_fraction)
+    out = Path(out)
+    check_output_directory(out, overwrite)
+    shape = dict(n_layers=layers, d_model=d_model, n_heads=heads, max_frames=max_frames)
+    DiTWorldModel(in_channels=1, frame_size=patch_size, patch_size=patch_size, **shape)  # bad shapes raise now
+
+    recording = Recording(data)
+    vq = _load_tokenizer(tokenizer) if frame_space == "tokenizer_latents" else None
+    train_ids, heldout_ids = split_episodes(recording.episode_ids, heldout_fraction)
+    if not heldout_ids:
+        raise ValueError(f"data: {recording.root} has {len(recording)} episode(s); holding out a fraction needs "
+                         f"at least 2")
+    started = time.perf_counter()
+    store = FrameStore.build(recording, recording.episode_ids, frame_space, vq)
+    encode_seconds = time.perf_counter() - started
+    train_windows, heldout_windows, prompt_windows = _windows(store, recording, train_ids, heldout_ids, clip_frames,
+                                                              eval_frames + 1, eval_prompts)
+
+    torch.manual_seed(seed)
+    model = DiTWorldModel(**_model_config(frame_space, patch_size, recording, vq, store, train_ids, shape))
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    matrices = [p for p in model.parameters() if p.ndim >= 2]
+    others = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": WEIGHT_DECAY},
+                                   {"params": others, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.99))
+    batches = shuffled_batches(len(train_windows), batch, torch.Generator().manual_seed(seed))
+    noise_generator = torch.Generator().manual_seed(seed + 1)
+    heldout_frames, heldout_actions = store.clips(heldout_windows, clip_frames, model)
+
+    with atomic_directory(out, overwrite) as staging:
+        started = time.perf_counter()
+        bar = tqdm(range(1, steps + 1), desc="pretrain world-model (diffusion)", unit="step", disable=not progress)
+        for step in bar:
+            model.train()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, steps, lr)
+            frames, actions = store.clips([train_windows[i] for i in next(batches).tolist()], clip_frames, model)
+            loss = model.loss(frames, actions, context_frames, noise_generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+            optimizer.step()
+            _update_ema(ema, model, step)
+            if step % log_every == 0 or step == steps:
+                seconds = time.perf_counter() - started
+                append_jsonl(staging / "metrics.jsonl", {
+                    "step": step, "loss": loss.item(), "grad_norm": grad_norm.item(),
+                    "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
+                    "frames_per_second": step * batch * (clip_frames - context_frames) / seconds})
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if eval_every and step % eval_every == 0 and step < steps:
+                value = heldout_loss(ema, heldout_frames, heldout_actions, context_frames)
+                append_jsonl(staging / "metrics.jsonl", {"step": step, "heldout_loss": value})
+                bar.set_postfix(loss=f"{loss.item():.4f}", heldout=f"{value:.4f}")
+        train_seconds = time.perf_counter() - started
+
+        # Evaluate what is saved: the EMA weights rounded to --dtype, computing in fp32.
+        started = time.perf_counter()
+        getattr(ema, SAVE_DTYPES[dtype])().save_pretrained(staging)
+        saved = DiTWorldModel.from_pretrained(staging, torch_dtype=torch.float32).eval()
+        size = vq.config.image_size if vq is not None else recording.frame_size[0]
+        prompts = real_frames(recording, prompt_windows, eval_frames + 1, size)
+        prompt_actions = torch.stack([store.actions[e][s:s + eval_frames] for e, s in prompt_windows])
+        generation, videos = generation_quality(saved, vq, prompts, prompt_actions, sample_steps, seed)
+        save_videos(staging / "generations.png", videos)
+        metrics = {
+            "kind": "diffusion",
+            "model": {"parameters": sum(p.numel() for p in saved.parameters()),
+                      "checkpoint_bytes": sum(p.stat().st_size for p in staging.glob("diffusion_pytorch_model*")),
+                      "dtype": dtype,
+                      "config": {k: v for k, v in saved.config.items() if not k.startswith("_")}},
+            "training": {"data": str(recording.root),
+                         "tokenizer": str(Path(tokenizer).resolve()) if vq is not None else None,
+                         "steps": steps, "batch": batch, "lr": lr, "clip_frames": clip_frames,
+                         "context_frames": context_frames, "ema_decay": EMA_DECAY, "seed": seed,
+                         "seconds": round(train_seconds, 1), "encode_seconds": round(encode_seconds, 1),
+                         "final_loss": loss.item(), "train_episodes": train_ids,
+                         "train_windows": len(train_windows), "torch_threads": torch.get_num_threads()},
+            "heldout": {"episodes": heldout_ids, "clips": len(heldout_frames),
+                        "loss": heldout_loss(saved, heldout_frames, heldout_actions, context_frames),
+                        "generation": generation},
+        }
+        metrics["training"]["eval_seconds"] = round(time.perf_counter() - started, 1)
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    return metrics
