@@ -37,6 +37,9 @@ def register(subparsers) -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grid", type=int, default=4, help="prompts shown in the video grid (default 4)")
+    parser.add_argument("--action-sensitivity", action="store_true",
+                        help="AR models: also report the held-out teacher-forced NLL under true vs shuffled / "
+                             "swapped actions (does the model use its actions at all?)")
     parser.add_argument("--out", type=Path, default=None,
                         help="report directory (default: RUN/eval with --run, else print only)")
     parser.set_defaults(func=run)
@@ -91,6 +94,13 @@ def run(args) -> int:
         model, info = load_world_model(path)
         metrics, videos[label] = evaluate_world_model(model, tokenizer, idms, prompts, recording.action_space,
                                                       temperature=args.temperature, seed=args.seed)
+        if args.action_sensitivity:
+            from rlir.eval.action_sensitivity import action_sensitivity
+
+            nll = action_sensitivity(model, tokenizer, prompts.real, prompts.actions,
+                                     recording.action_space.heads[0].classes)
+            metrics.update({f"nll_{k}": v for k, v in nll.items()})
+            print(f"{label}: teacher-forced NLL per code " + ", ".join(f"{k} {v:.4f}" for k, v in nll.items()))
         results[label] = metrics
         info_models[label] = info
         print(f"== {label}: {info['source']}")

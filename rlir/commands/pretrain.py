@@ -10,7 +10,8 @@ import importlib
 TARGETS = {
     "idm": ("rlir.pretrain.idm", "the inverse dynamics model (the reward IDM, or the held-out evaluation IDM with --eval)"),
     "tokenizer": ("rlir.pretrain.tokenizer", "the VQ frame tokenizer (64x64 frames -> 8x8 codes)"),
-    "world-model": ("rlir.pretrain.world_model", "the autoregressive world model over tokenizer codes (--kind ar)"),
+    "world-model": ("rlir.pretrain.world_model", "a world model: autoregressive over tokenizer codes (--kind ar) or the "
+                    "flow-matching DiT (--kind diffusion)"),
 }
 
 

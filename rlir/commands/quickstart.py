@@ -17,13 +17,17 @@ import time
 from pathlib import Path
 
 
+QUICKSTART_STEPS = 40
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser("quickstart", help="record Crafter data, post-train the shipped AR world model "
                                    "with RLIR, evaluate before vs after", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=Path("configs/crafter_ar.yaml"))
     parser.add_argument("--data", type=Path, default=Path("data/crafter"), help="recording (made if missing)")
     parser.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="run directory")
-    parser.add_argument("--steps", type=int, default=None, help="GRPO steps (default: the config's train.steps)")
+    parser.add_argument("--steps", type=int, default=QUICKSTART_STEPS,
+                        help=f"GRPO steps (default {QUICKSTART_STEPS}: what fits the 15-minute CPU budget)")
     parser.add_argument("--prompts", type=int, default=64, help="held-out prompts for the final evaluation")
     parser.add_argument("--frames", type=int, default=15, help="generated frames per prompt in the evaluation")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-4")
@@ -48,9 +52,8 @@ def run(args: argparse.Namespace) -> int:
         record("crafter", args.data, episodes=60, steps=500, seed=0)
         timings["record"] = time.perf_counter() - t
 
-    overrides = [f"out={args.out}", f"data.path={args.data}", *args.overrides]
-    if args.steps is not None:
-        overrides.append(f"train.steps={args.steps}")
+    overrides = [f"out={args.out}", f"data.path={args.data}", f"train.steps={args.steps}",
+                 f"train.checkpoint_interval={args.steps}", *args.overrides]
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as error:

@@ -56,3 +56,29 @@ def test_quickstart_trains_and_reports_before_and_after(recording, tmp_path):
     for key in METRICS:
         assert {"before", "after", "delta"} <= set(report["metrics"][key])
     assert (out / "eval" / "curves.png").is_file() and (out / "eval" / "video_grid.gif").is_file()
+
+
+def test_action_sensitivity_separates_a_model_that_reads_its_actions():
+    import torch
+
+    from rlir.eval.action_sensitivity import action_sensitivity
+    from rlir.models.ar_world_model import ARWorldModel
+    from rlir.models.tokenizer import VQTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = VQTokenizer(image_size=16, patch_size=4, hidden_channels=8, encoder_blocks=0, decoder_blocks=1,
+                            code_dim=4, codebook_size=8).eval()
+    model = ARWorldModel(codebook_size=8, tokens_per_frame=16, action_head_sizes=[5], n_layers=1, d_model=16,
+                         n_heads=2, n_kv_heads=1, max_frames=4, frame_action_embedding=True).eval()
+    real = torch.randint(0, 256, (4, 3, 3, 16, 16), dtype=torch.uint8)
+    actions = torch.randint(0, 5, (4, 2, 1))
+    nll = action_sensitivity(model, tokenizer, real, actions, ["noop", "move_left", "move_right", "move_up", "move_down"])
+    assert set(nll) == {"true", "shuffled", "all_class_0", "directions_swapped"}
+    assert all(v > 0 for v in nll.values())
+    assert nll["true"] != nll["all_class_0"]  # a random model with per-code action embeddings already reacts
+    blind = ARWorldModel(codebook_size=8, tokens_per_frame=16, action_head_sizes=[5], n_layers=1, d_model=16,
+                         n_heads=2, n_kv_heads=1, max_frames=4).eval()
+    with torch.no_grad():
+        blind.tok_embeddings.weight[8:] = 0  # action tokens carry nothing
+    nll = action_sensitivity(blind, tokenizer, real, actions, ["noop", "move_left", "move_right", "move_up", "move_down"])
+    assert max(nll.values()) - min(nll.values()) < 1e-6
