@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
 # Command-group modules, in the order `rlir --help` lists them.
@@ -22,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.invocation = "rlir " + shlex.join(argv)  # reports say how they were made
     return int(args.func(args) or 0)
 
 

@@ -11,8 +11,6 @@ the ceiling. Writes report.json, report.md, a video grid (PNG, MP4, GIF) and, fo
 """
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 
 CHECKPOINTS = Path("checkpoints/crafter")
@@ -108,7 +106,7 @@ def run(args) -> int:
 
     info = {"prompts": len(prompts), "frames": args.frames, "temperature": args.temperature, "seed": args.seed,
             "models": info_models, "video_rows": list(videos),
-            "command": "rlir " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["eval"] else ""}
+            "command": getattr(args, "invocation", "")}
     report = build_report(results, info=info)
     for key, title in HEADLINE:
         print(f"{title:48s} " + "  ".join(f"{k} {v:.4f}" for k, v in report["metrics"][key].items() if v is not None))

@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     eval_args = build_parser().parse_args(["eval", "--data", str(args.data), "--run", str(args.out),
                                            "--prompts", str(args.prompts), "--frames", str(args.frames)])
+    eval_args.invocation = getattr(args, "invocation", "rlir quickstart")
     code = eval_args.func(eval_args)
     timings["eval"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start

@@ -21,6 +21,7 @@ def test_eval_of_one_model_writes_a_report(recording, tmp_path):
     assert main(["eval", "--data", str(recording), "--frames", "3", "--prompts", "2", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["prompts"] >= 1 and report["frames"] == 3
+    assert report["command"].startswith("rlir eval --data")
     for key in METRICS:
         assert set(report["metrics"][key]) >= {"model"}
     for key in ("eval_idm/frame_accuracy", "reward_idm/frame_accuracy"):
@@ -52,6 +53,7 @@ def test_quickstart_trains_and_reports_before_and_after(recording, tmp_path):
     assert main(args) == 0
     report = json.loads((out / "eval" / "report.json").read_text())
     assert report["models"]["after"]["step"] == 1
+    assert report["command"].startswith("rlir quickstart")
     assert report["models"]["before"]["source"].endswith("ar_world_model")
     for key in METRICS:
         assert {"before", "after", "delta"} <= set(report["metrics"][key])
