@@ -217,11 +217,13 @@ class GRPOTrainer:
         with timer.phase("reward"), self.autocast():
             logits = self.idm_logits(self.idm, rollout.frames)
         with timer.phase("advantage"):
-            rew, adv = idm_advantage(logits, rollout.actions, group_size=g, mode=cfg.reward.mode,
-                                     scale=cfg.advantage.scale, estimator=cfg.advantage.estimator,
-                                     eps=cfg.advantage.eps)
             if cfg.advantage.credit == "frame":
+                rew = idm_reward(logits, rollout.actions, mode=cfg.reward.mode)
                 adv = self.frame_advantages(rew.frame_match, rollout)
+            else:
+                rew, adv = idm_advantage(logits, rollout.actions, group_size=g, mode=cfg.reward.mode,
+                                         scale=cfg.advantage.scale, estimator=cfg.advantage.estimator,
+                                         eps=cfg.advantage.eps)
         n_rows = len(rollout)
         orders = [torch.randperm(n_rows, generator=self.shuffle_generator) for _ in range(cfg.train.inner_epochs)]
 
