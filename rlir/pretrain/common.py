@@ -86,3 +86,12 @@ def atomic_directory(final: Path, overwrite: bool = False) -> Iterator[Path]:
 def append_jsonl(path: Path, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
+
+
+def check_clip_lengths(clip_frames: int, eval_frames: int, max_frames: int) -> None:
+    """World-model clips must fit the model: training clips and 1 context + eval_frames generated frames."""
+    if clip_frames > max_frames:
+        raise ValueError(f"clip_frames ({clip_frames}) must be <= max_frames ({max_frames})")
+    if eval_frames >= max_frames:
+        raise ValueError(f"eval_frames ({eval_frames}) must be < max_frames ({max_frames}): one context frame "
+                         f"plus the generated frames must fit")

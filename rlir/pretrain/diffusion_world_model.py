@@ -36,8 +36,8 @@ from rlir.data import Recording, resize_frames, split_episodes
 from rlir.models.dit_world_model import FRAME_SPACES, DiTWorldModel, latents_from_tokenizer
 from rlir.models.flow_sampling import generate
 from rlir.models.tokenizer import VQTokenizer
-from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_common_args, check_int,
-                                  check_output_directory, learning_rate, shuffled_batches)
+from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_clip_lengths, check_common_args,
+                                  check_int, check_output_directory, learning_rate, shuffled_batches)
 from rlir.pretrain.world_model_eval import _psnr_summary, real_frames, save_videos
 
 GRAD_CLIP = 1.0
@@ -187,11 +187,7 @@ def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None
         check_int(name, value, minimum)
     if context_frames >= clip_frames:
         raise ValueError(f"context_frames ({context_frames}) must be < clip_frames ({clip_frames})")
-    if clip_frames > max_frames:
-        raise ValueError(f"clip_frames ({clip_frames}) must be <= max_frames ({max_frames})")
-    if eval_frames >= max_frames:
-        raise ValueError(f"eval_frames ({eval_frames}) must be < max_frames ({max_frames}): one context frame "
-                         f"plus the generated frames must fit")
+    check_clip_lengths(clip_frames, eval_frames, max_frames)
     check_common_args(lr, dtype, heldout_fraction)
     out = Path(out)
     check_output_directory(out, overwrite)

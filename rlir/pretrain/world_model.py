@@ -31,8 +31,8 @@ from rlir.models.ar_world_model import ARWorldModel
 from rlir.models.dit_world_model import FRAME_SPACES
 from rlir.models.tokenizer import VQTokenizer
 from rlir.pretrain.tokenized import TokenizedRecording
-from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_common_args, check_int,
-                                  check_output_directory, learning_rate, shuffled_batches)
+from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_clip_lengths, check_common_args,
+                                  check_int, check_output_directory, learning_rate, shuffled_batches)
 from rlir.pretrain.world_model_eval import generation_quality, heldout_nll, real_frames, save_videos
 
 KINDS = ("ar", "diffusion")
@@ -111,7 +111,8 @@ def _options(args: argparse.Namespace) -> dict:
     """The train() keyword arguments of args: unset options take their kind's default; an option of the
     other kind is an error."""
     options = {k: v for k, v in vars(args).items()
-               if k not in ("command", "target", "func", "quiet", "threads") and (v is not None or k == "tokenizer")}
+               if k not in ("command", "target", "func", "quiet", "threads", "invocation")
+               and (v is not None or k == "tokenizer")}
     for name, kind in ONLY_FOR.items():
         if name in options and kind != args.kind:
             raise ValueError(f"--{name.replace('_', '-')} is only for --kind {kind}")
@@ -194,11 +195,7 @@ def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, kind:
                                  ("eval_frames", eval_frames, 1), ("eval_every", eval_every, 0),
                                  ("log_every", log_every, 1)):
         check_int(name, value, minimum)
-    if clip_frames > max_frames:
-        raise ValueError(f"clip_frames ({clip_frames}) must be <= max_frames ({max_frames})")
-    if eval_frames >= max_frames:
-        raise ValueError(f"eval_frames ({eval_frames}) must be < max_frames ({max_frames}): one context frame "
-                         f"plus the generated frames must fit")
+    check_clip_lengths(clip_frames, eval_frames, max_frames)
     check_common_args(lr, dtype, heldout_fraction)
     out = Path(out)
     check_output_directory(out, overwrite)
