@@ -79,6 +79,22 @@ class Block(nn.Module):
         return x + self.w2(F.silu(gate) * up)
 
 
+def check_transformer_config(n_layers: int, d_model: int, n_heads: int, max_frames: int,
+                             action_head_sizes) -> None:
+    """The checks every world model's transformer config needs (ValueError naming the key)."""
+    for name, value in (("n_layers", n_layers), ("d_model", d_model), ("n_heads", n_heads)):
+        _check_int(name, value)
+    _check_int("max_frames", max_frames, minimum=2)
+    if not isinstance(action_head_sizes, (list, tuple)) or not action_head_sizes:
+        raise ValueError(f"action_head_sizes must be a non-empty list of ints, got {action_head_sizes!r}")
+    for size in action_head_sizes:
+        _check_int("action_head_sizes entries", size, minimum=2)
+    if d_model % n_heads:
+        raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+    if (d_model // n_heads) % 2:
+        raise ValueError(f"d_model / n_heads must be even for RoPE, got head dim {d_model // n_heads}")
+
+
 class ARWorldModel(ModelMixin, ConfigMixin):
     """Action-conditioned token world model; ``save_pretrained``/``from_pretrained`` write config.json + safetensors.
 
@@ -99,18 +115,9 @@ class ARWorldModel(ModelMixin, ConfigMixin):
                  norm_eps: float = 1e-5, attn_backend: str = "sdpa", frame_action_embedding: bool = False):
         super().__init__()
         for name, value in (("codebook_size", codebook_size), ("tokens_per_frame", tokens_per_frame),
-                            ("n_layers", n_layers), ("d_model", d_model), ("n_heads", n_heads),
                             ("n_kv_heads", n_kv_heads)):
             _check_int(name, value)
-        _check_int("max_frames", max_frames, minimum=2)
-        if not isinstance(action_head_sizes, (list, tuple)) or not action_head_sizes:
-            raise ValueError(f"action_head_sizes must be a non-empty list of ints, got {action_head_sizes!r}")
-        for size in action_head_sizes:
-            _check_int("action_head_sizes entries", size, minimum=2)
-        if d_model % n_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        if (d_model // n_heads) % 2:
-            raise ValueError(f"d_model / n_heads must be even for RoPE, got head dim {d_model // n_heads}")
+        check_transformer_config(n_layers, d_model, n_heads, max_frames, action_head_sizes)
         if n_heads % n_kv_heads:
             raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
         if ffn_hidden is None:

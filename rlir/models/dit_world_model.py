@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-from .ar_world_model import apply_rope
+from .ar_world_model import apply_rope, check_transformer_config
 from .attention import BACKENDS, attention
 from .kv_cache import KVCache
 
@@ -158,20 +158,11 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
                  norm_eps: float = 1e-6, attn_backend: str = "sdpa", frame_space: str = "tokenizer_latents",
                  latent_shift: float = 0.0, latent_scale: float = 1.0, previous_frame_input: bool = True):
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("frame_size", frame_size), ("patch_size", patch_size),
-                            ("n_layers", n_layers), ("d_model", d_model), ("n_heads", n_heads)):
+        for name, value in (("in_channels", in_channels), ("frame_size", frame_size), ("patch_size", patch_size)):
             _check_int(name, value)
-        _check_int("max_frames", max_frames, minimum=2)
+        check_transformer_config(n_layers, d_model, n_heads, max_frames, action_head_sizes)
         if frame_size % patch_size:
             raise ValueError(f"frame_size ({frame_size}) must be a multiple of patch_size ({patch_size})")
-        if not isinstance(action_head_sizes, (list, tuple)) or not action_head_sizes:
-            raise ValueError(f"action_head_sizes must be a non-empty list of ints, got {action_head_sizes!r}")
-        for size in action_head_sizes:
-            _check_int("action_head_sizes entries", size, minimum=2)
-        if d_model % n_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        if (d_model // n_heads) % 2:
-            raise ValueError(f"d_model / n_heads must be even for RoPE, got head dim {d_model // n_heads}")
         if ffn_hidden is None:
             ffn_hidden = 4 * d_model
         _check_int("ffn_hidden", ffn_hidden)

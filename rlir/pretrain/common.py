@@ -95,3 +95,23 @@ def check_clip_lengths(clip_frames: int, eval_frames: int, max_frames: int) -> N
     if eval_frames >= max_frames:
         raise ValueError(f"eval_frames ({eval_frames}) must be < max_frames ({max_frames}): one context frame "
                          f"plus the generated frames must fit")
+
+
+def clip_windows(store, recording, train_ids: list[str], heldout_ids: list[str], clip_frames: int,
+                 prompt_frames: int, prompts: int) -> tuple[list, list, list]:
+    """(episode, start) windows of a world model's data (``store.windows(ids, length, stride)``): every train
+    clip (stride 1), the held-out evaluation clips (not overlapping) and ``prompts`` held-out generation
+    prompts spread evenly over the held-out episodes."""
+    import torch
+
+    train = store.windows(train_ids, clip_frames, stride=1)
+    heldout = store.windows(heldout_ids, clip_frames, stride=clip_frames)
+    generation = store.windows(heldout_ids, prompt_frames, stride=prompt_frames)
+    for name, windows, frames, episodes in (("train", train, clip_frames, train_ids),
+                                            ("held-out", heldout, clip_frames, heldout_ids),
+                                            ("held-out", generation, prompt_frames, heldout_ids)):
+        if not windows:
+            raise ValueError(f"data: the {len(episodes)} {name} episode(s) of {recording.root} are all shorter "
+                             f"than {frames} frames; lower --clip-frames or --eval-frames")
+    picks = torch.linspace(0, len(generation) - 1, min(prompts, len(generation))).round().long()
+    return train, heldout, [generation[i] for i in picks.tolist()]

@@ -37,7 +37,7 @@ from rlir.models.dit_world_model import FRAME_SPACES, DiTWorldModel, latents_fro
 from rlir.models.flow_sampling import generate
 from rlir.models.tokenizer import VQTokenizer
 from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_clip_lengths, check_common_args,
-                                  check_int, check_output_directory, learning_rate, shuffled_batches)
+                                  check_int, check_output_directory, clip_windows, learning_rate, shuffled_batches)
 from rlir.pretrain.world_model_eval import _psnr_summary, real_frames, save_videos
 
 GRAD_CLIP = 1.0
@@ -108,22 +108,6 @@ def _model_config(frame_space: str, patch_size: int, recording: Recording, token
     return dict(in_channels=tokenizer.config.code_dim, frame_size=tokenizer.grid, patch_size=patch_size,
                 action_head_sizes=heads, frame_space="tokenizer_latents", latent_shift=latents.mean().item(),
                 latent_scale=1 / latents.std().item(), **shape)
-
-
-def _windows(store: FrameStore, recording: Recording, train_ids: list[str], heldout_ids: list[str],
-             clip_frames: int, prompt_frames: int, prompts: int) -> tuple[list, list, list]:
-    """(episode, start) windows: every train clip (stride 1), the held-out loss clips (not overlapping) and
-    ``prompts`` held-out generation prompts spread evenly over the held-out episodes."""
-    train = store.windows(train_ids, clip_frames, stride=1)
-    heldout = store.windows(heldout_ids, clip_frames, stride=clip_frames)
-    generation = store.windows(heldout_ids, prompt_frames, stride=prompt_frames)
-    for name, windows, length in (("train", train, clip_frames), ("held-out", heldout, clip_frames),
-                                  ("held-out", generation, prompt_frames)):
-        if not windows:
-            raise ValueError(f"data: the {name} episodes of {recording.root} are all shorter than {length} frames; "
-                             f"lower --clip-frames or --eval-frames")
-    picks = torch.linspace(0, len(generation) - 1, min(prompts, len(generation))).round().long()
-    return train, heldout, [generation[i] for i in picks.tolist()]
 
 
 @torch.no_grad()
@@ -203,8 +187,8 @@ def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None
     started = time.perf_counter()
     store = FrameStore.build(recording, recording.episode_ids, frame_space, vq)
     encode_seconds = time.perf_counter() - started
-    train_windows, heldout_windows, prompt_windows = _windows(store, recording, train_ids, heldout_ids, clip_frames,
-                                                              eval_frames + 1, eval_prompts)
+    train_windows, heldout_windows, prompt_windows = clip_windows(store, recording, train_ids, heldout_ids,
+                                                                  clip_frames, eval_frames + 1, eval_prompts)
 
     torch.manual_seed(seed)
     model = DiTWorldModel(**_model_config(frame_space, patch_size, recording, vq, store, train_ids, shape))

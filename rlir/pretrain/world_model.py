@@ -32,7 +32,7 @@ from rlir.models.dit_world_model import FRAME_SPACES
 from rlir.models.tokenizer import VQTokenizer
 from rlir.pretrain.tokenized import TokenizedRecording
 from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_clip_lengths, check_common_args,
-                                  check_int, check_output_directory, learning_rate, shuffled_batches)
+                                  check_int, check_output_directory, clip_windows, learning_rate, shuffled_batches)
 from rlir.pretrain.world_model_eval import generation_quality, heldout_nll, real_frames, save_videos
 
 KINDS = ("ar", "diffusion")
@@ -162,23 +162,6 @@ def _load_tokenizer(path: Path | str | None) -> VQTokenizer:
     return VQTokenizer.from_pretrained(path, torch_dtype=torch.float32).eval()
 
 
-def _windows(tokenized: TokenizedRecording, recording: Recording, train_ids: list[str], heldout_ids: list[str],
-             clip_frames: int, prompt_frames: int, prompts: int) -> tuple[list, list, list]:
-    """(episode, start) windows: every train clip (stride 1), the held-out NLL clips (not overlapping) and
-    ``prompts`` held-out generation prompts spread evenly over the held-out episodes."""
-    train = tokenized.windows(train_ids, clip_frames, stride=1)
-    nll = tokenized.windows(heldout_ids, clip_frames, stride=clip_frames)
-    generation = tokenized.windows(heldout_ids, prompt_frames, stride=prompt_frames)
-    for name, windows, frames, episodes in (("train", train, clip_frames, train_ids),
-                                            ("held-out", nll, clip_frames, heldout_ids),
-                                            ("held-out", generation, prompt_frames, heldout_ids)):
-        if not windows:
-            raise ValueError(f"data: the {len(episodes)} {name} episode(s) of {recording.root} are all shorter "
-                             f"than {frames} frames; lower --clip-frames or --eval-frames")
-    picks = torch.linspace(0, len(generation) - 1, min(prompts, len(generation))).round().long()
-    return train, nll, [generation[i] for i in picks.tolist()]
-
-
 def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, kind: str = "ar", steps: int = 600,
           batch: int = 4, lr: float = 3e-3, clip_frames: int = 16, max_frames: int = 16, layers: int = 4,
           d_model: int = 192, heads: int = 6, kv_heads: int = 2, seed: int = 0, dtype: str = "bf16",
@@ -213,8 +196,8 @@ def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, kind:
     tokenized = TokenizedRecording.load_or_build(codes if codes is not None else out / "codes.safetensors",
                                                  recording, vq)
     tokenize_seconds = time.perf_counter() - started
-    train_windows, nll_windows, prompt_windows = _windows(tokenized, recording, train_ids, heldout_ids, clip_frames,
-                                                          eval_frames + 1, eval_prompts)
+    train_windows, nll_windows, prompt_windows = clip_windows(tokenized, recording, train_ids, heldout_ids,
+                                                              clip_frames, eval_frames + 1, eval_prompts)
 
     torch.manual_seed(seed)
     model = ARWorldModel(codebook_size=tokenized.codebook_size, tokens_per_frame=tokenized.tokens_per_frame,
