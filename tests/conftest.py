@@ -18,3 +18,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "interpreter" in item.keywords and not interpreting:
             item.add_marker(skip_interp)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (2 shared cores: more threads only contend), restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

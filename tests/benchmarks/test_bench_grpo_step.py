@@ -28,11 +28,8 @@ TINY_OVERRIDES = {"loss": {"beta": 0.0}, "train": {"inner_epochs": 1, "micro_bat
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    pass
 
 
 def tiny_config():

@@ -11,11 +11,8 @@ TINY_CONFIG = REPO / "configs" / "tiny_ar.yaml"
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    pass
 
 
 @pytest.fixture
