@@ -49,6 +49,23 @@ METRICS = ("kl", "clip_frac_low", "clip_frac_high", "clip_frac", "ratio_mean")
 MAX_BLOCK_T = 1024
 
 
+def aggregate_tokens(per_token: torch.Tensor, mask: Optional[torch.Tensor], loss_agg: str = "token-mean") -> torch.Tensor:
+    """Reduce a per-token term [N, T] over the valid tokens (mask: [N, T] bool or 0/1, None = all) the way ``loss_agg`` says:
+    token-mean (sum / valid tokens), seq-mean-token-mean (mean over non-empty rows of each row's token mean)
+    or seq-sum-norm (sum / (N * T), Dr.GRPO). Masked entries may hold anything (even inf); differentiable."""
+    check_choice("loss_agg", loss_agg, LOSS_AGGS)
+    N, T = per_token.shape
+    mask = mask_or_ones(mask, per_token)
+    w = mask.to(per_token.dtype)
+    masked = torch.where(mask, per_token, 0.0) * w
+    n_row = w.sum(1)
+    if loss_agg == "token-mean":
+        return masked.sum() / n_row.sum().clamp(min=1)
+    if loss_agg == "seq-mean-token-mean":
+        return (masked.sum(1) / n_row.clamp(min=1)).sum() / (n_row > 0).sum().clamp(min=1)
+    return masked.sum() / max(N * T, 1)
+
+
 def grpo_loss_reference(logp: torch.Tensor, old_logp: Optional[torch.Tensor], advantages: torch.Tensor,
                         mask: Optional[torch.Tensor] = None, ref_logp: Optional[torch.Tensor] = None, *,
                         eps_low: float = 0.2, eps_high: float = 0.2, delta: Optional[float] = None,
@@ -81,14 +98,7 @@ def grpo_loss_reference(logp: torch.Tensor, old_logp: Optional[torch.Tensor], ad
         if beta > 0:
             per_token = per_token + beta * kl
 
-    masked = per_token * w
-    if loss_agg == "token-mean":
-        loss = masked.sum() / n_tok.clamp(min=1)
-    elif loss_agg == "seq-mean-token-mean":
-        non_empty = n_row > 0
-        loss = (masked.sum(1) / n_row.clamp(min=1)).sum() / non_empty.sum().clamp(min=1)
-    else:
-        loss = masked.sum() / max(N * T, 1)
+    loss = aggregate_tokens(per_token, valid, loss_agg)
 
     with torch.no_grad():
         denom = n_tok.clamp(min=1)

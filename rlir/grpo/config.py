@@ -19,7 +19,7 @@ Sections and keys (defaults in the dataclasses below):
                sde: num_steps, shift, noise_level, stochastic (all|fraction|window), fraction, window (diffusion)
     reward:    mode (exact|per_head|loglik), idm_batch_size
     advantage: scale (group|batch|none), estimator (grpo|rloo), eps, credit (video|frame)
-    loss:      eps_low, eps_high, delta, beta, loss_agg, is_level, old_logprobs (rollout|recompute)
+    loss:      eps_low, eps_high, delta, beta, kl (k3|closed_form), loss_agg, is_level, old_logprobs (rollout|recompute)
     optim:     lr, schedule (constant|cosine), warmup_steps, min_lr_ratio, weight_decay, betas, adam_eps,
                max_grad_norm
     train:     steps, inner_epochs, micro_batch_size, grad_accumulation, bf16 (auto|true|false),
@@ -147,7 +147,11 @@ class LossConfig:
     eps_low: float = _f(0.2, min=0.0, lt=1.0)
     eps_high: float = _f(0.2, min=0.0)
     delta: Optional[float] = _f(None, gt=1.0, help="cap of the ratio in the unclipped term")
-    beta: float = _f(0.0, min=0.0, help="k3 KL weight; 0 skips the reference model entirely")
+    beta: float = _f(0.0, min=0.0, help="KL weight; 0 skips the reference model entirely")
+    kl: str = _f("k3", choices=("k3", "closed_form"),
+                 help="k3: the k3 estimate from the sampled slots' log-probs under the reference model; "
+                 "closed_form: the policy's exact per-slot KL (diffusion: the step Gaussians' means vs the "
+                 "reference's, as Flow-GRPO)")
     loss_agg: str = _f("token-mean", choices=("token-mean", "seq-mean-token-mean", "seq-sum-norm"))
     is_level: str = _f("token", choices=("token", "sequence"))
     old_logprobs: str = _f("rollout", choices=("rollout", "recompute"),
@@ -398,6 +402,9 @@ def _validate(cfg: GRPOConfig, check_paths: bool) -> None:
         raise ConfigError("train.bf16", "bf16 autocast is for CUDA devices; use auto or false with device: cpu")
 
     m = cfg.models
+    if cfg.loss.kl == "closed_form" and m.kind == "ar":
+        raise ConfigError("loss.kl", "closed_form is the diffusion policy's KL of the step means; the AR policy "
+                          "has only k3")
     if m.source == "pretrained":
         for name in ("world_model", "tokenizer", "idm"):
             if getattr(m, name) is None:

@@ -11,10 +11,13 @@ logprobs: ``transition_logprobs``: the recorded transitions rescored under the c
 teacher-forced forward (differentiable), equal to the recorded ones before the first update.
 reference_logprobs: the same transitions under a frozen copy of the initial weights, so loss.beta > 0 adds
 the k3 estimate of KL(policy step || reference step) on the sampled x_next.
+logprobs_and_kl (loss.kl: closed_form): the exact KL of each step Gaussian to the reference model's, which
+share the std: KL = |mean - mean_ref|^2 / (2 std^2), averaged over the latent's elements as the log-probs
+are (Flow-GRPO's KL). Deterministic given the trajectory, so it has none of k3's sampling noise.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -81,3 +84,12 @@ class DiffusionPolicy(ModelPolicy):
     def score(self, model: nn.Module, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
         scores = transition_logprobs(model, self.flow_sample(rollout), indices)
         return scores.log_probs.reshape(len(indices), -1)
+
+    def logprobs_and_kl(self, rollout: Rollout, indices: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        sample = self.flow_sample(rollout)
+        current = transition_logprobs(self.model, sample, indices)
+        with torch.no_grad():
+            reference = transition_logprobs(self.reference_model(), sample, indices)
+        sq = (current.means.float() - reference.means.float()).pow(2).flatten(3).mean(-1)
+        kl = sq / (2 * current.stds.float().pow(2))
+        return current.log_probs.reshape(len(indices), -1), kl.reshape(len(indices), -1)

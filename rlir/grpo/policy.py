@@ -10,6 +10,8 @@ slots per video (tokens for AR, denoising steps x frames for diffusion):
     decode(rollout)            -> uint8 [N, n+1, 3, h, w]     the last context frame + the n generated frames
     logprobs(rollout, idx)     -> fp32 [len(idx), S]          differentiable, under the current weights
     reference_logprobs(rollout, idx) -> fp32 [len(idx), S]    no grad, frozen initial weights (only if beta > 0)
+    logprobs_and_kl(rollout, idx) -> (logp, kl) fp32 [len(idx), S] each, both differentiable: optional, the
+                               exact per-slot KL to the reference model (only for loss.kl: closed_form)
     trainable_parameters()     -> the parameters the optimizer updates
     state_dict() / load_state_dict(sd)                        what a checkpoint saves (tensors only)
 
@@ -57,7 +59,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 
@@ -146,6 +148,13 @@ class Policy(ABC):
 
     def reference_logprobs(self, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no reference model: set loss.beta: 0")
+
+    def logprobs_and_kl(self, rollout: Rollout, indices: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form KL: set loss.kl: k3")
+
+    @property
+    def has_closed_form_kl(self) -> bool:
+        return type(self).logprobs_and_kl is not Policy.logprobs_and_kl
 
     @abstractmethod
     def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:

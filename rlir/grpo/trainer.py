@@ -9,9 +9,10 @@ One step (every phase inside ``PhaseTimer.phase``, i.e. an NVTX range plus a wal
     advantage    rlir.kernels.idm_advantage: exact-match reward per video, group-normalised advantages
                  (advantage.credit = frame: per generated frame instead, broadcast to that frame's slots)
     logprob_old  (loss.old_logprobs = recompute) no-grad teacher-forced log-probs as old log-probs
-    logprob_ref  (loss.beta > 0) log-probs under the frozen reference model
+    logprob_ref  (loss.beta > 0, loss.kl = k3) log-probs under the frozen reference model
     then inner_epochs passes over the N videos in shuffled minibatches of micro_batch_size x grad_accumulation:
     logprob      policy.logprobs on a micro-batch (differentiable)
+                 (loss.kl = closed_form: policy.logprobs_and_kl, the exact KL to the reference, instead)
     loss         rlir.kernels.grpo_loss, scaled so the accumulated gradient is the minibatch's loss gradient
     backward
     optim        grad-norm clip, AdamW step, lr schedule step (once per minibatch)
@@ -33,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from rlir.kernels import group_advantage, grpo_loss, idm_advantage, idm_reward
+from rlir.kernels.grpo_loss import aggregate_tokens
 from rlir.profiling import PhaseTimer, peak_memory, reset_peak_memory
 from rlir.profiling.memory import max_rss_bytes
 
@@ -89,6 +91,10 @@ class GRPOTrainer:
                  resume_step: Optional[int] = None):
         self.cfg = cfg
         self.policy, self.idm, self.prompts = policy, idm, prompts
+        self.closed_form_kl = cfg.loss.beta > 0 and cfg.loss.kl == "closed_form"
+        if self.closed_form_kl and not policy.has_closed_form_kl:
+            raise ConfigError("loss.kl", f"'closed_form' needs a policy with logprobs_and_kl, which "
+                              f"{type(policy).__name__} does not implement: use k3")
         self.eval_prompts, self.eval_idm = eval_prompts, eval_idm
         self.device = device if device is not None else resolve_device(cfg.device)
         self.out_dir = None if out_dir is None else Path(out_dir)
@@ -232,7 +238,7 @@ class GRPOTrainer:
             with timer.phase("logprob_old"):
                 old = self._no_grad_logprobs(self.policy.logprobs, rollout, orders[0])
         ref = None
-        if cfg.loss.beta > 0:
+        if cfg.loss.beta > 0 and not self.closed_form_kl:
             with timer.phase("logprob_ref"):
                 ref = self._no_grad_logprobs(self.policy.reference_logprobs, rollout, orders[0])
 
@@ -296,12 +302,19 @@ class GRPOTrainer:
                 for idx in micro_batches:
                     idx = idx.to(self.device)
                     with timer.phase("logprob"), self.autocast():
-                        logp = self.policy.logprobs(rollout, idx)
+                        if self.closed_form_kl:
+                            logp, kl = self.policy.logprobs_and_kl(rollout, idx)
+                        else:
+                            logp = self.policy.logprobs(rollout, idx)
                     with timer.phase("loss"):
                         loss, lm = grpo_loss(logp.float(), old[idx], adv[idx], mask[idx],
                                              None if ref is None else ref[idx], eps_low=lc.eps_low,
-                                             eps_high=lc.eps_high, delta=lc.delta, beta=lc.beta,
+                                             eps_high=lc.eps_high, delta=lc.delta,
+                                             beta=0.0 if self.closed_form_kl else lc.beta,
                                              loss_agg=lc.loss_agg, is_level=lc.is_level)
+                        if self.closed_form_kl:
+                            loss = loss + lc.beta * aggregate_tokens(kl.float(), mask[idx], lc.loss_agg)
+                            lm["kl"] = aggregate_tokens(kl.detach().float(), mask[idx])
                         weight = self._normaliser(mask[idx]) / max(denom, 1e-12)
                         scaled = loss * weight
                     with timer.phase("backward"):

@@ -76,3 +76,58 @@ def test_train_tiny_diffusion_config_end_to_end(tmp_path, capsys):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1]
     assert records[1]["loss/ratio_mean"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_closed_form_kl_is_the_step_means_kl_to_the_reference():
+    cfg, run = tiny_run(**{"loss.beta": 0.1, "loss.kl": "closed_form", "rollout.sde.num_steps": 4})
+    policy = run.policy
+    rollout = policy.rollout(run.prompts.next(), 2, generator=torch.Generator().manual_seed(2))
+    idx = torch.arange(len(rollout))
+    logp, kl = policy.logprobs_and_kl(rollout, idx)
+    torch.testing.assert_close(logp, rollout.old_logp, atol=1e-4, rtol=0)
+    assert kl.shape == logp.shape and kl.abs().max() < 1e-8  # the reference is the initial model
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    logp, kl = policy.logprobs_and_kl(rollout, idx)
+    kl.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.trainable_parameters())
+    # The same KL by hand: Gaussians with one shared std, means from a rescore under each model.
+    from rlir.models.flow_sampling import transition_logprobs
+
+    sample = policy.flow_sample(rollout)
+    with torch.no_grad():
+        cur = transition_logprobs(policy.model, sample, idx)
+        ref = transition_logprobs(policy.reference_model(), sample, idx)
+    d = (cur.means - ref.means).double().flatten(3)
+    expected = (d.pow(2).sum(-1) / d.shape[-1] / (2 * cur.stds.double() ** 2)).reshape(len(idx), -1)
+    assert expected.min() > 0
+    torch.testing.assert_close(kl.detach().double(), expected, rtol=1e-4, atol=1e-10)
+
+
+def test_closed_form_kl_trains_and_is_logged(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--config", str(TINY_DIFFUSION), "--out", str(out), "log.tensorboard=false",
+            "log.stdout=false", "loss.beta=0.5", "loss.kl=closed_form", "train.steps=2",
+            "train.grad_accumulation=1"]
+    assert main(args) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "time/logprob_ref" not in records[1]  # no separate reference pass: it runs inside logprob
+    assert all(r["loss/kl"] >= 0 and r["loss/kl"] == r["loss/kl"] for r in records[1:])
+
+
+def test_closed_form_kl_needs_a_policy_that_has_it():
+    import dataclasses
+
+    import yaml
+
+    from rlir.grpo.trainer import GRPOTrainer
+
+    ar = yaml.safe_load((REPO / "configs" / "tiny_ar.yaml").read_text())
+    with pytest.raises(ConfigError, match="loss.kl"):  # caught with the config, before any work
+        config_from_dict(ar, ["loss.beta=0.1", "loss.kl=closed_form"])
+    cfg = config_from_dict(ar, ["loss.beta=0.1"])
+    run = build_run(cfg, torch.device("cpu"))
+    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, kl="closed_form"))
+    with pytest.raises(ConfigError, match="loss.kl"):  # a user's policy without logprobs_and_kl
+        GRPOTrainer(cfg, run.policy, run.idm, run.prompts)

@@ -562,3 +562,15 @@ def test_cuda_default_dispatch_matches_reference(loss_agg, is_level, monkeypatch
     loss, metrics, grad = run_public(grpo_loss, logp.cuda(), old.cuda(), adv.cuda(), mask.cuda(), ref.cuda(),
                                      **opts)
     assert_matches((loss.cpu(), {k: v.cpu() for k, v in metrics.items()}, grad.cpu()), expected)
+
+
+def test_aggregate_tokens_reduces_like_each_loss_agg():
+    from rlir.kernels.grpo_loss import aggregate_tokens
+
+    x = torch.tensor([[1.0, 3.0, float("inf")], [5.0, float("nan"), float("inf")]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    assert aggregate_tokens(x, mask, "token-mean").item() == 3.0  # (1 + 3 + 5) / 3
+    assert aggregate_tokens(x, mask, "seq-mean-token-mean").item() == 3.5  # (2 + 5) / 2
+    assert aggregate_tokens(x, mask, "seq-sum-norm").item() == 1.5  # 9 / (2 * 3)
+    with pytest.raises(ValueError, match="loss_agg"):
+        aggregate_tokens(x, mask, "mean")
