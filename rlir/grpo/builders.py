@@ -8,6 +8,7 @@ mismatch raises ConfigError naming the key to change.
 """
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,8 +178,21 @@ def build_datasets(cfg: GRPOConfig, image_size: int, head_sizes):
     return train, heldout, [h.name for h in space.heads]
 
 
+def freeze_all_but(model: nn.Module, patterns) -> None:
+    """Only parameters whose name matches one of the regexes (re.search) keep requires_grad (optim.trainable)."""
+    names = [name for name, _ in model.named_parameters()]
+    for i, pattern in enumerate(patterns):
+        if not any(re.search(pattern, name) for name in names):
+            raise ConfigError(f"optim.trainable[{i}]", f"{pattern!r} matches none of the world model's "
+                              f"parameters, e.g. {names[:3]}")
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(re.search(pattern, name) for pattern in patterns))
+
+
 def build_run(cfg: GRPOConfig, device: torch.device) -> Run:
     world_model, tokenizer, idm, eval_idm, reference_factory = build_models(cfg, device)
+    if cfg.optim.trainable is not None:
+        freeze_all_but(world_model, cfg.optim.trainable)
     train, heldout, names = build_datasets(cfg, tokenizer.config.image_size, list(world_model.head_sizes))
     r = cfg.rollout
     reference = reference_factory if cfg.loss.beta > 0 else None

@@ -21,7 +21,7 @@ Sections and keys (defaults in the dataclasses below):
     advantage: scale (group|batch|none), estimator (grpo|rloo), eps, credit (video|frame)
     loss:      eps_low, eps_high, delta, beta, kl (k3|closed_form), loss_agg, is_level, old_logprobs (rollout|recompute)
     optim:     lr, schedule (constant|cosine), warmup_steps, min_lr_ratio, weight_decay, betas, adam_eps,
-               max_grad_norm
+               max_grad_norm, trainable (parameter-name regexes; null: all)
     train:     steps, inner_epochs, micro_batch_size, grad_accumulation, bf16 (auto|true|false),
                eval_interval, checkpoint_interval, keep_last, log_interval
     eval:      prompts, num_samples, at_start
@@ -169,6 +169,9 @@ class OptimConfig:
     betas: list[float] = _f([0.9, 0.999])
     adam_eps: float = _f(1e-8, gt=0.0)
     max_grad_norm: Optional[float] = _f(1.0, gt=0.0, help="null: no clipping (the norm is still logged)")
+    trainable: Optional[list[str]] = _f(None, help="regexes (re.search) over the world model's parameter names: "
+                                        "only those parameters train, e.g. [modulation, action_embeddings]; "
+                                        "null: all")
 
 
 @dataclass
@@ -401,6 +404,11 @@ def _validate(cfg: GRPOConfig, check_paths: bool) -> None:
     if cfg.train.bf16 == "true" and cfg.device == "cpu":
         raise ConfigError("train.bf16", "bf16 autocast is for CUDA devices; use auto or false with device: cpu")
 
+    for i, pattern in enumerate(cfg.optim.trainable or ()):
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ConfigError(f"optim.trainable[{i}]", f"is not a regular expression: {error}") from None
     m = cfg.models
     if cfg.loss.kl == "closed_form" and m.kind == "ar":
         raise ConfigError("loss.kl", "closed_form is the diffusion policy's KL of the step means; the AR policy "

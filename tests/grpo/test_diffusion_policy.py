@@ -131,3 +131,24 @@ def test_closed_form_kl_needs_a_policy_that_has_it():
     cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, kl="closed_form"))
     with pytest.raises(ConfigError, match="loss.kl"):  # a user's policy without logprobs_and_kl
         GRPOTrainer(cfg, run.policy, run.idm, run.prompts)
+
+
+def test_optim_trainable_freezes_every_other_parameter(tmp_path):
+    from rlir.grpo.trainer import GRPOTrainer
+
+    # (patch_out: a random adaLN-Zero DiT starts with a zero output layer, so nothing before it has a gradient)
+    cfg, run = tiny_run(**{"optim.trainable": "[action_embeddings, patch_out]", "train.steps": 1,
+                           "log.stdout": "false", "log.tensorboard": "false"})
+    before = {k: v.clone() for k, v in run.policy.model.state_dict().items()}
+    trainable = {n for n, p in run.policy.model.named_parameters() if p.requires_grad}
+    assert trainable == {"action_embeddings.0.weight", "patch_out.weight", "patch_out.bias"}
+    GRPOTrainer(cfg, run.policy, run.idm, run.prompts, out_dir=tmp_path).train()
+    after = run.policy.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= trainable
+
+
+@pytest.mark.parametrize("pattern, message", [("no_such_layer", "matches none"), ("(", "not a regular expression")])
+def test_optim_trainable_rejects_bad_patterns(pattern, message):
+    with pytest.raises(ConfigError, match=r"optim.trainable\[0\].*" + message):
+        tiny_run(**{"optim.trainable": f"[{pattern!r}]"})
