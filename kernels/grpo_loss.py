@@ -49,16 +49,16 @@ METRICS = ("kl", "clip_frac_low", "clip_frac_high", "clip_frac", "ratio_mean")
 MAX_BLOCK_T = 1024
 
 
-def aggregate_tokens(per_token: torch.Tensor, mask: Optional[torch.Tensor], loss_agg: str = "token-mean") -> torch.Tensor:
-    """Reduce a per-token term [N, T] over the valid tokens (mask: [N, T] bool or 0/1, None = all) the way ``loss_agg`` says:
-    token-mean (sum / valid tokens), seq-mean-token-mean (mean over non-empty rows of each row's token mean)
-    or seq-sum-norm (sum / (N * T), Dr.GRPO). Masked entries may hold anything (even inf); differentiable."""
+def aggregate_tokens(per_token: torch.Tensor, mask: Optional[torch.Tensor],
+                     loss_agg: str = "token-mean") -> torch.Tensor:
+    """Reduce a per-token term [N, T] over the valid tokens (mask: [N, T] bool or 0/1, None = all) as
+    ``loss_agg`` says: token-mean (sum / valid tokens), seq-mean-token-mean (mean over non-empty rows of each
+    row's token mean) or seq-sum-norm (sum / (N * T), Dr.GRPO). Masked entries may hold anything (even inf)."""
     check_choice("loss_agg", loss_agg, LOSS_AGGS)
     N, T = per_token.shape
     mask = mask_or_ones(mask, per_token)
-    w = mask.to(per_token.dtype)
-    masked = torch.where(mask, per_token, 0.0) * w
-    n_row = w.sum(1)
+    masked = torch.where(mask, per_token, 0.0)
+    n_row = mask.sum(1).to(per_token.dtype)
     if loss_agg == "token-mean":
         return masked.sum() / n_row.sum().clamp(min=1)
     if loss_agg == "seq-mean-token-mean":
