@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from rlir.kernels import group_advantage, grpo_loss, idm_advantage, idm_reward
 from rlir.kernels.grpo_loss import aggregate_tokens
+from rlir.optim import adamw_decaying_matrices
 from rlir.profiling import PhaseTimer, peak_memory, reset_peak_memory
 from rlir.profiling.memory import max_rss_bytes
 
@@ -110,15 +111,11 @@ class GRPOTrainer:
         self.shuffle_generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.step_count = 0
 
-        decay, no_decay = [], []
-        for p in policy.trainable_parameters():
-            (decay if p.ndim >= 2 else no_decay).append(p)
-        if not decay and not no_decay:
+        params = list(policy.trainable_parameters())
+        if not params:
             raise ValueError("the policy has no trainable parameters")
-        groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.optim.lr,
-                                           betas=tuple(cfg.optim.betas), eps=cfg.optim.adam_eps)
+        self.optimizer = adamw_decaying_matrices(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                                 betas=cfg.optim.betas, eps=cfg.optim.adam_eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
 

@@ -36,6 +36,7 @@ from rlir.data import Recording, resize_frames, split_episodes
 from rlir.models.dit_world_model import FRAME_SPACES, DiTWorldModel, latents_from_tokenizer
 from rlir.models.flow_sampling import generate
 from rlir.models.tokenizer import VQTokenizer
+from rlir.optim import adamw_decaying_matrices
 from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_clip_lengths, check_common_args,
                                   check_int, check_output_directory, clip_windows, learning_rate, shuffled_batches)
 from rlir.pretrain.world_model_eval import _psnr_summary, real_frames, save_videos
@@ -193,10 +194,7 @@ def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None
     torch.manual_seed(seed)
     model = DiTWorldModel(**_model_config(frame_space, patch_size, recording, vq, store, train_ids, shape))
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    matrices = [p for p in model.parameters() if p.ndim >= 2]
-    others = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": WEIGHT_DECAY},
-                                   {"params": others, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.99))
+    optimizer = adamw_decaying_matrices(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.99))
     batches = shuffled_batches(len(train_windows), batch, torch.Generator().manual_seed(seed))
     noise_generator = torch.Generator().manual_seed(seed + 1)
     heldout_frames, heldout_actions = store.clips(heldout_windows, clip_frames, model)

@@ -30,6 +30,7 @@ from rlir.data import Recording, split_episodes
 from rlir.models.ar_world_model import ARWorldModel
 from rlir.models.dit_world_model import FRAME_SPACES
 from rlir.models.tokenizer import VQTokenizer
+from rlir.optim import adamw_decaying_matrices
 from rlir.pretrain.tokenized import TokenizedRecording
 from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_clip_lengths, check_common_args,
                                   check_int, check_output_directory, clip_windows, learning_rate, shuffled_batches)
@@ -202,10 +203,7 @@ def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, kind:
     torch.manual_seed(seed)
     model = ARWorldModel(codebook_size=tokenized.codebook_size, tokens_per_frame=tokenized.tokens_per_frame,
                          action_head_sizes=list(recording.action_space.head_sizes), **shape)
-    matrices = [p for p in model.parameters() if p.ndim >= 2]
-    others = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": WEIGHT_DECAY},
-                                   {"params": others, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    optimizer = adamw_decaying_matrices(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.95))
     batches = shuffled_batches(len(train_windows), batch, torch.Generator().manual_seed(seed))
     nll_codes, nll_actions = tokenized.clips(nll_windows, clip_frames)
 
