@@ -6,19 +6,12 @@ import torch
 from safetensors import safe_open
 
 import rlir.cli
-from rlir.data import record
 from rlir.models import DiTWorldModel
 from rlir.models.tokenizer import VQTokenizer
 from rlir.pretrain.diffusion_world_model import train
 
 TINY_MODEL = ["--layers", "1", "--d-model", "32", "--heads", "2", "--max-frames", "6", "--clip-frames", "3",
               "--eval-frames", "4", "--eval-prompts", "2", "--batch", "2", "--sample-steps", "2"]
-
-
-@pytest.fixture(scope="module")
-def tiny_recording(tmp_path_factory):
-    out = tmp_path_factory.mktemp("crafter")
-    return record("crafter", out, episodes=2, steps=30, seed=0, progress=False).root
 
 
 @pytest.fixture(scope="module")

@@ -5,17 +5,10 @@ import pytest
 import torch
 
 import rlir.cli
-from rlir.data import record
 from rlir.models.tokenizer import VQTokenizer
 from rlir.metrics.image import psnr
 from rlir.pretrain.common import atomic_directory
 from rlir.pretrain.tokenizer import train
-
-
-@pytest.fixture(scope="module")
-def tiny_recording(tmp_path_factory):
-    out = tmp_path_factory.mktemp("crafter")
-    return record("crafter", out, episodes=2, steps=30, seed=0, progress=False).root
 
 
 def test_pretrain_tokenizer_end_to_end(tiny_recording, tmp_path, capsys):

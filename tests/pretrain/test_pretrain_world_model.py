@@ -8,7 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import rlir.cli
-from rlir.data import Recording, record
+from rlir.data import Recording
 from rlir.models import ARWorldModel
 from rlir.models.tokenizer import VQTokenizer
 from rlir.pretrain.tokenized import TokenizedRecording
@@ -16,12 +16,6 @@ from rlir.pretrain.world_model import train
 
 TINY_MODEL = ["--layers", "1", "--d-model", "32", "--heads", "2", "--kv-heads", "1", "--max-frames", "6",
               "--clip-frames", "4", "--eval-frames", "5", "--eval-prompts", "2", "--batch", "2"]
-
-
-@pytest.fixture(scope="module")
-def tiny_recording(tmp_path_factory):
-    out = tmp_path_factory.mktemp("crafter")
-    return record("crafter", out, episodes=2, steps=30, seed=0, progress=False).root
 
 
 def _tiny_tokenizer(seed: int = 0) -> VQTokenizer:
