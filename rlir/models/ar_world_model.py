@@ -9,6 +9,14 @@ class c is codebook_size + sum(head_sizes[:h]) + c. The model predicts frame tok
 head has codebook_size logits: every code of frames 1..T-1 is predicted from everything before it (code 0
 of frame t from the last action token of a_{t-1}, code j > 0 from code j-1 of frame t). Frame 0 is always
 given, and action tokens are commanded, never predicted.
+
+Optional inputs added to a position's token embedding (all causal: they read only earlier positions):
+- frame_action_embedding: the action that led into the position's frame;
+- previous_frame_input (needs frame_grid): for a position that predicts code (r, c) of frame t, the codes of
+  frame t-1 at (r, c) and its four neighbours, plus row and column embeddings of (r, c). When frames are
+  tile-aligned (Crafter at 72x72: one 8x8 code per tile), a move shifts the code grid by one cell, so the
+  next code is usually one of those five: predicting it is a local choice the action selects, which a
+  small model learns quickly, instead of a lookup at an action-dependent distance through attention.
 """
 from __future__ import annotations
 
@@ -41,6 +49,10 @@ def _check_int_tensor(name: str, t) -> None:
     if not isinstance(t, torch.Tensor) or t.dtype not in _INT_DTYPES or t.ndim != 3:
         raise ValueError(f"{name} must be a 3-D integer tensor, got "
                          f"{getattr(t, 'dtype', type(t).__name__)} of shape {tuple(getattr(t, 'shape', ()))}")
+
+
+# The cells a code of frame t reads from frame t-1: its own and the four a one-tile move can bring into it.
+NEIGHBOURHOOD = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -104,15 +116,18 @@ class ARWorldModel(ModelMixin, ConfigMixin):
     KV cache length), rope_theta, norm_eps, attn_backend (see ``rlir.models.attention``),
     frame_action_embedding: also add an embedding of action a_{t-1} to the input of every code of frame t
     (the action tokens stay in the sequence). Without it a code must fetch the action from the action
-    tokens through attention first; a small model trained briefly never learns to (the shipped 600-step
-    model's held-out NLL was the same under shuffled actions), with it every position sees the action.
+    tokens through attention first; a small model trained briefly never learns to (a 600-step model's
+    held-out NLL was the same under shuffled actions), with it every position sees the action.
+    frame_grid: [rows, cols] of the code grid (rows * cols = tokens_per_frame); previous_frame_input: see
+    the module docstring.
     """
 
     @register_to_config
     def __init__(self, codebook_size: int = 512, tokens_per_frame: int = 64, action_head_sizes: Sequence[int] = (17,),
                  n_layers: int = 4, d_model: int = 256, n_heads: int = 8, n_kv_heads: int = 2,
                  ffn_hidden: Optional[int] = None, max_frames: int = 16, rope_theta: float = 10000.0,
-                 norm_eps: float = 1e-5, attn_backend: str = "sdpa", frame_action_embedding: bool = False):
+                 norm_eps: float = 1e-5, attn_backend: str = "sdpa", frame_action_embedding: bool = False,
+                 frame_grid: Optional[Sequence[int]] = None, previous_frame_input: bool = False):
         super().__init__()
         for name, value in (("codebook_size", codebook_size), ("tokens_per_frame", tokens_per_frame),
                             ("n_kv_heads", n_kv_heads)):
@@ -129,6 +144,15 @@ class ARWorldModel(ModelMixin, ConfigMixin):
             raise ValueError(f"norm_eps must be a number > 0, got {norm_eps!r}")
         if attn_backend not in BACKENDS:
             raise ValueError(f"attn_backend must be one of {list(BACKENDS)}, got {attn_backend!r}")
+        if frame_grid is not None:
+            if not isinstance(frame_grid, (list, tuple)) or len(frame_grid) != 2:
+                raise ValueError(f"frame_grid must be [rows, cols], got {frame_grid!r}")
+            for value in frame_grid:
+                _check_int("frame_grid entries", value)
+            if frame_grid[0] * frame_grid[1] != tokens_per_frame:
+                raise ValueError(f"frame_grid {list(frame_grid)} must hold tokens_per_frame={tokens_per_frame} codes")
+        if previous_frame_input and frame_grid is None:
+            raise ValueError("previous_frame_input needs frame_grid ([rows, cols] of the code grid)")
 
         self.head_sizes = tuple(action_head_sizes)
         self.num_action_heads = len(self.head_sizes)
@@ -146,6 +170,20 @@ class ARWorldModel(ModelMixin, ConfigMixin):
         self.output = nn.Linear(d_model, codebook_size, bias=False)
         self.frame_action_embeddings = (nn.Embedding(sum(self.head_sizes), d_model)
                                         if frame_action_embedding else None)
+        self.previous_frame_input = bool(previous_frame_input)
+        if self.previous_frame_input:
+            rows, cols = frame_grid
+            # index [F, 5] of each code's own cell and its up/down/left/right neighbours (-1 off the grid)
+            r, c = torch.arange(rows * cols) // cols, torch.arange(rows * cols) % cols
+            neighbours = [(r + dr, c + dc) for dr, dc in NEIGHBOURHOOD]
+            index = torch.stack([torch.where((nr >= 0) & (nr < rows) & (nc >= 0) & (nc < cols), nr * cols + nc, -1)
+                                 for nr, nc in neighbours], dim=1)
+            self.register_buffer("neighbour_index", index, persistent=False)
+            width = max(d_model // 4, 8)
+            self.previous_frame_embeddings = nn.Embedding(codebook_size + 1, width)  # the last id pads
+            self.previous_frame_proj = nn.Linear(len(NEIGHBOURHOOD) * width, d_model, bias=False)
+            self.row_embeddings = nn.Embedding(rows, d_model)
+            self.col_embeddings = nn.Embedding(cols, d_model)
         self._rope: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -216,31 +254,51 @@ class ARWorldModel(ModelMixin, ConfigMixin):
 
     # ---- forward passes -----------------------------------------------------------------------------
 
-    def frame_actions(self, ids: torch.Tensor) -> torch.Tensor:
-        """For a whole sequence ids [B, L] (from position 0): the action ids [B, L, H] that led into the frame
-        of each code token (-1 for frame 0's codes and for the action tokens themselves)."""
-        b, length = ids.shape
+    def frame_actions(self, ids: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Action ids [B, s, H] that led into the frame of each code token at ``positions`` (default: all of
+        ids, a sequence from position 0); -1 for frame 0's codes and for the action tokens themselves."""
+        length = ids.shape[1]
+        if positions is None:
+            positions = torch.arange(length, device=ids.device)
         f, h, stride = self.config.tokens_per_frame, self.num_action_heads, self.frame_stride
-        pos = torch.arange(length, device=ids.device)
-        frame, offset = pos // stride, pos % stride
+        frame, offset = positions // stride, positions % stride
         is_conditioned = (offset < f) & (frame >= 1)
-        source = (frame * stride - h).clamp(min=0)[:, None] + torch.arange(h, device=ids.device)  # [L, H]
-        actions = ids[:, source.clamp(max=length - 1)]  # [B, L, H]
+        source = (frame * stride - h).clamp(min=0)[:, None] + torch.arange(h, device=ids.device)  # [s, H]
+        actions = ids[:, source.clamp(max=length - 1)]  # [B, s, H]
         return torch.where(is_conditioned[None, :, None], actions, -1)
 
-    def _frame_action_input(self, frame_actions: torch.Tensor) -> torch.Tensor:
-        """Action ids [B, s, H] (-1: none) -> the summed embeddings [B, s, d] added to those positions."""
-        valid = frame_actions >= 0
-        index = torch.where(valid, frame_actions - self.config.codebook_size, 0)
-        return (self.frame_action_embeddings(index) * valid[..., None]).sum(2)
+    def _conditioning(self, history: torch.Tensor, positions: torch.Tensor) -> Optional[torch.Tensor]:
+        """The optional inputs (module docstring) [B, s, d] added at ``positions`` [s] of the sequence
+        ``history`` [B, > max(positions)] (ids from position 0); None when the model has none."""
+        x = None
+        if self.frame_action_embeddings is not None:
+            frame_actions = self.frame_actions(history, positions)
+            valid = frame_actions >= 0
+            index = torch.where(valid, frame_actions - self.config.codebook_size, 0)
+            x = (self.frame_action_embeddings(index) * valid[..., None]).sum(2)
+        if self.previous_frame_input:
+            f, stride, cols = self.config.tokens_per_frame, self.frame_stride, self.config.frame_grid[1]
+            frame, offset = positions // stride, positions % stride
+            inside = offset < f - 1  # a code that predicts the next code of its own frame
+            predicts = inside | (offset == stride - 1)  # ... or the last action token, which predicts code 0
+            target_frame = torch.where(inside, frame, frame + 1)
+            target = torch.where(inside, offset + 1, 0)
+            neighbours = self.neighbour_index[target]  # [s, 5]
+            readable = (predicts & (target_frame >= 1))[:, None] & (neighbours >= 0)
+            source = ((target_frame - 1)[:, None] * stride + neighbours).clamp(min=0)
+            codes = torch.where(readable, history[:, source], self.config.codebook_size)  # [B, s, 5]
+            previous = self.previous_frame_proj(self.previous_frame_embeddings(codes).flatten(2))
+            where = (self.row_embeddings(target // cols) + self.col_embeddings(target % cols)) * predicts[:, None]
+            x = previous + where if x is None else x + previous + where
+        return x
 
     def forward_tokens(self, ids: torch.Tensor, cache: Optional[KVCache] = None,
-                       frame_actions: Optional[torch.Tensor] = None) -> torch.Tensor:
+                       history: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Final-normed hidden states [B, s, d] of ids [B, s] at positions cache.length.. (0 without a cache).
 
-        With a cache the new keys/values are written into it and its length advances by s. With
-        frame_action_embedding, ``frame_actions`` [B, s, H] gives each position's conditioning action ids
-        (see ``frame_actions``); it may be left out only for a whole sequence from position 0.
+        With a cache the new keys/values are written into it and its length advances by s. ``history``
+        [B, >= cache.length + s] is the whole sequence from position 0 (ids included), which the optional
+        inputs read; it may be left out for a sequence from position 0 or for a model without them.
         """
         start = cache.length if cache is not None else 0
         s = ids.shape[1]
@@ -249,13 +307,13 @@ class ARWorldModel(ModelMixin, ConfigMixin):
                              f"({self.max_len} tokens)")
         cos, sin = self._rope_tables(start, s, ids.device)
         x = self.tok_embeddings(ids)
-        if self.frame_action_embeddings is not None:
-            if frame_actions is None:
+        if self.frame_action_embeddings is not None or self.previous_frame_input:
+            if history is None:
                 if start != 0:
-                    raise ValueError("frame_actions is required to continue a sequence from a KV cache with "
-                                     "frame_action_embedding")
-                frame_actions = self.frame_actions(ids)
-            x = x + self._frame_action_input(frame_actions)
+                    raise ValueError("history (the sequence from position 0) is required to continue a sequence "
+                                     "from a KV cache with frame_action_embedding or previous_frame_input")
+                history = ids
+            x = x + self._conditioning(history, torch.arange(start, start + s, device=ids.device))
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, i, cache, self.attn_backend)
         if cache is not None:

@@ -13,6 +13,7 @@ from typing import Sequence, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
@@ -82,7 +83,8 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
     window (frames the transformer sees at once; longer videos are read in consecutive windows),
     width (embedding size), depth (transformer blocks), heads (attention heads, divides width),
     channels (the CNN's conv channels; each conv halves the frame, so H and W must be >= 2^len).
-    Frames are uint8 in [0, 255] or floats in [0, 1]. ``save_pretrained``/``from_pretrained`` write and read
+    Frames are uint8 in [0, 255] or floats in [0, 1], of any size: frames not at frame_size are resized to it
+    (so a world model and an IDM made at different sizes work together). ``save_pretrained``/``from_pretrained`` write and read
     config.json + safetensors; ``from_pretrained`` returns the model in eval mode, which inference needs
     (the CNN's BatchNorms use their running statistics there).
     """
@@ -119,6 +121,7 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
         """frames [N, T+1, 3, H, W] -> [N*T, 9, H, W] of (previous, next, next - previous), centred."""
         dtype = self.position.dtype
         x = frames.to(dtype) / 255 if frames.dtype == torch.uint8 else frames.to(dtype)
+        x = self._resize(x)
         previous, following = x[:, :-1], x[:, 1:]
         pairs = torch.cat([previous - 0.5, following - 0.5, following - previous], dim=2)
         return pairs.flatten(0, 1)
@@ -155,9 +158,15 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
             raise ValueError(f"frames must be uint8 in [0, 255] or float in [0, 1], got {frames.dtype}")
         if frames.shape[1] < 2:
             raise ValueError(f"frames needs at least 2 frames (1 transition) per video, got {frames.shape[1]}")
-        if tuple(frames.shape[3:]) != self.frame_size:
-            raise ValueError(f"frames are {tuple(frames.shape[3:])} but this IDM reads frame_size "
-                             f"{list(self.frame_size)}; resize them first")
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        """Float frames [N, T+1, 3, H, W] -> [N, T+1, 3, *frame_size]: any world model's frames can be scored
+        (bilinear with antialiasing, as recordings are resized on load; a no-op at the IDM's own size)."""
+        if tuple(x.shape[3:]) == self.frame_size:
+            return x
+        n, t = x.shape[:2]
+        x = F.interpolate(x.flatten(0, 1), size=self.frame_size, mode="bilinear", antialias=True, align_corners=False)
+        return x.view(n, t, *x.shape[1:])
 
     @torch.no_grad()
     def predict(self, frames: torch.Tensor) -> torch.Tensor:

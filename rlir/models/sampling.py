@@ -100,19 +100,19 @@ def generate(model, context_tokens: torch.Tensor, actions: torch.Tensor, *,
     action_ids = model.action_token_ids(actions)
     prompt = torch.cat((model.sequence(context, context_actions), action_ids[:, 0]), dim=1)
     action_ids = action_ids.repeat_interleave(g, dim=0)
-    conditioned = getattr(model, "frame_action_embeddings", None) is not None
     if use_cache:
-        cache = model.new_cache(b, max_len=(n_ctx + n_steps) * model.frame_stride - n_heads - 1)
+        length = (n_ctx + n_steps) * model.frame_stride - n_heads - 1
+        cache = model.new_cache(b, max_len=length)
         last_hidden = model.forward_tokens(prompt, cache)[:, -1].repeat_interleave(g, dim=0)
         cache = cache.repeat_interleave(g)
+        # The whole sequence so far, which a model's per-position inputs (frame actions, previous frame) read.
+        history = torch.empty(b * g, length, dtype=torch.long, device=prompt.device)
+        history[:, :prompt.shape[1]] = prompt.repeat_interleave(g, dim=0)
 
         def step(feed, k):
-            # feed[:, 0] is a code of generated frame k, led into by action k; action tokens after it get none.
-            frame_actions = None
-            if conditioned:
-                frame_actions = torch.full((*feed.shape, n_heads), -1, dtype=torch.long, device=feed.device)
-                frame_actions[:, 0] = action_ids[:, k]
-            return model.forward_tokens(feed, cache, frame_actions)[:, -1]
+            start = cache.length
+            history[:, start:start + feed.shape[1]] = feed
+            return model.forward_tokens(feed, cache, history)[:, -1]
     else:
         seq = prompt.repeat_interleave(g, dim=0)
         last_hidden = model.forward_tokens(seq)[:, -1]

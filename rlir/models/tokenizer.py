@@ -1,12 +1,11 @@
-"""VQ frame tokenizer: 64x64 RGB frames <-> a grid of discrete codes (8x8 by default), the vocabulary
-of the autoregressive world model.
+"""VQ frame tokenizer: RGB frames of any size (a multiple of the patch size, square or not) <-> a grid of
+discrete codes (64x64 frames -> 8x8 codes by default), the vocabulary of the autoregressive world model.
 
 Both halves work at the code-grid resolution: the encoder embeds each patch_size x patch_size patch
 linearly (a strided conv, as in a ViT) and mixes neighbouring patches with ConvNeXt blocks; the decoder
 mirrors it and emits each patch's pixels from one linear layer (pixel shuffle). A learned position
-embedding on both sides tells a patch where it sits, which matters for Crafter: its 7-pixel tiles fall
-at a different offset inside every 8-pixel patch, so one code can stand for "this tile content" and the
-decoder draws it at the right offset.
+embedding on both sides tells a patch where it sits, which matters for Crafter at 64x64: its 7-pixel tiles
+fall at a different offset inside every 8-pixel patch. At 72x72 a tile is exactly one 8-pixel patch.
 
 The quantiser is a k-means codebook trained by exponential moving averages (van den Oord et al. 2017,
 appendix), with a straight-through estimator, a commitment loss, initialisation from the first batch,
@@ -25,6 +24,14 @@ def _check_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return value
+
+
+def frame_size_pair(name: str, value) -> tuple[int, int]:
+    """A frame size given as one int (square) or [height, width] -> (height, width)."""
+    sizes = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(sizes, (list, tuple)) or len(sizes) != 2:
+        raise ValueError(f"{name} must be an int or [height, width], got {value!r}")
+    return _check_int(name, sizes[0]), _check_int(name, sizes[1])
 
 
 class VectorQuantizer(nn.Module):
@@ -119,7 +126,9 @@ class ConvNeXtBlock(nn.Module):
 
 
 class VQTokenizer(ModelMixin, ConfigMixin):
-    """Frames [..., 3, image_size, image_size] <-> codes int64 [..., grid, grid] with grid = image_size // patch_size.
+    """Frames [..., 3, H, W] <-> codes int64 [..., H // patch_size, W // patch_size].
+
+    ``image_size`` is the frame size (H, W): one int for square frames or [height, width].
 
     ``encode`` takes uint8 frames (0..255) or float frames in [0, 1]; ``decode`` returns float frames in
     [0, 1] (``to_uint8`` rounds them); ``forward`` is the training pass.
@@ -128,7 +137,7 @@ class VQTokenizer(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(
         self,
-        image_size: int = 64,
+        image_size: int | list[int] = 64,
         patch_size: int = 8,
         in_channels: int = 3,
         hidden_channels: int = 192,
@@ -141,7 +150,8 @@ class VQTokenizer(ModelMixin, ConfigMixin):
         dead_code_patience: int = 25,
     ):
         super().__init__()
-        for name, value in (("image_size", image_size), ("patch_size", patch_size), ("in_channels", in_channels),
+        self.frame_size = frame_size_pair("image_size", image_size)
+        for name, value in (("patch_size", patch_size), ("in_channels", in_channels),
                             ("code_dim", code_dim), ("codebook_size", codebook_size)):
             _check_int(name, value)
         _check_int("hidden_channels", hidden_channels, 8)
@@ -150,24 +160,23 @@ class VQTokenizer(ModelMixin, ConfigMixin):
         _check_int("dead_code_patience", dead_code_patience)
         _check_int("encoder_blocks", encoder_blocks, 0)
         _check_int("decoder_blocks", decoder_blocks, 0)
-        if image_size % patch_size:
-            raise ValueError(f"image_size ({image_size}) must be a multiple of patch_size ({patch_size})")
+        if any(side % patch_size for side in self.frame_size):
+            raise ValueError(f"image_size {list(self.frame_size)} must be a multiple of patch_size ({patch_size})")
         if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0 <= ema_decay < 1:
             raise ValueError(f"ema_decay must be a number in [0, 1), got {ema_decay!r}")
         if isinstance(commitment, bool) or not isinstance(commitment, (int, float)) or commitment < 0:
             raise ValueError(f"commitment must be a number >= 0, got {commitment!r}")
 
-        grid = image_size // patch_size
-        self.grid = grid
+        self.code_grid = (self.frame_size[0] // patch_size, self.frame_size[1] // patch_size)
         self.encoder_in = nn.Conv2d(in_channels, hidden_channels, patch_size, stride=patch_size)
-        self.encoder_position = nn.Parameter(torch.zeros(1, hidden_channels, grid, grid))
+        self.encoder_position = nn.Parameter(torch.zeros(1, hidden_channels, *self.code_grid))
         self.encoder = nn.Sequential(
             *[ConvNeXtBlock(hidden_channels) for _ in range(encoder_blocks)],
             nn.GroupNorm(8, hidden_channels), nn.SiLU(), nn.Conv2d(hidden_channels, code_dim, 1),
         )
         self.quantizer = VectorQuantizer(codebook_size, code_dim, ema_decay, commitment, dead_code_patience)
         self.decoder_in = nn.Conv2d(code_dim, hidden_channels, 1)
-        self.decoder_position = nn.Parameter(torch.zeros(1, hidden_channels, grid, grid))
+        self.decoder_position = nn.Parameter(torch.zeros(1, hidden_channels, *self.code_grid))
         self.decoder = nn.Sequential(
             *[ConvNeXtBlock(hidden_channels) for _ in range(decoder_blocks)],
             nn.GroupNorm(8, hidden_channels), nn.SiLU(),
@@ -181,18 +190,14 @@ class VQTokenizer(ModelMixin, ConfigMixin):
         return self.config.codebook_size
 
     @property
-    def code_grid(self) -> tuple[int, int]:
-        return self.grid, self.grid
-
-    @property
     def tokens_per_frame(self) -> int:
-        return self.grid**2
+        return self.code_grid[0] * self.code_grid[1]
 
     def _frames_to_input(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """Frames [..., C, S, S] (uint8, or float in [0, 1]) -> (model input [N, C, S, S] in [-1, 1], leading shape)."""
-        c, s = self.config.in_channels, self.config.image_size
-        if not isinstance(frames, torch.Tensor) or frames.ndim < 3 or tuple(frames.shape[-3:]) != (c, s, s):
-            raise ValueError(f"frames must be a tensor of shape [..., {c}, {s}, {s}], got "
+        """Frames [..., C, H, W] (uint8, or float in [0, 1]) -> (model input [N, C, H, W] in [-1, 1], leading shape)."""
+        c, (h, w) = self.config.in_channels, self.frame_size
+        if not isinstance(frames, torch.Tensor) or frames.ndim < 3 or tuple(frames.shape[-3:]) != (c, h, w):
+            raise ValueError(f"frames must be a tensor of shape [..., {c}, {h}, {w}], got "
                              f"{tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__}")
         if frames.dtype == torch.uint8:
             x = frames.to(self.device, self.dtype) / 255.0
@@ -200,32 +205,31 @@ class VQTokenizer(ModelMixin, ConfigMixin):
             x = frames.to(self.device, self.dtype)
         else:
             raise ValueError(f"frames must be uint8 (0..255) or floating point in [0, 1], got {frames.dtype}")
-        return x.reshape(-1, c, s, s) * 2 - 1, tuple(frames.shape[:-3])
+        return x.reshape(-1, c, h, w) * 2 - 1, tuple(frames.shape[:-3])
 
     def _encode_latents(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, C, S, S] in [-1, 1] -> latents [N * grid * grid, code_dim] (row-major over the grid)."""
+        """[N, C, H, W] in [-1, 1] -> latents [N * rows * cols, code_dim] (row-major over the code grid)."""
         h = self.encoder(self.encoder_in(x) + self.encoder_position)
         return h.permute(0, 2, 3, 1).reshape(-1, self.config.code_dim)
 
     def _decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """[N * grid * grid, code_dim] -> frames [N, C, S, S] in [0, 1], unclamped."""
-        g = self.grid
-        z = latents.reshape(-1, g, g, self.config.code_dim).permute(0, 3, 1, 2)
+        """[N * rows * cols, code_dim] -> frames [N, C, H, W] in [0, 1], unclamped."""
+        z = latents.reshape(-1, *self.code_grid, self.config.code_dim).permute(0, 3, 1, 2)
         return (self.decoder(self.decoder_in(z) + self.decoder_position) + 1) / 2
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames [..., 3, 64, 64] (uint8, or float in [0, 1]) -> codes int64 [..., 8, 8]."""
+        """Frames [..., 3, H, W] (uint8, or float in [0, 1]) -> codes int64 [..., rows, cols]."""
         x, leading = self._frames_to_input(frames)
         codes = self.quantizer.nearest(self._encode_latents(x))
         return codes.reshape(*leading, *self.code_grid)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes int [..., 8, 8] -> frames float [..., 3, 64, 64] in [0, 1]."""
-        g, k = self.grid, self.codebook_size
+        """Codes int [..., rows, cols] -> frames float [..., 3, H, W] in [0, 1]."""
+        (rows, cols), k = self.code_grid, self.codebook_size
         if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex() \
-                or codes.dtype == torch.bool or codes.ndim < 2 or tuple(codes.shape[-2:]) != (g, g):
-            raise ValueError(f"codes must be an integer tensor of shape [..., {g}, {g}], got "
+                or codes.dtype == torch.bool or codes.ndim < 2 or tuple(codes.shape[-2:]) != (rows, cols):
+            raise ValueError(f"codes must be an integer tensor of shape [..., {rows}, {cols}], got "
                              f"{getattr(codes, 'dtype', type(codes).__name__)} {tuple(getattr(codes, 'shape', ()))}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= k):
             raise ValueError(f"codes must be in [0, {k}), got values in [{int(codes.min())}, {int(codes.max())}]")
@@ -236,7 +240,7 @@ class VQTokenizer(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def decode_tokens(self, tokens: torch.Tensor, batch: int = 256) -> torch.Tensor:
         """Flat per-frame codes [..., tokens_per_frame] (what the world model emits) -> uint8 frames
-        [..., 3, 64, 64], decoded ``batch`` frames at a time to bound memory."""
+        [..., 3, H, W], decoded ``batch`` frames at a time to bound memory."""
         grid = tokens.reshape(-1, *self.code_grid)
         frames = torch.cat([self.to_uint8(self.decode(grid[i:i + batch])) for i in range(0, len(grid), batch)])
         return frames.reshape(*tokens.shape[:-1], *frames.shape[1:])
@@ -247,8 +251,8 @@ class VQTokenizer(ModelMixin, ConfigMixin):
         return (frames.float() * 255).round().clamp(0, 255).to(torch.uint8)
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training pass: frames [..., 3, 64, 64] -> (reconstruction float [..., 3, 64, 64] in about [0, 1],
-        unclamped so the loss has gradients everywhere; VQ commitment loss (scalar); codes int64 [..., 8, 8])."""
+        """Training pass: frames [..., 3, H, W] -> (reconstruction float [..., 3, H, W] in about [0, 1],
+        unclamped so the loss has gradients everywhere; VQ commitment loss (scalar); codes int64 [..., rows, cols])."""
         x, leading = self._frames_to_input(frames)
         quantized, vq_loss, codes = self.quantizer(self._encode_latents(x))
         recon = self._decode_latents(quantized)

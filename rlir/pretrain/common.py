@@ -22,6 +22,24 @@ def check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
+def add_frame_size_argument(parser) -> None:
+    parser.add_argument("--frame-size", type=int, nargs="+", default=None, metavar="SIZE",
+                        help="frame size the model reads: one int (square) or HEIGHT WIDTH (default: the recording's)")
+
+
+def resolve_frame_size(frame_size, recording) -> tuple[int, int]:
+    """--frame-size (None, [S], [H, W], an int or a pair) -> (height, width); None means the recording's own."""
+    if frame_size is None:
+        return tuple(recording.frame_size)
+    if isinstance(frame_size, (list, tuple)) and len(frame_size) == 1:
+        frame_size = frame_size[0]
+    sizes = [frame_size, frame_size] if isinstance(frame_size, int) else frame_size
+    if not isinstance(sizes, (list, tuple)) or len(sizes) != 2 or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes):
+        raise ValueError(f"frame_size must be one positive int or HEIGHT WIDTH, got {frame_size!r}")
+    return int(sizes[0]), int(sizes[1])
+
+
 def check_common_args(lr, dtype: str, heldout_fraction) -> None:
     """The arguments every pretraining target takes: a positive lr, a SAVE_DTYPES key, a fraction in (0, 1)."""
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:

@@ -29,7 +29,8 @@ from rlir.data.recording import Recording
 from rlir.metrics.classification import ClassificationReport, classification_report, format_report
 from rlir.metrics.plots import plot_confusion
 from rlir.models.idm import InverseDynamicsModel
-from rlir.pretrain.common import SAVE_DTYPES, atomic_directory, check_int
+from rlir.pretrain.common import (SAVE_DTYPES, add_frame_size_argument, atomic_directory, check_int,
+                                  resolve_frame_size)
 
 # The evaluation IDM differs from the reward IDM in seed and width, so the two do not share the same
 # blind spots; everything else is shared.
@@ -57,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", type=int, default=4, help="attention heads (default: 4)")
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 32],
                         help="CNN channels, one stride-2 conv each (default: 16 32 32)")
+    add_frame_size_argument(parser)
     parser.add_argument("--seed", type=int, default=None, help="seed of weights and batches (default: by role)")
     parser.add_argument("--heldout-fraction", type=float, default=0.1,
                         help="fraction of episodes held out for evaluation (default: 0.1)")
@@ -87,7 +89,7 @@ def train(data: str | Path, out: str | Path, role: str = "reward", steps: int = 
           lr: float = 2e-3, weight_decay: float = 0.01, window: int = 16, width: int = 128, depth: int = 2,
           heads: int = 4, channels: Sequence[int] = (16, 32, 32), seed: int = 0, heldout_fraction: float = 0.1,
           class_weights: str = "none", dtype: str = "fp32", eval_every: int = 100, log_every: int = 10,
-          quiet: bool = False) -> dict:
+          quiet: bool = False, frame_size=None) -> dict:
     """Train, evaluate on the held-out episodes and write --out (see the module docstring).
     Returns the content of metrics.json."""
     if role not in ROLE_DEFAULTS:
@@ -115,7 +117,8 @@ def train(data: str | Path, out: str | Path, role: str = "reward", steps: int = 
     space = recording.action_space
 
     torch.manual_seed(seed)
-    model = InverseDynamicsModel(head_sizes=space.head_sizes, frame_size=list(recording.frame_size), window=window,
+    model = InverseDynamicsModel(head_sizes=space.head_sizes, frame_size=list(resolve_frame_size(frame_size, recording)),
+                                 window=window,
                                  width=width, depth=depth, heads=heads, channels=list(channels))
     weights = _class_weights(recording, clips.episode_ids, class_weights)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)

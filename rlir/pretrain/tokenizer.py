@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 from rlir.data import Recording, resize_frames, split_episodes
 from rlir.metrics.image import psnr
 from rlir.models.tokenizer import VQTokenizer
-from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_common_args, check_int,
-                                  check_output_directory, learning_rate, shuffled_batches)
+from rlir.pretrain.common import (SAVE_DTYPES, add_frame_size_argument, append_jsonl, atomic_directory,
+                                  check_common_args, check_int, check_output_directory, learning_rate,
+                                  resolve_frame_size, shuffled_batches)
 
 GRID_FRAMES = 8
 
@@ -40,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=32, help="frames per step (default: 32)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: 3e-3)")
     parser.add_argument("--codebook-size", type=int, default=512, help="number of codes (default: 512)")
+    parser.add_argument("--patch-size", type=int, default=8, help="pixels per code, each side (default: 8)")
+    add_frame_size_argument(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch order (default: 0)")
     parser.add_argument("--dtype", choices=sorted(SAVE_DTYPES), default="bf16",
                         help="dtype of the saved weights; training is fp32 (default: bf16)")
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = train(
             args.data, args.out, steps=args.steps, batch=args.batch, lr=args.lr, codebook_size=args.codebook_size,
             seed=args.seed, dtype=args.dtype, heldout_fraction=args.heldout_fraction, log_every=args.log_every,
+            frame_size=args.frame_size, patch_size=args.patch_size,
             overwrite=args.overwrite, progress=not args.quiet,
         )
     except ValueError as error:  # bad arguments, or a broken recording (RecordingError names the file)
@@ -85,9 +89,12 @@ def train(
     log_every: int = 25,
     overwrite: bool = False,
     progress: bool = True,
+    frame_size=None,
+    patch_size: int = 8,
 ) -> dict:
     """Train a VQTokenizer on the train episodes of the recording ``data``, save it into ``out`` and
-    return the held-out metrics written to ``out``/metrics.json (see the module docstring)."""
+    return the held-out metrics written to ``out``/metrics.json (see the module docstring). Frames are
+    resized to ``frame_size`` ((height, width) or one int; None: the recording's own size)."""
     for name, value, minimum in (("steps", steps, 1), ("batch", batch, 1), ("codebook_size", codebook_size, 2),
                                  ("seed", seed, 0), ("log_every", log_every, 1)):
         check_int(name, value, minimum)
@@ -95,10 +102,10 @@ def train(
     out = Path(out)
     check_output_directory(out, overwrite)
 
-    torch.manual_seed(seed)
-    model = VQTokenizer(codebook_size=codebook_size)
-    size = model.config.image_size
     recording = Recording(data)
+    size = resolve_frame_size(frame_size, recording)
+    torch.manual_seed(seed)
+    model = VQTokenizer(image_size=list(size), codebook_size=codebook_size, patch_size=patch_size)
     train_ids, heldout_ids = split_episodes(recording.episode_ids, heldout_fraction)
     if not heldout_ids:
         raise ValueError(f"data: {recording.root} has {len(recording)} episode(s); holding out a fraction "
@@ -147,9 +154,9 @@ def train(
     return metrics
 
 
-def load_frames(recording: Recording, episode_ids: list[str], size: int) -> torch.Tensor:
-    """All frames of ``episode_ids`` as one uint8 tensor [N, 3, size, size]."""
-    frames = [resize_frames(recording.load_episode(e)[0], (size, size)) for e in episode_ids]
+def load_frames(recording: Recording, episode_ids: list[str], size: tuple[int, int]) -> torch.Tensor:
+    """All frames of ``episode_ids`` as one uint8 tensor [N, 3, height, width], resized to ``size``."""
+    frames = [resize_frames(recording.load_episode(e)[0], tuple(size)) for e in episode_ids]
     return torch.from_numpy(np.concatenate(frames)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -163,7 +170,7 @@ def code_statistics(codes: torch.Tensor, codebook_size: int) -> dict:
 
 @torch.no_grad()
 def evaluate(model: VQTokenizer, frames: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, dict]:
-    """Round-trip uint8 ``frames`` [N, 3, 64, 64] through codes -> (reconstructions uint8, metrics): the mean
+    """Round-trip uint8 ``frames`` [N, 3, H, W] through codes -> (reconstructions uint8, metrics): the mean
     per-frame PSNR and the codebook usage over all of them."""
     codes = torch.cat([model.encode(frames[i : i + batch]) for i in range(0, len(frames), batch)])
     reconstructions = torch.cat([model.to_uint8(model.decode(codes[i : i + batch]))

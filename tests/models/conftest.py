@@ -7,6 +7,20 @@ TINY = dict(codebook_size=32, tokens_per_frame=4, action_head_sizes=[5, 3], n_la
             n_heads=4, n_kv_heads=2, max_frames=6)
 
 
+# The optional per-position inputs of ARWorldModel: none, the frame's action, and the action plus the previous
+# frame's neighbourhood with row/column positions (TINY's 4 codes a frame as a 2 x 2 grid).
+CONDITIONING = {
+    "tokens_only": {},
+    "frame_action": {"frame_action_embedding": True},
+    "previous_frame": {"frame_action_embedding": True, "frame_grid": [2, 2], "previous_frame_input": True},
+}
+
+
+@pytest.fixture(params=list(CONDITIONING))
+def conditioning(request) -> dict:
+    return CONDITIONING[request.param]
+
+
 @pytest.fixture
 def make_model():
     def make(seed: int = 0, **overrides) -> ARWorldModel:

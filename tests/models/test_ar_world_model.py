@@ -44,9 +44,8 @@ def test_rope_is_relative_and_norm_preserving(make_model):
     assert not torch.allclose(score(7, 3), score(3, 7))
 
 
-@pytest.mark.parametrize("frame_action_embedding", [False, True])
-def test_causality(make_model, random_clip, frame_action_embedding):
-    model = make_model(frame_action_embedding=frame_action_embedding)
+def test_causality(make_model, random_clip, conditioning):
+    model = make_model(**conditioning)
     frames, actions = random_clip(model, batch=2, frames=4)
     logits = model(frames, actions)
     later = frames.clone()
@@ -62,21 +61,18 @@ def test_causality(make_model, random_clip, frame_action_embedding):
     assert not torch.allclose(steered[:, 2], logits[:, 2])
 
 
-@pytest.mark.parametrize("frame_action_embedding", [False, True])
-def test_kv_cache_chunks_match_full_forward(make_model, random_clip, frame_action_embedding):
-    model = make_model(frame_action_embedding=frame_action_embedding)
+def test_kv_cache_chunks_match_full_forward(make_model, random_clip, conditioning):
+    model = make_model(**conditioning)
     frames, actions = random_clip(model, batch=2, frames=3)
     ids = model.sequence(frames, actions)
-    frame_actions = model.frame_actions(ids)
     with torch.no_grad():
         full = model.forward_tokens(ids)
         cache = model.new_cache(batch=2, max_len=ids.shape[1])
-        parts = [model.forward_tokens(ids[:, a:b], cache, frame_actions[:, a:b]) for a, b in
-                 ((0, 7), (7, 8), (8, 11), (11, 16))]
+        parts = [model.forward_tokens(ids[:, a:b], cache, ids) for a, b in ((0, 7), (7, 8), (8, 11), (11, 16))]
     assert cache.length == 16
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="overflow"):
-        model.forward_tokens(ids[:, :1], cache, frame_actions[:, :1])
+        model.forward_tokens(ids[:, :1], cache, ids)
 
 
 def test_frame_actions_follow_the_layout(make_model, random_clip):
@@ -91,9 +87,29 @@ def test_frame_actions_follow_the_layout(make_model, random_clip):
         assert torch.equal(got[:, t * stride:t * stride + f], expected)
     assert (got[:, stride + f:2 * stride] == -1).all()
     cache = model.new_cache(batch=2, max_len=ids.shape[1])
-    model.forward_tokens(ids[:, :5], cache, got[:, :5])
-    with pytest.raises(ValueError, match="frame_actions"):
+    model.forward_tokens(ids[:, :5], cache)
+    with pytest.raises(ValueError, match="history"):
         model.forward_tokens(ids[:, 5:6], cache)
+
+
+def test_previous_frame_input_reads_the_neighbourhood(make_model, random_clip):
+    """A position predicting code (r, c) of frame t reads frame t-1 at (r, c) and its 4 neighbours, and only those."""
+    model = make_model(frame_grid=[2, 2], previous_frame_input=True)  # codes 0 1 / 2 3
+    assert model.neighbour_index.tolist() == [[0, -1, 2, -1, 1], [1, -1, 3, 0, -1], [2, 0, -1, -1, 3],
+                                              [3, 1, -1, 2, -1]]
+    frames, actions = random_clip(model, batch=1, frames=3)
+    moved = frames.clone()
+    moved[:, 1, 3] = (moved[:, 1, 3] + 1) % 32  # code 3 of frame 1: a neighbour of codes 1, 2 and 3, not of 0
+    ids, moved_ids = model.sequence(frames, actions), model.sequence(moved, actions)
+    positions = torch.arange(ids.shape[1])
+    with torch.no_grad():
+        changed = (model._conditioning(ids, positions) != model._conditioning(moved_ids, positions)).any(-1)[0]
+    # Positions 11..14 predict codes 0..3 of frame 2 (code 0 from the last action token of a1).
+    assert changed.nonzero().flatten().tolist() == [12, 13, 14]
+    with pytest.raises(ValueError, match="frame_grid"):
+        make_model(previous_frame_input=True)
+    with pytest.raises(ValueError, match="frame_grid"):
+        make_model(frame_grid=[3, 2])
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")

@@ -12,10 +12,9 @@ def _rollout(model, context, actions, context_actions, *, seed=0, **kwargs):
                     generator=torch.Generator().manual_seed(seed), **kwargs)
 
 
-@pytest.mark.parametrize("frame_action_embedding", [False, True])
 @pytest.mark.parametrize("filters", [{}, {"top_k": 8, "top_p": 0.9}])
-def test_cached_equals_uncached(make_model, random_clip, filters, frame_action_embedding):
-    model = make_model(frame_action_embedding=frame_action_embedding)
+def test_cached_equals_uncached(make_model, random_clip, filters, conditioning):
+    model = make_model(**conditioning)
     frames, actions = random_clip(model, batch=2, frames=5)
     context, context_actions, commanded = frames[:, :2].flatten(1), actions[:, :1], actions[:, 1:]
     tokens, logp = _rollout(model, context, commanded, context_actions, **filters)
@@ -26,10 +25,9 @@ def test_cached_equals_uncached(make_model, random_clip, filters, frame_action_e
     torch.testing.assert_close(logp, ref_logp, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("frame_action_embedding", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_recorded_logprobs_equal_teacher_forced(make_model, random_clip, temperature, frame_action_embedding):
-    model = make_model(seed=1, n_kv_heads=1, frame_action_embedding=frame_action_embedding)
+def test_recorded_logprobs_equal_teacher_forced(make_model, random_clip, temperature, conditioning):
+    model = make_model(seed=1, n_kv_heads=1, **conditioning)
     frames, actions = random_clip(model, batch=2, frames=5, seed=1)
     context = frames[:, :2]
     tokens, logp = _rollout(model, context.flatten(1), actions[:, 1:], actions[:, :1], temperature=temperature)
@@ -45,9 +43,9 @@ def test_samples_share_one_prefill(make_model, random_clip):
     calls = []
     forward_tokens = model.forward_tokens
 
-    def recording(ids, cache=None, frame_actions=None):
+    def recording(ids, cache=None, history=None):
         calls.append((tuple(ids.shape), cache is not None))
-        return forward_tokens(ids, cache, frame_actions)
+        return forward_tokens(ids, cache, history)
 
     model.forward_tokens = recording
     tokens, _ = _rollout(model, frames[:, 0], actions, None)
