@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from ._launch import recording_active
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
 
@@ -27,7 +29,9 @@ def _interpreting() -> bool:
 
 
 def use_triton(*tensors: Optional[torch.Tensor]) -> bool:
-    """True when the Triton path should run for these tensors."""
+    """True when the Triton path should run for these tensors (always inside ``_launch.recording()``)."""
+    if recording_active():
+        return True
     forced = os.environ.get("RLIR_KERNELS", "").strip().lower()
     if forced not in ("", "torch", "triton"):
         raise ValueError(f"RLIR_KERNELS must be 'torch' or 'triton', got {forced!r}")
@@ -105,3 +109,9 @@ def mask_or_ones(mask: Optional[torch.Tensor], like: torch.Tensor, name: str = "
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def num_warps_for(block_elements: int, per_thread: int = 8) -> int:
+    """Warps for a program holding ``block_elements`` values in registers: ``per_thread`` each, 4 to 16 warps
+    (more elements a thread, from 16 warps up, cost registers and then spills; ``rlir kernels compile``)."""
+    return max(4, min(16, next_pow2(block_elements) // (32 * per_thread)))

@@ -34,7 +34,7 @@ identical in sampling and scoring mode. In sampling mode the returned x_next = m
 differentiable (through mean). Everything flows to x and v by d mean = c_x dx + c_v dv.
 
 Triton path: per-sample coefficients are computed in torch ([N] tensors); the forward kernel runs one
-program per (block of elements, sample), writes mean (and x_next) and a partial sum of the squared
+program per (sample, block of elements) on a 1-D grid, writes mean (and x_next) and a partial sum of the squared
 standardised residual per block; the per-sample sum of those partials is a deterministic torch
 reduction. The backward is a closed-form elementwise Triton kernel that recomputes the fp32 mean from x
 and v (no fp32 intermediates saved).
@@ -57,6 +57,7 @@ from ._common import (
     next_pow2,
     use_triton,
 )
+from ._launch import launch
 
 if HAS_TRITON:
     import triton
@@ -195,8 +196,10 @@ if HAS_TRITON:
         x_ptr, v_ptr, aux_ptr, cx_ptr, cv_ptr, std_ptr, inv_std_ptr, mean_ptr, xn_ptr, partial_ptr,
         D, NUM_BLOCKS, SAMPLING: tl.constexpr, BLOCK: tl.constexpr,
     ):
-        blk = tl.program_id(0)
-        row = tl.program_id(1).to(tl.int64)
+        # One program per (sample, block of D) on a 1-D grid: the samples never meet grid y's 65,535 cap.
+        pid = tl.program_id(0)
+        row = (pid // NUM_BLOCKS).to(tl.int64)
+        blk = pid % NUM_BLOCKS
         offs = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         live = offs < D
         idx = row * D + offs
@@ -220,11 +223,13 @@ if HAS_TRITON:
     @triton.jit
     def _flow_sde_bwd_kernel(
         x_ptr, v_ptr, xn_ptr, g_mean_ptr, g_xn_ptr, cx_ptr, cv_ptr, inv_std_ptr, k_ptr, gx_ptr, gv_ptr, D,
+        NUM_BLOCKS,
         HAS_G_MEAN: tl.constexpr, HAS_G_XN: tl.constexpr, HAS_G_LP: tl.constexpr,
         NEED_GX: tl.constexpr, NEED_GV: tl.constexpr, BLOCK: tl.constexpr,
     ):
-        blk = tl.program_id(0)
-        row = tl.program_id(1).to(tl.int64)
+        pid = tl.program_id(0)
+        row = (pid // NUM_BLOCKS).to(tl.int64)
+        blk = pid % NUM_BLOCKS
         offs = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         live = offs < D
         idx = row * D + offs
@@ -261,7 +266,8 @@ class _FlowSDEStepFunction(torch.autograd.Function):
         mean = torch.empty((n, d), dtype=out_dtype, device=x.device)
         x_next = torch.empty((n, d), dtype=out_dtype, device=x.device) if sampling else aux
         partial = torch.empty((n, num_blocks), dtype=torch.float32, device=x.device)
-        _flow_sde_fwd_kernel[(num_blocks, n)](
+        launch(
+            _flow_sde_fwd_kernel, (n * num_blocks,),
             x, v, aux, c_x, c_v, std, inv_std, mean, x_next, partial, d, num_blocks,
             SAMPLING=sampling, BLOCK=block, num_warps=4,
         )
@@ -287,12 +293,13 @@ class _FlowSDEStepFunction(torch.autograd.Function):
         gx = torch.empty_like(x) if need_gx else None
         gv = torch.empty_like(v) if need_gv else None
         num_blocks = triton.cdiv(d, ctx.block)
-        _flow_sde_bwd_kernel[(num_blocks, n)](
+        launch(
+            _flow_sde_bwd_kernel, (n * num_blocks,),
             x, v, x_next,
             g_mean.contiguous() if g_mean is not None else x,
             g_xn.contiguous() if g_xn is not None else x,
             c_x, c_v, inv_std, k if k is not None else c_x,
-            gx if gx is not None else x, gv if gv is not None else v, d,
+            gx if gx is not None else x, gv if gv is not None else v, d, num_blocks,
             HAS_G_MEAN=g_mean is not None, HAS_G_XN=g_xn is not None, HAS_G_LP=k is not None,
             NEED_GX=need_gx, NEED_GV=need_gv, BLOCK=ctx.block, num_warps=4,
         )

@@ -29,8 +29,10 @@ from ._common import (
     check_shape,
     check_tensor,
     next_pow2,
+    num_warps_for,
     use_triton,
 )
+from ._launch import launch
 
 if HAS_TRITON:
     import triton
@@ -188,10 +190,12 @@ def _group_advantage_triton(rewards, group_size, group_index, scale, estimator, 
     if block > _MAX_GROUP_BLOCK:
         return None
     batch_std = _batch_std(r.float()) if scale == "batch" else out
-    _group_advantage_kernel[(num_groups,)](
+    launch(
+        _group_advantage_kernel, (num_groups,),
         r, perm, starts, counts, batch_std, out,
         group_size or 0, eps,
         FIXED=group_size is not None, SCALE=_SCALE_CODE[scale], RLOO=estimator == "rloo", BLOCK=block,
+        num_warps=num_warps_for(block),
     )
     return out
 

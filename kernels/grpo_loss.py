@@ -35,6 +35,7 @@ from ._common import (
     next_pow2,
     use_triton,
 )
+from ._launch import launch
 from .token_logprobs import token_logprobs
 
 if HAS_TRITON:
@@ -231,7 +232,8 @@ class _GRPOLossFunction(torch.autograd.Function):
 
         grad = torch.empty((N, T), dtype=torch.float32, device=logp.device)
         partial = torch.empty((N, len(METRICS) + 1), dtype=torch.float32, device=logp.device)
-        _grpo_loss_kernel[(N,)](
+        launch(
+            _grpo_loss_kernel, (N,),
             logp, old_logp, ref_logp, advantages, mask_u8, row_count, norm.reshape(1), grad, partial,
             T, eps_low, eps_high, 0.0 if delta is None else delta, beta,
             HAS_REF=has_ref, HAS_DELTA=delta is not None, SEQ_MEAN_AGG=loss_agg == "seq-mean-token-mean",

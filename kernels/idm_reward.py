@@ -29,8 +29,10 @@ from ._common import (
     check_tensor,
     mask_or_ones,
     next_pow2,
+    num_warps_for,
     use_triton,
 )
+from ._launch import launch
 from .group_advantage import group_advantage
 
 if HAS_TRITON:
@@ -213,13 +215,15 @@ def _idm_reward_triton(heads, packed, actions, mask, mode, sizes) -> Optional[ID
     hits = torch.empty(n, num_heads, dtype=torch.float32, device=device)
     mask_u8 = mask.view(torch.uint8)
     block_t = max(1, min(next_pow2(t), _TILE // block_c))
-    _idm_reward_kernel[(n,)](
+    launch(
+        _idm_reward_kernel, (n,),
         packed, actions, mask_u8, offsets, head_sizes,
         frame, reward, count, hits,
         t, num_heads,
         packed.stride(0), packed.stride(1), actions.stride(0), actions.stride(1), actions.stride(2),
         mask_u8.stride(0), mask_u8.stride(1),
         MODE=_MODE_CODE[mode], BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_H=next_pow2(num_heads),
+        num_warps=num_warps_for(block_t * block_c),
     )
     return IDMReward(reward, frame, hits.sum(0) / count.sum())
 

@@ -23,8 +23,10 @@ from ._common import (
     check_shape,
     check_tensor,
     next_pow2,
+    num_warps_for,
     use_triton,
 )
+from ._launch import launch
 
 if HAS_TRITON:
     import triton
@@ -114,8 +116,7 @@ if HAS_TRITON:
 
 def _launch_config(V: int):
     block = min(next_pow2(V), MAX_BLOCK_V)
-    num_warps = 4 if block <= 1024 else (8 if block <= 2048 else 16)
-    return block, num_warps
+    return block, num_warps_for(block)
 
 
 def rows_forward(z: torch.Tensor, ids: torch.Tensor, temperature: float, return_entropy: bool):
@@ -135,7 +136,8 @@ def rows_forward(z: torch.Tensor, ids: torch.Tensor, temperature: float, return_
     lse = torch.empty_like(logp)
     entropy = torch.empty_like(logp) if return_entropy else None
     block, num_warps = _launch_config(V)
-    _token_logprobs_fwd_kernel[(rows,)](
+    launch(
+        _token_logprobs_fwd_kernel, (rows,),
         z, z.stride(0), ids, logp, lse, entropy if return_entropy else lse, V, temperature,
         RETURN_ENTROPY=return_entropy, BLOCK_V=block, num_warps=num_warps,
     )
@@ -159,7 +161,8 @@ def rows_backward(z: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, entropy
     rows, V = z.shape
     dz = torch.empty((rows, V), dtype=z.dtype, device=z.device)
     block, num_warps = _launch_config(V)
-    _token_logprobs_bwd_kernel[(rows,)](
+    launch(
+        _token_logprobs_bwd_kernel, (rows,),
         z, z.stride(0), ids, lse, entropy if has_entropy else lse, g_logp, g_ent, dz, dz.stride(0),
         V, temperature,
         HAS_ENTROPY=has_entropy, BLOCK_V=block, num_warps=num_warps,
