@@ -1,4 +1,5 @@
 """`rlir kernels check`: run every kernel's fast path against its float64 PyTorch reference.
+`rlir kernels compile`: compile every kernel for GPUs (no GPU needed) and print registers, shared memory, spills.
 
 On a GPU the fast path is the compiled Triton kernel; on CPU it is the same kernel under the Triton
 interpreter (so the check is slow-ish but real). Prints one line per op with the max error and time.
@@ -16,6 +17,12 @@ def register(subparsers) -> None:
     check = sub.add_parser("check", help="every kernel vs its float64 reference on random inputs")
     check.add_argument("--seed", type=int, default=0)
     check.set_defaults(func=run_check)
+    compile_ = sub.add_parser("compile", help="compile every kernel for sm_90 / sm_100 with the ops' launch "
+                              "configurations (no GPU needed): registers, shared memory, spills")
+    compile_.add_argument("--arch", type=int, nargs="+", default=[90], metavar="SM",
+                          help="compute capabilities to compile for (default: 90; H100 90, B200 100)")
+    compile_.add_argument("--json", metavar="PATH", help="also write the records as JSON")
+    compile_.set_defaults(func=run_compile)
 
 
 def _cases(torch, K, dev, gen):
@@ -109,3 +116,30 @@ def run_check(args) -> int:
         print(f"  {'ok  ' if ok else 'FAIL'} {name:<32} max|err| {err:.2e} (tol {tol:.0e})  {seconds * 1e3:8.1f} ms")
     print("all kernels match their references" if not failures else f"{failures} kernel(s) FAILED")
     return 1 if failures else 0
+
+
+def run_compile(args) -> int:
+    """Exit status 1 when a kernel spills registers."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        # The interpreter replaced triton.language's jit helpers at import: rerun in a fresh interpreter.
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        argv = [sys.executable, "-m", "rlir", "kernels", "compile", "--arch", *map(str, args.arch)]
+        os.execve(sys.executable, argv + (["--json", args.json] if args.json else []), env)
+    import json
+
+    from rlir.kernels._compile import compile_kernels
+
+    start = time.perf_counter()
+    builds = compile_kernels(args.arch)
+    print(f"{'sm':>3}  {'kernel':<27} {'regs':>4} {'smem B':>6} {'spill st/ld B':>13} {'stack B':>7}  config")
+    for b in builds:
+        print(f"{b.arch:>3}  {b.kernel:<27} {b.registers:>4} {b.shared_bytes:>6} "
+              f"{f'{b.spill_stores}/{b.spill_loads}':>13} {b.stack_bytes:>7}  {b.config}  [{b.workload}]")
+    spilling = sorted({(b.kernel, b.arch) for b in builds if b.spill_stores or b.spill_loads})
+    print(f"{len(builds)} configurations of {len({b.kernel for b in builds})} kernels compiled for "
+          f"{', '.join(f'sm_{a}' for a in args.arch)} in {time.perf_counter() - start:.1f} s; "
+          + (f"SPILLS in {spilling}" if spilling else "no spills"))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump([b.as_dict() for b in builds], f, indent=1)
+    return 1 if spilling else 0
