@@ -217,7 +217,7 @@ def build_pair(cfg: GRPOConfig, device: torch.device):
                          f"{type(run.policy).__name__}")
     trainer = GRPOTrainer(cfg, run.policy, run.idm, run.prompts, device=device)
     # Its own dataset, so that neither side reads episodes the other one has already decoded and cached.
-    dataset, _, _ = build_datasets(cfg, run.policy.tokenizer.config.image_size, list(run.policy.model.head_sizes))
+    dataset, _, _ = build_datasets(cfg, run.policy.tokenizer.frame_size, list(run.policy.model.head_sizes))
     sampler = PromptSampler(dataset, cfg.rollout.prompts_per_step, context_frames=cfg.data.context_frames,
                             n_frames=cfg.rollout.n_frames, seed=cfg.seed)
     naive = StraightforwardGRPO(cfg, copy.deepcopy(run.policy.model), run.policy.tokenizer, run.idm, sampler, device,

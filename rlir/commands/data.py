@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rlir.envs.registry import RECORDABLE_ENVS, RECORDING_FPS
+from rlir.envs.registry import RECORDABLE_ENVS, RECORDING_FPS, RECORDING_SIZE
 
 
 def register(subparsers) -> None:
@@ -23,7 +23,8 @@ def register(subparsers) -> None:
     rec.add_argument("--seed", type=int, default=0, help="seed of episode 0 (default: 0)")
     rec.add_argument("--out", required=True, help="output directory")
     rec.add_argument("--lossless", action="store_true", help="lossless H.264 RGB (about 4x larger files)")
-    rec.add_argument("--size", type=int, default=64, help="frame height and width in pixels (default: 64)")
+    rec.add_argument("--size", type=int, default=RECORDING_SIZE,
+                     help=f"frame height and width in pixels (default: {RECORDING_SIZE}, one 8-px code a Crafter tile)")
     rec.add_argument("--fps", type=float, default=RECORDING_FPS, help=f"video frame rate (default: {RECORDING_FPS})")
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
     rec.set_defaults(func=_record)

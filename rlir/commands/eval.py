@@ -76,12 +76,12 @@ def run(args) -> int:
         raise SystemExit("rlir eval: error: --frames and --prompts must be >= 1")
     models = _models(args)
     out = args.out if args.out is not None else (args.run / "eval" if args.run is not None else None)
-    recording = Recording(args.data)
+    tokenizer = VQTokenizer.from_pretrained(args.tokenizer).eval()
+    recording = Recording(args.data, frame_size=tokenizer.frame_size)  # any recording, at the models' size
     try:
         prompts = HeldOutPrompts.from_recording(recording, args.prompts, args.frames)
     except ValueError as error:
         raise SystemExit(f"rlir eval: error: --data: {error}")
-    tokenizer = VQTokenizer.from_pretrained(args.tokenizer).eval()
     idms = {"eval_idm": InverseDynamicsModel.from_pretrained(args.eval_idm).eval(),
             "reward_idm": InverseDynamicsModel.from_pretrained(args.idm).eval()}
 

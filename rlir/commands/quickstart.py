@@ -1,9 +1,10 @@
 """`rlir quickstart`: the main job end to end on the built-in Crafter default.
 
-1. records the Crafter data set the shipped checkpoints were trained on (60 episodes, seed 0), unless
+1. records the Crafter data set the shipped checkpoints were trained on (60 episodes, seed 0, 72x72), unless
    ``--data`` already holds a recording;
-2. post-trains the shipped AR world model with RLIR (``rlir train --config configs/crafter_ar.yaml``), resuming
-   if the run directory already has a checkpoint;
+2. post-trains the shipped AR world model (``--kind ar``, the paper's MineWorld setting) or DiT (``--kind
+   diffusion``, the NFD setting) with RLIR (``rlir train --config configs/crafter_ar.yaml`` or
+   ``crafter_diffusion.yaml``), resuming if the run directory already has a checkpoint;
 3. evaluates the shipped model (before) against the post-trained one (after) on held-out prompts
    (``rlir eval --run``) and writes report.md / report.json / the video grid / the training curves.
 
@@ -18,17 +19,20 @@ import time
 from pathlib import Path
 
 
-QUICKSTART_STEPS = 40
+CONFIGS = {"ar": Path("configs/crafter_ar.yaml"), "diffusion": Path("configs/crafter_diffusion.yaml")}
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("quickstart", help="record Crafter data, post-train the shipped AR world model "
+    parser = subparsers.add_parser("quickstart", help="record Crafter data, post-train a shipped world model "
                                    "with RLIR, evaluate before vs after", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, default=Path("configs/crafter_ar.yaml"))
+    parser.add_argument("--kind", choices=sorted(CONFIGS), default="ar",
+                        help="which shipped world model to post-train: the AR token model or the DiT (default: ar)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="run config (default: configs/crafter_ar.yaml or configs/crafter_diffusion.yaml by --kind)")
     parser.add_argument("--data", type=Path, default=Path("data/crafter"), help="recording (made if missing)")
-    parser.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="run directory")
-    parser.add_argument("--steps", type=int, default=QUICKSTART_STEPS,
-                        help=f"GRPO steps (default {QUICKSTART_STEPS}, about 5 minutes on a 2-core CPU)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="run directory (default: runs/quickstart, or runs/quickstart_diffusion)")
+    parser.add_argument("--steps", type=int, default=None, help="GRPO steps (default: the config's train.steps)")
     parser.add_argument("--prompts", type=int, default=64, help="held-out prompts for the final evaluation")
     parser.add_argument("--frames", type=int, default=15, help="generated frames per prompt in the evaluation")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-4")
@@ -47,23 +51,26 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     timings = {}
+    config = args.config or CONFIGS[args.kind]
+    out = args.out or Path("runs/quickstart" if args.kind == "ar" else f"runs/quickstart_{args.kind}")
     if not (args.data / "manifest.json").is_file():
         _banner(f"recording Crafter into {args.data} (60 episodes, seed 0: the shipped models' data)")
         t = time.perf_counter()
         record("crafter", args.data, episodes=60, steps=500, seed=0)
         timings["record"] = time.perf_counter() - t
 
-    overrides = [f"out={args.out}", f"data.path={args.data}", f"train.steps={args.steps}",
-                 f"train.checkpoint_interval={args.steps}", *args.overrides]
+    overrides = [f"out={out}", f"data.path={args.data}", *args.overrides]
+    if args.steps is not None:
+        overrides += [f"train.steps={args.steps}", f"train.checkpoint_interval={args.steps}"]
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(config, overrides)
     except ConfigError as error:
         print(f"rlir quickstart: error: {error}", file=sys.stderr)
         return 2
     from rlir.grpo.trainer import GRPOTrainer
 
-    resume = latest_checkpoint(args.out / "checkpoints") is not None
-    _banner(f"RLIR post-training, {cfg.train.steps} GRPO steps -> {args.out}" + (" (resuming)" if resume else ""))
+    resume = latest_checkpoint(out / "checkpoints") is not None
+    _banner(f"RLIR post-training, {cfg.train.steps} GRPO steps -> {out}" + (" (resuming)" if resume else ""))
     t = time.perf_counter()
     trainer = GRPOTrainer.from_config(cfg, resume=resume)
     try:
@@ -74,12 +81,12 @@ def run(args: argparse.Namespace) -> int:
 
     _banner("evaluating before vs after on held-out prompts")
     t = time.perf_counter()
-    eval_args = build_parser().parse_args(["eval", "--data", str(args.data), "--run", str(args.out),
+    eval_args = build_parser().parse_args(["eval", "--data", str(args.data), "--run", str(out),
                                            "--prompts", str(args.prompts), "--frames", str(args.frames)])
     eval_args.invocation = getattr(args, "invocation", "rlir quickstart")
     code = eval_args.func(eval_args)
     timings["eval"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
     print("rlir quickstart: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))
-    print(f"rlir quickstart: report {args.out / 'eval' / 'report.md'}")
+    print(f"rlir quickstart: report {out / 'eval' / 'report.md'}")
     return code

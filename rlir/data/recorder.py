@@ -28,7 +28,8 @@ from rlir.data.layout import (
 )
 from rlir.data.recording import Recording
 from rlir.data.video import LOSSLESS_CODEC, LOSSY_CODEC, VideoWriter
-from rlir.envs.registry import RECORDABLE_ENVS, RECORDING_FPS, get_action_space, make_env, make_recording_policy
+from rlir.envs.registry import (RECORDABLE_ENVS, RECORDING_FPS, RECORDING_SIZE, get_action_space, make_env,
+                                make_recording_policy)
 
 
 def record(
@@ -38,7 +39,7 @@ def record(
     steps: int,
     seed: int = 0,
     lossless: bool = False,
-    size: int = 64,
+    size: int = RECORDING_SIZE,
     fps: float = RECORDING_FPS,
     progress: bool = True,
 ) -> Recording:

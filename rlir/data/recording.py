@@ -13,12 +13,15 @@ from rlir.envs.action_space import ActionSpace
 
 class Recording:
     """A recording on disk: its manifest is validated and its episode files checked on construction;
-    episodes are decoded on first use and kept in memory when ``cache`` is on (64x64 episodes are small)."""
+    episodes are decoded on first use and kept in memory when ``cache`` is on (64x64 episodes are small).
+    Frames load at the manifest's frame_size, or at ``frame_size`` (height, width) when given, so a model
+    made at another size reads any recording."""
 
-    def __init__(self, root: Path | str, cache: bool = True):
+    def __init__(self, root: Path | str, cache: bool = True, frame_size: tuple[int, int] | None = None):
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
         self.cache = cache
+        self._frame_size = tuple(frame_size) if frame_size is not None else tuple(self.manifest.frame_size)
         self._episodes = {e.id: e for e in self.manifest.episodes}
         self._decoded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for episode in self.manifest.episodes:
@@ -37,7 +40,7 @@ class Recording:
     @property
     def frame_size(self) -> tuple[int, int]:
         """(height, width) of the frames load_episode returns."""
-        return self.manifest.frame_size
+        return self._frame_size
 
     @property
     def action_space(self) -> ActionSpace:

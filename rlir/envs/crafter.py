@@ -68,7 +68,7 @@ def _make_chunks_ordered(world) -> None:
 class CrafterEnv:
     """One Crafter world. ``step`` returns (frame, done); done means the player died."""
 
-    def __init__(self, seed: int, size: int = 64):
+    def __init__(self, seed: int, size: int = 72):
         if not isinstance(size, int) or size < 9:
             raise ValueError(f"size must be an int >= 9 (Crafter draws a 9x9 grid of tiles), got {size!r}")
         crafter = _import_crafter()

@@ -17,6 +17,9 @@ RECORDABLE_ENVS = {"crafter": CrafterEnv}
 RECORDING_POLICIES = {"crafter": MovementHeavyPolicy}
 # Frame rate written into new recordings: playback metadata only, Crafter has no clock of its own.
 RECORDING_FPS = 15
+# Frame side of new recordings. Crafter draws its 9x9 tile view at size // 9 px a tile: at 72 a tile is exactly
+# one 8x8 tokenizer code, so a move is an exact one-cell shift of the code grid (at 64, 7-px tiles straddle codes).
+RECORDING_SIZE = 72
 
 
 def get_action_space(name: str) -> ActionSpace:
@@ -25,7 +28,7 @@ def get_action_space(name: str) -> ActionSpace:
     return ACTION_SPACES[name]()
 
 
-def make_env(name: str, seed: int, size: int = 64) -> CrafterEnv:
+def make_env(name: str, seed: int, size: int = RECORDING_SIZE) -> CrafterEnv:
     if name not in RECORDABLE_ENVS:
         raise ValueError(f"env {name!r} cannot be recorded here; recordable envs: {sorted(RECORDABLE_ENVS)}")
     return RECORDABLE_ENVS[name](seed=seed, size=size)

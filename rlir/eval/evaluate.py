@@ -46,6 +46,8 @@ def idm_metrics(idms: Dict[str, torch.nn.Module], videos: torch.Tensor, prompts:
         out[f"{name}/frame_accuracy"] = scores["frame_accuracy"]
         if name == "eval_idm":
             out["eval_idm/report"] = scores["report"]
+            for metric in ("precision", "recall", "f1"):
+                out[f"eval_idm/macro_{metric}"] = scores["report"].macro(metric)
     return out
 
 

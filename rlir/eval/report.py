@@ -16,6 +16,9 @@ import numpy as np
 
 HEADLINE = (
     ("eval_idm/frame_accuracy", "action-following, eval IDM (never a reward)"),
+    ("eval_idm/macro_precision", "eval IDM macro precision (per action group, averaged)"),
+    ("eval_idm/macro_recall", "eval IDM macro recall"),
+    ("eval_idm/macro_f1", "eval IDM macro F1 (MineWorld / the paper)"),
     ("reward_idm/frame_accuracy", "action-following, reward IDM"),
     ("psnr_db", "PSNR vs the real continuation (dB)"),
     ("ssim", "SSIM vs the real continuation"),
@@ -57,7 +60,10 @@ def per_action_table(report: dict, labels) -> list[str]:
     first = heads[labels[0]]["heads"]
     for h, head in enumerate(first):
         header = "| class | support | " + " | ".join(f"{lab} P / R / F1" for lab in labels) + " |"
-        lines += [f"Head `{head['name']}`:", "", header, "|---|---:|" + "---:|" * len(labels)]
+        macro = ", ".join(f"{lab} {_cell(heads[lab]['heads'][h]['macro_precision'], 2)} / "
+                          f"{_cell(heads[lab]['heads'][h]['macro_recall'], 2)} / {_cell(heads[lab]['heads'][h]['macro_f1'], 2)}"
+                          for lab in labels)
+        lines += [f"Head `{head['name']}` (macro P / R / F1: {macro}):", "", header, "|---|---:|" + "---:|" * len(labels)]
         for name, values in head["classes"].items():
             if values["support"] == 0 and all(heads[lab]["heads"][h]["classes"][name]["precision"] is None
                                               for lab in labels):

@@ -114,9 +114,7 @@ def build_models(cfg: GRPOConfig, device: torch.device):
         if list(model.head_sizes) != list(world_model.head_sizes):
             raise ConfigError(key, f"action heads {list(model.head_sizes)} != the world model's "
                               f"{list(world_model.head_sizes)}")
-        size = tokenizer.config.image_size
-        if tuple(model.frame_size) != (size, size):
-            raise ConfigError(key, f"reads {list(model.frame_size)} frames, the tokenizer makes {size}x{size}")
+        # Frame sizes may differ: the IDM resizes the world model's frames to its own input size.
     need = cfg.data.context_frames + cfg.rollout.n_frames
     if need > wm.max_frames:
         raise ConfigError("rollout.n_frames", f"data.context_frames + rollout.n_frames = {need} exceeds the world "
@@ -138,10 +136,10 @@ def _check_ar_codes(world_model: ARWorldModel, tokenizer: VQTokenizer) -> None:
 def _check_diffusion_frames(world_model: DiTWorldModel, tokenizer: VQTokenizer) -> None:
     wm = world_model.config
     if wm.frame_space == "pixels":
-        size = tokenizer.config.image_size
-        if wm.frame_size != size:
+        size = tokenizer.frame_size
+        if (wm.frame_size, wm.frame_size) != size:
             raise ConfigError("models.world_model", f"a pixel-space DiT of {wm.frame_size}x{wm.frame_size} frames; "
-                              f"the data and IDMs are {size}x{size}")
+                              f"the tokenizer's frames are {size[0]}x{size[1]}")
         return
     shape = (tokenizer.config.code_dim, *tokenizer.code_grid)
     if (wm.in_channels, wm.frame_size, wm.frame_size) != shape:
@@ -149,24 +147,21 @@ def _check_diffusion_frames(world_model: DiTWorldModel, tokenizer: VQTokenizer) 
                           f"{[wm.in_channels, wm.frame_size, wm.frame_size]}")
 
 
-def build_datasets(cfg: GRPOConfig, image_size: int, head_sizes):
-    """-> (train dataset, held-out dataset or None, head names)."""
+def build_datasets(cfg: GRPOConfig, frame_size: tuple[int, int], head_sizes):
+    """-> (train dataset, held-out dataset or None, head names); recorded frames are resized to ``frame_size``."""
     d, n = cfg.data, cfg.rollout.n_frames
     if d.source == "synthetic":
         common = dict(clips=d.synthetic_clips, context_frames=d.context_frames, clip_frames=n,
-                      image_size=image_size, head_sizes=head_sizes, seed=cfg.seed)
+                      image_size=frame_size[0], head_sizes=head_sizes, seed=cfg.seed)
         names = [f"head{i}" for i in range(len(head_sizes))]
         return SyntheticClips(split="train", **common), SyntheticClips(split="heldout", **common), names
     from rlir.data import ClipDataset, Recording
 
-    recording = Recording(d.path)
+    recording = Recording(d.path, frame_size=frame_size)
     space = recording.action_space
     if list(space.head_sizes) != list(head_sizes):
         raise ConfigError("data.path", f"{d.path} has action heads {space.head_sizes}, the models have "
                           f"{list(head_sizes)}")
-    if tuple(recording.frame_size) != (image_size, image_size):
-        raise ConfigError("data.path", f"{d.path} has {list(recording.frame_size)} frames, the tokenizer reads "
-                          f"{image_size}x{image_size}")
     common = dict(context_frames=d.context_frames, clip_frames=n, stride=d.stride or n,
                   heldout_fraction=d.heldout_fraction)
     train = ClipDataset(recording, split="train", **common)
@@ -193,7 +188,7 @@ def build_run(cfg: GRPOConfig, device: torch.device) -> Run:
     world_model, tokenizer, idm, eval_idm, reference_factory = build_models(cfg, device)
     if cfg.optim.trainable is not None:
         freeze_all_but(world_model, cfg.optim.trainable)
-    train, heldout, names = build_datasets(cfg, tokenizer.config.image_size, list(world_model.head_sizes))
+    train, heldout, names = build_datasets(cfg, tokenizer.frame_size, list(world_model.head_sizes))
     r = cfg.rollout
     reference = reference_factory if cfg.loss.beta > 0 else None
     if cfg.models.kind == "diffusion":

@@ -95,6 +95,14 @@ class HeadReport:
         return float(np.trace(self.confusion) / self.count) if self.count else float("nan")
 
     @property
+    def macro_precision(self) -> float:
+        return _nanmean(self.metrics.precision)
+
+    @property
+    def macro_recall(self) -> float:
+        return _nanmean(self.metrics.recall)
+
+    @property
     def macro_f1(self) -> float:
         return _nanmean(self.metrics.f1)
 
@@ -109,6 +117,8 @@ class HeadReport:
         return {
             "name": self.name,
             "accuracy": _json_float(self.accuracy),
+            "macro_precision": _json_float(self.macro_precision),
+            "macro_recall": _json_float(self.macro_recall),
             "macro_f1": _json_float(self.macro_f1),
             "weighted_f1": _json_float(self.weighted_f1),
             "classes": {
@@ -128,6 +138,11 @@ class ClassificationReport:
     heads: list[HeadReport]
     frame_accuracy: float
     count: int
+
+    def macro(self, metric: str) -> float:
+        """``metric`` ("precision", "recall" or "f1") macro-averaged over each head's classes, then averaged
+        over the heads: MineWorld's and the paper's per-action-group score, as one number."""
+        return float(np.mean([getattr(head, f"macro_{metric}") for head in self.heads]))
 
     def to_json(self) -> dict[str, Any]:
         return {"count": self.count, "frame_accuracy": _json_float(self.frame_accuracy),

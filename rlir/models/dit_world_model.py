@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-from .ar_world_model import apply_rope, check_transformer_config
+from .ar_world_model import NEIGHBOURHOOD, apply_rope, check_transformer_config
 from .attention import BACKENDS, attention
 from .kv_cache import KVCache
 
@@ -148,7 +148,10 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
     attn_backend (see ``rlir.models.attention``; the training mask needs one that takes a mask: sdpa, flex,
     math, xformers), frame_space ("pixels" or "tokenizer_latents"), latent_shift / latent_scale (model input =
     (latent - shift) * scale; pixels are mapped to [-1, 1] first), previous_frame_input (each frame's patches
-    enter together with the same patches of the clean frame before it; zeros for frame 0).
+    enter together with the same patches of the clean frame before it; zeros for frame 0),
+    previous_frame_neighbourhood (with previous_frame_input: the previous frame enters also shifted by one
+    cell up, down, left and right, so a one-tile scroll is a choice among inputs the patch already has;
+    with tile-aligned latents, Crafter at 72x72 and patch_size 1, that is exactly a move).
     """
 
     @register_to_config
@@ -156,7 +159,8 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
                  action_head_sizes: Sequence[int] = (17,), n_layers: int = 4, d_model: int = 192, n_heads: int = 6,
                  ffn_hidden: Optional[int] = None, max_frames: int = 16, rope_theta: float = 10000.0,
                  norm_eps: float = 1e-6, attn_backend: str = "sdpa", frame_space: str = "tokenizer_latents",
-                 latent_shift: float = 0.0, latent_scale: float = 1.0, previous_frame_input: bool = True):
+                 latent_shift: float = 0.0, latent_scale: float = 1.0, previous_frame_input: bool = True,
+                 previous_frame_neighbourhood: bool = False):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("frame_size", frame_size), ("patch_size", patch_size)):
             _check_int(name, value)
@@ -174,8 +178,12 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
             raise ValueError(f"attn_backend must be one of {list(BACKENDS)}, got {attn_backend!r}")
         if frame_space not in FRAME_SPACES:
             raise ValueError(f"frame_space must be one of {list(FRAME_SPACES)}, got {frame_space!r}")
-        if not isinstance(previous_frame_input, bool):
-            raise ValueError(f"previous_frame_input must be a bool, got {previous_frame_input!r}")
+        for name, value in (("previous_frame_input", previous_frame_input),
+                            ("previous_frame_neighbourhood", previous_frame_neighbourhood)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be a bool, got {value!r}")
+        if previous_frame_neighbourhood and not previous_frame_input:
+            raise ValueError("previous_frame_neighbourhood needs previous_frame_input")
         if frame_space == "pixels" and in_channels != 3:
             raise ValueError(f"in_channels must be 3 with frame_space 'pixels', got {in_channels}")
 
@@ -186,7 +194,8 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
         self.patch_dim = in_channels * patch_size**2
         self.attn_backend = attn_backend
 
-        self.patch_in = nn.Linear(2 * self.patch_dim if previous_frame_input else self.patch_dim, d_model)
+        copies = 1 + (len(NEIGHBOURHOOD) if previous_frame_neighbourhood else int(previous_frame_input))
+        self.patch_in = nn.Linear(copies * self.patch_dim, d_model)
         self.patch_position = nn.Parameter(torch.zeros(self.tokens_per_frame, d_model))
         self.sigma_mlp = nn.Sequential(nn.Linear(SIGMA_EMBEDDING_DIM, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
         # One extra class per head: "no action", for the first frame of a clip.
@@ -301,7 +310,10 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
         if int(positions.max()) >= self.config.max_frames:
             raise ValueError(f"frame index {int(positions.max())} exceeds max_frames={self.config.max_frames}")
         if self.config.previous_frame_input:
-            x = torch.cat((x, previous.to(x.dtype)), dim=2)  # channels: a patch sees its own past directly
+            previous = previous.to(x.dtype)
+            if self.config.previous_frame_neighbourhood:
+                previous = shifted_neighbourhood(previous)
+            x = torch.cat((x, previous), dim=2)  # channels: a patch sees its own past directly
         h = self.patch_in(self.patchify(x).to(self.patch_in.weight.dtype)) + self.patch_position
         cos, sin = self._rope_tables(positions)
         p = self.tokens_per_frame
@@ -411,6 +423,14 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
         return generate(self, context, actions, **kwargs)
 
 
+def shifted_neighbourhood(x: torch.Tensor) -> torch.Tensor:
+    """Frames [..., C, S, S] -> [..., 5C, S, S]: x itself, then x read one cell away in each NEIGHBOURHOOD
+    direction (zeros past the border), so channel block k at (r, c) holds x at (r + dr_k, c + dc_k)."""
+    s_r, s_c = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1))
+    return torch.cat([padded[..., 1 + dr:1 + dr + s_r, 1 + dc:1 + dc + s_c] for dr, dc in NEIGHBOURHOOD], dim=-3)
+
+
 # ---- the VQ tokenizer's continuous latent path (frame_space "tokenizer_latents") -----------------------
 
 def _need_tokenizer(tokenizer):
@@ -421,10 +441,10 @@ def _need_tokenizer(tokenizer):
 
 @torch.no_grad()
 def latents_from_tokenizer(tokenizer, frames: torch.Tensor) -> torch.Tensor:
-    """uint8 frames [N, 3, H, W] -> the tokenizer encoder's pre-quantisation latents [N, code_dim, grid, grid]."""
+    """uint8 frames [N, 3, H, W] -> the tokenizer encoder's pre-quantisation latents [N, code_dim, rows, cols]."""
     x, _ = tokenizer._frames_to_input(frames)
-    g = tokenizer.grid
-    return tokenizer._encode_latents(x).float().reshape(-1, g, g, tokenizer.config.code_dim).permute(0, 3, 1, 2)
+    rows, cols = tokenizer.code_grid
+    return tokenizer._encode_latents(x).float().reshape(-1, rows, cols, tokenizer.config.code_dim).permute(0, 3, 1, 2)
 
 
 @torch.no_grad()

@@ -66,8 +66,7 @@ class FrameStore:
         for episode in episode_ids:
             pixels, episode_actions = recording.load_episode(episode)
             if frame_space == "tokenizer_latents":
-                size = tokenizer.config.image_size
-                pixels = torch.from_numpy(resize_frames(pixels, (size, size)).copy()).permute(0, 3, 1, 2)
+                pixels = torch.from_numpy(resize_frames(pixels, tokenizer.frame_size).copy()).permute(0, 3, 1, 2)
                 frames[episode] = torch.cat([latents_from_tokenizer(tokenizer, pixels[i:i + batch]).cpu()
                                              for i in range(0, len(pixels), batch)])
             else:
@@ -106,7 +105,10 @@ def _model_config(frame_space: str, patch_size: int, recording: Recording, token
         return dict(in_channels=3, frame_size=height, patch_size=patch_size, action_head_sizes=heads,
                     frame_space="pixels", **shape)
     latents = torch.cat([store.frames[e] for e in train_ids])
-    return dict(in_channels=tokenizer.config.code_dim, frame_size=tokenizer.grid, patch_size=patch_size,
+    rows, cols = tokenizer.code_grid
+    if rows != cols:
+        raise ValueError(f"tokenizer: the DiT needs a square latent grid, the tokenizer makes {rows}x{cols}")
+    return dict(in_channels=tokenizer.config.code_dim, frame_size=rows, patch_size=patch_size,
                 action_head_sizes=heads, frame_space="tokenizer_latents", latent_shift=latents.mean().item(),
                 latent_scale=1 / latents.std().item(), **shape)
 
@@ -158,7 +160,8 @@ def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None
           batch: int = 8, lr: float = 1e-3, clip_frames: int = 4, context_frames: int = 1, max_frames: int = 16,
           layers: int = 4, d_model: int = 192, heads: int = 6, seed: int = 0, dtype: str = "bf16",
           heldout_fraction: float = 0.1, eval_prompts: int = 32, eval_frames: int = 15, eval_every: int = 500,
-          log_every: int = 10, sample_steps: int = 8, overwrite: bool = False, progress: bool = True) -> dict:
+          log_every: int = 10, sample_steps: int = 8, overwrite: bool = False, progress: bool = True,
+          previous_frame_neighbourhood: bool = False) -> dict:
     """Train a DiTWorldModel on the train episodes of ``data``, save its EMA weights into ``out`` and return
     the held-out metrics written to ``out``/metrics.json (see the module docstring)."""
     if frame_space not in FRAME_SPACES:
@@ -176,7 +179,8 @@ def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None
     check_common_args(lr, dtype, heldout_fraction)
     out = Path(out)
     check_output_directory(out, overwrite)
-    shape = dict(n_layers=layers, d_model=d_model, n_heads=heads, max_frames=max_frames)
+    shape = dict(n_layers=layers, d_model=d_model, n_heads=heads, max_frames=max_frames,
+                 previous_frame_neighbourhood=bool(previous_frame_neighbourhood))
     DiTWorldModel(in_channels=1, frame_size=patch_size, patch_size=patch_size, **shape)  # bad shapes raise now
 
     recording = Recording(data)
@@ -230,7 +234,7 @@ def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None
         started = time.perf_counter()
         getattr(ema, SAVE_DTYPES[dtype])().save_pretrained(staging)
         saved = DiTWorldModel.from_pretrained(staging, torch_dtype=torch.float32).eval()
-        size = vq.config.image_size if vq is not None else recording.frame_size[0]
+        size = vq.frame_size if vq is not None else recording.frame_size
         prompts = real_frames(recording, prompt_windows, eval_frames + 1, size)
         prompt_actions = torch.stack([store.actions[e][s:s + eval_frames] for e, s in prompt_windows])
         generation, videos = generation_quality(saved, vq, prompts, prompt_actions, sample_steps, seed)

@@ -61,11 +61,10 @@ class TokenizedRecording:
     @torch.no_grad()
     def build(cls, recording: Recording, tokenizer, batch: int = 256) -> "TokenizedRecording":
         """Encode every frame of ``recording`` (resized to the tokenizer's image size) with ``tokenizer``."""
-        size = tokenizer.config.image_size
         codes, actions = {}, {}
         for episode in recording.episode_ids:
             frames, episode_actions = recording.load_episode(episode)
-            frames = torch.from_numpy(resize_frames(frames, (size, size)).copy()).permute(0, 3, 1, 2)
+            frames = torch.from_numpy(resize_frames(frames, tokenizer.frame_size).copy()).permute(0, 3, 1, 2)
             codes[episode] = torch.cat([tokenizer.encode(frames[i:i + batch]).flatten(1).cpu()
                                         for i in range(0, len(frames), batch)])
             actions[episode] = torch.from_numpy(np.array(episode_actions, dtype=np.int64))

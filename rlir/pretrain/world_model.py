@@ -45,7 +45,8 @@ NLL_CLIPS_DURING_TRAINING = 32
 # Options whose default depends on --kind, and the options only one kind takes.
 KIND_DEFAULTS = {"ar": dict(steps=600, batch=4, lr=3e-3, clip_frames=16, eval_every=100),
                  "diffusion": dict(steps=3000, batch=8, lr=1e-3, clip_frames=4, eval_every=500)}
-ONLY_FOR = {"kv_heads": "ar", "codes": "ar", "frame_action_embedding": "ar",
+ONLY_FOR = {"kv_heads": "ar", "codes": "ar", "frame_action_embedding": "ar", "previous_frame_input": "ar",
+            "previous_frame_neighbourhood": "diffusion",
             "frame_space": "diffusion", "patch_size": "diffusion",
             "context_frames": "diffusion", "sample_steps": "diffusion"}
 
@@ -102,6 +103,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frame-action-embedding", action="store_true", default=None,
                         help="ar: add an embedding of the commanded action to every code of the frame it leads "
                              "to (see ARWorldModel); without it the action is only in the action tokens")
+    parser.add_argument("--previous-frame-input", action="store_true", default=None,
+                        help="ar: give each position the previous frame's codes around the code it predicts, and "
+                             "its row and column (see ARWorldModel)")
+    parser.add_argument("--previous-frame-neighbourhood", action="store_true", default=None,
+                        help="diffusion: the previous frame enters also shifted by one cell in each direction "
+                             "(see DiTWorldModel)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice); 1 is fastest on a shared machine")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -168,7 +175,7 @@ def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, kind:
           d_model: int = 192, heads: int = 6, kv_heads: int = 2, seed: int = 0, dtype: str = "bf16",
           heldout_fraction: float = 0.1, eval_prompts: int = 32, eval_frames: int = 15, eval_every: int = 100,
           log_every: int = 10, codes: Path | str | None = None, overwrite: bool = False,
-          frame_action_embedding: bool = False, progress: bool = True) -> dict:
+          frame_action_embedding: bool = False, previous_frame_input: bool = False, progress: bool = True) -> dict:
     """Train an ARWorldModel on the codes of the train episodes of ``data``, save it into ``out`` and
     return the held-out metrics written to ``out``/metrics.json (see the module docstring)."""
     if kind != "ar":
@@ -186,6 +193,8 @@ def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, kind:
     shape = dict(n_layers=layers, d_model=d_model, n_heads=heads, n_kv_heads=kv_heads, max_frames=max_frames,
                  frame_action_embedding=bool(frame_action_embedding))
     ARWorldModel(codebook_size=2, tokens_per_frame=1, **shape)  # raises on a bad shape before the slow part
+    if previous_frame_input:
+        shape.update(previous_frame_input=True)
 
     recording = Recording(data)
     vq = _load_tokenizer(tokenizer)
@@ -202,7 +211,8 @@ def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, kind:
 
     torch.manual_seed(seed)
     model = ARWorldModel(codebook_size=tokenized.codebook_size, tokens_per_frame=tokenized.tokens_per_frame,
-                         action_head_sizes=list(recording.action_space.head_sizes), **shape)
+                         action_head_sizes=list(recording.action_space.head_sizes),
+                         frame_grid=list(vq.code_grid), **shape)
     optimizer = adamw_decaying_matrices(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.95))
     batches = shuffled_batches(len(train_windows), batch, torch.Generator().manual_seed(seed))
     nll_codes, nll_actions = tokenized.clips(nll_windows, clip_frames)
@@ -240,9 +250,9 @@ def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, kind:
         getattr(model, SAVE_DTYPES[dtype])().save_pretrained(staging)
         saved = ARWorldModel.from_pretrained(staging, torch_dtype=torch.float32).eval()
         prompt_codes, prompt_actions = tokenized.clips(prompt_windows, eval_frames + 1)
-        size = vq.config.image_size
         generation, videos = generation_quality(saved, vq, prompt_codes, prompt_actions,
-                                                real_frames(recording, prompt_windows, eval_frames + 1, size), seed)
+                                                real_frames(recording, prompt_windows, eval_frames + 1, vq.frame_size),
+                                                seed)
         save_videos(staging / "generations.png", videos)
         metrics = {
             "kind": kind,

@@ -33,9 +33,10 @@ def heldout_nll(model: ARWorldModel, codes: torch.Tensor, actions: torch.Tensor,
     return {"nll": nll, "perplexity": math.exp(nll), "clips": len(codes), "tokens": count}
 
 
-def real_frames(recording: Recording, windows: list[tuple[str, int]], frames: int, size: int) -> torch.Tensor:
-    """uint8 frames [N, frames, 3, size, size] of each (episode, start) window of ``recording``."""
-    clips = [resize_frames(recording.load_episode(e)[0][s:s + frames], (size, size)) for e, s in windows]
+def real_frames(recording: Recording, windows: list[tuple[str, int]], frames: int,
+                size: tuple[int, int]) -> torch.Tensor:
+    """uint8 frames [N, frames, 3, height, width] of each (episode, start) window of ``recording``, at ``size``."""
+    clips = [resize_frames(recording.load_episode(e)[0][s:s + frames], tuple(size)) for e, s in windows]
     return torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3).contiguous()
 
 

@@ -75,5 +75,5 @@ def test_bad_arguments_are_value_errors_naming_them(handwritten_recording, argum
 def test_clips_from_a_real_recording(lossless_recording):
     clips = ClipDataset(lossless_recording, "train", clip_frames=8)
     item = clips[len(clips) - 1]
-    assert item["target"].shape == (8, 3, 64, 64) and item["actions"].shape == (8, 1)
+    assert item["target"].shape == (8, 3, 72, 72) and item["actions"].shape == (8, 1)
     assert int(item["actions"].max()) < 17

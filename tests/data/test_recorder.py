@@ -12,7 +12,7 @@ def test_manifest_describes_the_recording(lossless_recording, recording_settings
     episodes, steps, seed = (recording_settings[k] for k in ("episodes", "steps", "seed"))
     manifest = json.loads((lossless_recording.root / "manifest.json").read_text())
     assert manifest["format"] == "rlir-recordings/1"
-    assert manifest["env"] == "crafter" and manifest["fps"] == 15 and manifest["frame_size"] == [64, 64]
+    assert manifest["env"] == "crafter" and manifest["fps"] == 15 and manifest["frame_size"] == [72, 72]
     assert len(manifest["action_space"]["heads"][0]["classes"]) == 17
     assert manifest["episodes"] == [
         {"id": f"ep{i:05d}", "frames": steps + 1, "seed": seed + i} for i in range(episodes)
@@ -25,7 +25,7 @@ def test_loaded_frames_are_exactly_the_observations_of_a_replay(lossless_recordi
     steps = recording_settings["steps"]
     for info in lossless_recording.episodes:
         frames, actions = lossless_recording.load_episode(info.id)
-        assert frames.shape == (steps + 1, 64, 64, 3) and frames.dtype == np.uint8
+        assert frames.shape == (steps + 1, 72, 72, 3) and frames.dtype == np.uint8
         assert actions.shape == (steps, 1) and actions.dtype == np.int64
         env = CrafterEnv(seed=info.seed)
         assert np.array_equal(env.reset(), frames[0])

@@ -16,7 +16,7 @@ def test_same_seed_gives_the_same_episode_within_one_process():
         assert np.array_equal(frame_a, frame_b) and done_a == done_b
         if done_a:
             break
-    assert frame_a.shape == (64, 64, 3) and frame_a.dtype == np.uint8
+    assert frame_a.shape == (72, 72, 3) and frame_a.dtype == np.uint8
 
 
 def test_policy_is_movement_heavy_and_never_sleeps():

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rlir.models import DiTWorldModel, available_backends
-from rlir.models.dit_world_model import frame_causal_mask
+from rlir.models.dit_world_model import frame_causal_mask, shifted_neighbourhood
 from rlir.models.tokenizer import VQTokenizer
 
 TINY = dict(in_channels=4, frame_size=4, patch_size=2, action_head_sizes=[5, 3], n_layers=2, d_model=32,
@@ -45,8 +45,13 @@ def test_frame_causal_mask_layout():
     ]
 
 
-def test_frame_causality_in_the_training_forward():
-    model = make_model()
+# The previous frame as input (the default), and also read one cell away in each direction.
+PREVIOUS_FRAME = pytest.mark.parametrize("previous", [{}, {"previous_frame_neighbourhood": True}])
+
+
+@PREVIOUS_FRAME
+def test_frame_causality_in_the_training_forward(previous):
+    model = make_model(**previous)
     frames, actions = random_clip(model, batch=2, frames=5)
     sigma = torch.rand(2, 4)
     v = teacher_forced(model, frames, actions, sigma)
@@ -77,8 +82,9 @@ def test_the_action_conditions_only_its_frame():
     assert not torch.allclose(steered[:, 1], v[:, 1])
 
 
-def test_cached_velocity_equals_the_teacher_forced_forward():
-    model = make_model()
+@PREVIOUS_FRAME
+def test_cached_velocity_equals_the_teacher_forced_forward(previous):
+    model = make_model(**previous)
     frames, actions = random_clip(model, batch=3, frames=4)
     noisy, sigma = torch.randn(3, 4, 4, 4), torch.rand(3)
     with torch.no_grad():
@@ -93,6 +99,19 @@ def test_cached_velocity_equals_the_teacher_forced_forward():
         cached = model.cached_velocity(noisy, sigma, per_frame[:, 3], cache, previous=frames[:, 2])
         assert cache.length == 3 * model.tokens_per_frame  # denoising steps leave the cache as it was
     torch.testing.assert_close(cached, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_neighbourhood_input_is_the_previous_frame_shifted_one_cell():
+    x = torch.arange(2 * 3 * 4.0).view(1, 2, 3, 4)  # [.., C=2, rows 3, cols 4]
+    shifted = shifted_neighbourhood(x)
+    assert shifted.shape == (1, 10, 3, 4)
+    torch.testing.assert_close(shifted[:, :2], x)  # the cell itself
+    torch.testing.assert_close(shifted[:, 2:4, 1:], x[:, :, :-1])  # up: row r reads row r - 1
+    assert (shifted[:, 2:4, 0] == 0).all()
+    torch.testing.assert_close(shifted[:, 8:10, :, :-1], x[:, :, :, 1:])  # right: col c reads col c + 1
+    assert (shifted[:, 8:10, :, -1] == 0).all()
+    with pytest.raises(ValueError, match="previous_frame_neighbourhood needs previous_frame_input"):
+        make_model(previous_frame_input=False, previous_frame_neighbourhood=True)
 
 
 def test_loss_trains_on_the_non_context_frames():
@@ -214,9 +233,10 @@ def test_the_shipped_crafter_checkpoint_generates_with_its_tokenizer():
     tokenizer = VQTokenizer.from_pretrained(root / "tokenizer").eval()
     model = DiTWorldModel.from_pretrained(root / "dit_world_model").eval()
     assert model.config.frame_space == "tokenizer_latents" and model.config.in_channels == tokenizer.config.code_dim
-    assert model.config.frame_size == tokenizer.grid and list(model.config.action_head_sizes) == [17]
-    first = torch.randint(0, 256, (1, 1, 3, 64, 64), dtype=torch.uint8)
+    assert (model.config.frame_size,) * 2 == tokenizer.code_grid and list(model.config.action_head_sizes) == [17]
+    height, width = tokenizer.frame_size
+    first = torch.randint(0, 256, (1, 1, 3, height, width), dtype=torch.uint8)
     sample = model.generate(model.encode_frames(first, tokenizer), torch.randint(0, 17, (1, 2, 1)), num_steps=2,
                             generator=torch.Generator().manual_seed(0))
     video = model.decode_frames(sample.frames, tokenizer)
-    assert video.shape == (1, 2, 3, 64, 64) and video.dtype == torch.uint8
+    assert video.shape == (1, 2, 3, height, width) and video.dtype == torch.uint8

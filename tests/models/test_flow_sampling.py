@@ -42,9 +42,10 @@ def test_stochastic_step_choices():
             stochastic_steps(6, bad)
 
 
-@pytest.mark.parametrize("sampler, previous_frame_input", [("ode", True), ("sde", True), ("sde", False)])
-def test_cached_generation_equals_uncached(sampler, previous_frame_input):
-    model = make_model(previous_frame_input=previous_frame_input)
+@pytest.mark.parametrize("sampler, previous", [("ode", {}), ("sde", {}), ("sde", {"previous_frame_input": False}),
+                                               ("sde", {"previous_frame_neighbourhood": True})])
+def test_cached_generation_equals_uncached(sampler, previous):
+    model = make_model(**previous)
     context, actions, context_actions = prompt(model, n_ctx=2, steps=3)
     options = dict(context_actions=context_actions, num_samples=2, num_steps=3, sampler=sampler)
     cached = run(model, context, actions, **options)

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rlir.envs import get_action_space
 from rlir.kernels import idm_reward
@@ -112,8 +113,18 @@ def test_bad_config_raises(config, message):
         InverseDynamicsModel(**{**TINY, "head_sizes": [17], **config})
 
 
+def test_frames_of_any_size_are_resized_to_the_input_size():
+    """A world model at another size (the paper: 224x384 MineWorld frames, a 128x128 VPT IDM) is scored as is."""
+    idm = make_idm().eval()
+    frames = torch.randint(0, 256, (2, 4, 3, 24, 40), dtype=torch.uint8)
+    resized = F.interpolate(frames.flatten(0, 1).float() / 255, size=(16, 16), mode="bilinear", antialias=True,
+                            align_corners=False).view(2, 4, 3, 16, 16)
+    with torch.no_grad():
+        for got, expected in zip(idm(frames), idm(resized)):
+            torch.testing.assert_close(got, expected)
+
+
 @pytest.mark.parametrize("frames, message", [
-    (torch.zeros(2, 4, 3, 8, 8, dtype=torch.uint8), "frame_size"),
     (torch.zeros(2, 1, 3, 16, 16, dtype=torch.uint8), "at least 2 frames"),
     (torch.zeros(2, 4, 16, 16, dtype=torch.uint8), r"\[N, T\+1, 3, H, W\]"),
     (torch.zeros(2, 4, 3, 16, 16, dtype=torch.int32), "uint8"),

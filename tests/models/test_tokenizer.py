@@ -97,7 +97,7 @@ def test_bf16_checkpoint_is_smaller_and_loads_back_to_fp32(tmp_path):
 
 
 @pytest.mark.parametrize("config, message", [
-    (dict(image_size=60), "image_size (60) must be a multiple of patch_size (8)"),
+    (dict(image_size=60), "image_size [60, 60] must be a multiple of patch_size (8)"),
     (dict(codebook_size=0), "codebook_size must be an int >= 1"),
     (dict(hidden_channels=20), "hidden_channels must be a multiple of 8"),
     (dict(ema_decay=1.0), "ema_decay must be a number in [0, 1)"),

@@ -56,7 +56,7 @@ def test_pretrain_diffusion_world_model_end_to_end(tiny_recording, tiny_tokenize
 
 
 def test_pixel_frame_space_needs_no_tokenizer(tiny_recording, tmp_path):
-    metrics = train(tiny_recording, tmp_path / "dit", frame_space="pixels", patch_size=16, steps=2, batch=2,
+    metrics = train(tiny_recording, tmp_path / "dit", frame_space="pixels", patch_size=24, steps=2, batch=2,
                     clip_frames=3, max_frames=6, layers=1, d_model=32, heads=2, eval_prompts=1, eval_frames=3,
                     eval_every=0, sample_steps=1, progress=False)
     assert metrics["model"]["config"]["frame_space"] == "pixels" and metrics["model"]["config"]["in_channels"] == 3

@@ -30,7 +30,8 @@ def test_pretrain_tokenizer_end_to_end(tiny_recording, tmp_path, capsys):
     assert metrics["dtype"] == "bf16" and metrics["checkpoint_bytes"] < 3e6
 
     tokenizer = VQTokenizer.from_pretrained(out, torch_dtype=torch.float32)
-    assert tokenizer.encode(torch.zeros(2, 3, 64, 64, dtype=torch.uint8)).shape == (2, 8, 8)
+    assert tokenizer.frame_size == (72, 72)  # the recording's own size by default: one code a Crafter tile
+    assert tokenizer.encode(torch.zeros(2, 3, 72, 72, dtype=torch.uint8)).shape == (2, 9, 9)
 
     # Rerunning into a full directory needs --overwrite.
     assert rlir.cli.main(argv) == 1

@@ -8,7 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import rlir.cli
-from rlir.data import Recording
+from rlir.data import Recording, resize_frames
 from rlir.models import ARWorldModel
 from rlir.models.tokenizer import VQTokenizer
 from rlir.pretrain.tokenized import TokenizedRecording
@@ -37,7 +37,8 @@ def test_tokenized_cache_round_trip(tiny_recording, tmp_path, monkeypatch):
     built = TokenizedRecording.build(recording, tokenizer, batch=7)  # several encode batches per episode
     frames, actions = recording.load_episode("ep00000")
     assert built.codes["ep00000"].shape == (len(frames), 64) and built.codes["ep00000"].dtype == torch.int64
-    expected = tokenizer.encode(torch.from_numpy(frames.copy()).permute(0, 3, 1, 2)).flatten(1)
+    # The recording is 72x72 and this tokenizer reads 64x64: frames are resized to the tokenizer's size.
+    expected = tokenizer.encode(torch.from_numpy(resize_frames(frames, (64, 64))).permute(0, 3, 1, 2)).flatten(1)
     assert torch.equal(built.codes["ep00000"], expected)
     assert torch.equal(built.actions["ep00000"], torch.from_numpy(actions.copy()))
 
