@@ -53,7 +53,7 @@ def _random_models(cfg: GRPOConfig):
             if kwargs.get("frame_space", "tokenizer_latents") == "pixels":
                 kwargs.update(in_channels=3, frame_size=r.image_size)
             else:
-                kwargs.update(in_channels=tokenizer.config.code_dim, frame_size=tokenizer.code_grid[0])
+                kwargs.update(in_channels=tokenizer.config.code_dim, frame_size=list(tokenizer.code_grid))
             world_model = DiTWorldModel(action_head_sizes=list(r.action_head_sizes), **kwargs)
         else:
             world_model = ARWorldModel(codebook_size=tokenizer.codebook_size,
@@ -136,15 +136,14 @@ def _check_ar_codes(world_model: ARWorldModel, tokenizer: VQTokenizer) -> None:
 def _check_diffusion_frames(world_model: DiTWorldModel, tokenizer: VQTokenizer) -> None:
     wm = world_model.config
     if wm.frame_space == "pixels":
-        size = tokenizer.frame_size
-        if (wm.frame_size, wm.frame_size) != size:
-            raise ConfigError("models.world_model", f"a pixel-space DiT of {wm.frame_size}x{wm.frame_size} frames; "
-                              f"the tokenizer's frames are {size[0]}x{size[1]}")
+        if world_model.frame_shape != tokenizer.frame_size:
+            raise ConfigError("models.world_model", f"a pixel-space DiT of {list(world_model.frame_shape)} frames; "
+                              f"the tokenizer's frames are {list(tokenizer.frame_size)}")
         return
     shape = (tokenizer.config.code_dim, *tokenizer.code_grid)
-    if (wm.in_channels, wm.frame_size, wm.frame_size) != shape:
+    if (wm.in_channels, *world_model.frame_shape) != shape:
         raise ConfigError("models.tokenizer", f"makes latents {list(shape)}, the DiT takes "
-                          f"{[wm.in_channels, wm.frame_size, wm.frame_size]}")
+                          f"{[wm.in_channels, *world_model.frame_shape]}")
 
 
 def build_datasets(cfg: GRPOConfig, frame_size: tuple[int, int], head_sizes):

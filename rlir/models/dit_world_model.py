@@ -65,6 +65,7 @@ from diffusers.configuration_utils import register_to_config
 
 from .ar_world_model import NEIGHBOURHOOD, apply_rope, check_transformer_config
 from .attention import BACKENDS, attention
+from .tokenizer import frame_size_pair
 from .kv_cache import KVCache
 
 FRAME_SPACES = ("pixels", "tokenizer_latents")
@@ -142,7 +143,8 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
     """Action-conditioned flow-matching video model; ``save_pretrained``/``from_pretrained`` write config.json +
     safetensors.
 
-    Config: in_channels and frame_size (a frame is [in_channels, frame_size, frame_size] in ``frame_space``),
+    Config: in_channels and frame_size (a frame is [in_channels, rows, cols] in ``frame_space``; frame_size is
+    [rows, cols], or one int for square frames),
     patch_size, action_head_sizes (classes per action head, e.g. [17]), n_layers, d_model, n_heads, ffn_hidden
     (MLP width; default 4 d_model), max_frames (longest clip: RoPE and KV-cache length), rope_theta, norm_eps,
     attn_backend (see ``rlir.models.attention``; the training mask needs one that takes a mask: sdpa, flex,
@@ -155,18 +157,19 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(self, in_channels: int = 32, frame_size: int = 8, patch_size: int = 1,
+    def __init__(self, in_channels: int = 32, frame_size: int | list[int] = 8, patch_size: int = 1,
                  action_head_sizes: Sequence[int] = (17,), n_layers: int = 4, d_model: int = 192, n_heads: int = 6,
                  ffn_hidden: Optional[int] = None, max_frames: int = 16, rope_theta: float = 10000.0,
                  norm_eps: float = 1e-6, attn_backend: str = "sdpa", frame_space: str = "tokenizer_latents",
                  latent_shift: float = 0.0, latent_scale: float = 1.0, previous_frame_input: bool = True,
                  previous_frame_neighbourhood: bool = False):
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("frame_size", frame_size), ("patch_size", patch_size)):
+        for name, value in (("in_channels", in_channels), ("patch_size", patch_size)):
             _check_int(name, value)
+        self.frame_shape = frame_size_pair("frame_size", frame_size)  # (rows, cols) of a model-space frame
         check_transformer_config(n_layers, d_model, n_heads, max_frames, action_head_sizes)
-        if frame_size % patch_size:
-            raise ValueError(f"frame_size ({frame_size}) must be a multiple of patch_size ({patch_size})")
+        if any(side % patch_size for side in self.frame_shape):
+            raise ValueError(f"frame_size {list(self.frame_shape)} must be a multiple of patch_size ({patch_size})")
         if ffn_hidden is None:
             ffn_hidden = 4 * d_model
         _check_int("ffn_hidden", ffn_hidden)
@@ -189,8 +192,8 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
 
         self.head_sizes = tuple(action_head_sizes)
         self.num_action_heads = len(self.head_sizes)
-        self.grid = frame_size // patch_size
-        self.tokens_per_frame = self.grid**2
+        self.grid = (self.frame_shape[0] // patch_size, self.frame_shape[1] // patch_size)  # patches (rows, cols)
+        self.tokens_per_frame = self.grid[0] * self.grid[1]
         self.patch_dim = in_channels * patch_size**2
         self.attn_backend = attn_backend
 
@@ -226,7 +229,7 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def encode_frames(self, frames: torch.Tensor, tokenizer=None) -> torch.Tensor:
-        """uint8 frames [..., 3, H, W] -> model-space frames [..., in_channels, frame_size, frame_size] fp32."""
+        """uint8 frames [..., 3, H, W] -> model-space frames [..., in_channels, rows, cols] fp32."""
         cfg = self.config
         if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.ndim < 3:
             raise ValueError(f"frames must be a uint8 tensor [..., 3, H, W], got "
@@ -237,14 +240,14 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
         else:
             x = latents_from_tokenizer(_need_tokenizer(tokenizer), frames.reshape(-1, *frames.shape[-3:]))
             x = (x.to(self.device) - cfg.latent_shift) * cfg.latent_scale
-        expected = (cfg.in_channels, cfg.frame_size, cfg.frame_size)
+        expected = (cfg.in_channels, *self.frame_shape)
         if tuple(x.shape[-3:]) != expected:
             raise ValueError(f"frames encode to {tuple(x.shape[-3:])}, the model takes {expected}")
         return x.reshape(*leading, *expected)
 
     @torch.no_grad()
     def decode_frames(self, x: torch.Tensor, tokenizer=None, batch: int = 256) -> torch.Tensor:
-        """Model-space frames [..., in_channels, frame_size, frame_size] -> uint8 frames [..., 3, H, W]."""
+        """Model-space frames [..., in_channels, rows, cols] -> uint8 frames [..., 3, H, W]."""
         cfg = self.config
         leading, flat = x.shape[:-3], x.reshape(-1, *x.shape[-3:]).float()
         if cfg.frame_space == "pixels":
@@ -260,16 +263,16 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """[..., C, S, S] -> [..., P, C * p * p] (patches row-major over the grid)."""
-        p, g, c = self.config.patch_size, self.grid, x.shape[-3]
+        p, (gr, gc), c = self.config.patch_size, self.grid, x.shape[-3]
         lead = x.shape[:-3]
-        x = x.reshape(-1, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5)
-        return x.reshape(*lead, g * g, c * p * p)
+        x = x.reshape(-1, c, gr, p, gc, p).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(*lead, gr * gc, c * p * p)
 
     def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
-        p, g, c = self.config.patch_size, self.grid, self.config.in_channels
+        p, (gr, gc), c = self.config.patch_size, self.grid, self.config.in_channels
         lead = tokens.shape[:-2]
-        x = tokens.reshape(-1, g, g, c, p, p).permute(0, 3, 1, 4, 2, 5)
-        return x.reshape(*lead, c, g * p, g * p)
+        x = tokens.reshape(-1, gr, gc, c, p, p).permute(0, 3, 1, 4, 2, 5)
+        return x.reshape(*lead, c, gr * p, gc * p)
 
     def frame_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """Actions between frames [B, T-1, H] -> the action that led to each frame [B, T, H] (frame 0: "no action")."""

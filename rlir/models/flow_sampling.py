@@ -114,7 +114,7 @@ def _check_prompt(model, context, actions, context_actions, num_samples):
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
     cfg = model.config
-    frame = (cfg.in_channels, cfg.frame_size, cfg.frame_size)
+    frame = (cfg.in_channels, *model.frame_shape)
     if not isinstance(context, torch.Tensor) or context.ndim != 5 or tuple(context.shape[2:]) != frame \
             or not context.is_floating_point():
         raise ValueError(f"context must be float model-space frames [B, n_ctx, {', '.join(map(str, frame))}], got "

@@ -99,16 +99,10 @@ def _model_config(frame_space: str, patch_size: int, recording: Recording, token
                   train_ids: list[str], shape: dict) -> dict:
     heads = list(recording.action_space.head_sizes)
     if frame_space == "pixels":
-        height, width = recording.frame_size
-        if height != width:
-            raise ValueError(f"data: frame_space 'pixels' needs square frames, the recording has {height}x{width}")
-        return dict(in_channels=3, frame_size=height, patch_size=patch_size, action_head_sizes=heads,
+        return dict(in_channels=3, frame_size=list(recording.frame_size), patch_size=patch_size, action_head_sizes=heads,
                     frame_space="pixels", **shape)
     latents = torch.cat([store.frames[e] for e in train_ids])
-    rows, cols = tokenizer.code_grid
-    if rows != cols:
-        raise ValueError(f"tokenizer: the DiT needs a square latent grid, the tokenizer makes {rows}x{cols}")
-    return dict(in_channels=tokenizer.config.code_dim, frame_size=rows, patch_size=patch_size,
+    return dict(in_channels=tokenizer.config.code_dim, frame_size=list(tokenizer.code_grid), patch_size=patch_size,
                 action_head_sizes=heads, frame_space="tokenizer_latents", latent_shift=latents.mean().item(),
                 latent_scale=1 / latents.std().item(), **shape)
 

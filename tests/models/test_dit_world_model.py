@@ -23,7 +23,7 @@ def make_model(seed: int = 0, **overrides) -> DiTWorldModel:
 def random_clip(model: DiTWorldModel, batch: int, frames: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     cfg = model.config
-    x = torch.randn(batch, frames, cfg.in_channels, cfg.frame_size, cfg.frame_size, generator=g)
+    x = torch.randn(batch, frames, cfg.in_channels, *model.frame_shape, generator=g)
     actions = torch.stack([torch.randint(0, n, (batch, frames - 1), generator=g) for n in model.head_sizes], -1)
     return x, actions
 
@@ -233,7 +233,7 @@ def test_the_shipped_crafter_checkpoint_generates_with_its_tokenizer():
     tokenizer = VQTokenizer.from_pretrained(root / "tokenizer").eval()
     model = DiTWorldModel.from_pretrained(root / "dit_world_model").eval()
     assert model.config.frame_space == "tokenizer_latents" and model.config.in_channels == tokenizer.config.code_dim
-    assert (model.config.frame_size,) * 2 == tokenizer.code_grid and list(model.config.action_head_sizes) == [17]
+    assert model.frame_shape == tokenizer.code_grid and list(model.config.action_head_sizes) == [17]
     height, width = tokenizer.frame_size
     first = torch.randint(0, 256, (1, 1, 3, height, width), dtype=torch.uint8)
     sample = model.generate(model.encode_frames(first, tokenizer), torch.randint(0, 17, (1, 2, 1)), num_steps=2,

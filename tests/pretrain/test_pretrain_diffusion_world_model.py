@@ -48,7 +48,7 @@ def test_pretrain_diffusion_world_model_end_to_end(tiny_recording, tiny_tokenize
         assert handle.get_tensor("patch_out.weight").dtype == torch.bfloat16
     model = DiTWorldModel.from_pretrained(out)
     cfg = model.config
-    assert cfg.frame_space == "tokenizer_latents" and cfg.in_channels == 8 and cfg.frame_size == 8
+    assert cfg.frame_space == "tokenizer_latents" and cfg.in_channels == 8 and cfg.frame_size == [8, 8]
     assert cfg.action_head_sizes == [17] and cfg.latent_scale > 0
 
     assert rlir.cli.main(argv) == 1  # a full output directory needs --overwrite
