@@ -21,36 +21,13 @@ Generation (``rlir.models.flow_sampling``) keeps a per-frame KV cache: the conte
 sigma = 0, each generated frame is denoised in a few steps attending to the cache and to itself, and when it
 is done it is run once more at sigma = 0 to append its keys/values.
 
-Frame representation (``frame_space``): "pixels" (uint8 frames scaled to [-1, 1], 3x64x64 cut into p x p
-patches) or "tokenizer_latents" (the VQ tokenizer's pre-quantisation encoder output, 32x8x8, normalised by
-``latent_shift`` / ``latent_scale`` and decoded by the tokenizer's decoder). Measured on held-out Crafter
-(checkpoints/crafter/tokenizer, one CPU thread): the latent path reconstructs at 31.4 dB PSNR (31.3 dB through
-the codebook) where pixels round-trip exactly, and costs 0.8 ms to encode and 1.6 ms to decode a frame. That
-ceiling is far above what a CPU-sized model reaches (below 23 dB even one frame ahead), so the choice is
-about which space a small DiT learns fastest. Same DiT (4 layers, d 192, ~2.9M parameters), 4-frame clips
-(1 context + 3 noisy), batch 8, lr 1e-3, one thread; held-out loss from the pretraining, action-following
-(eval IDM, real frames score 0.875) and PSNR from ``rlir eval`` (64 prompts x 15 frames, 8 ODE steps), PSNR
-of the first generated frame from the pretraining's own 32 prompts:
-
-    frame space  patch  tokens  prev. frame  s/step  steps  held-out loss  eval-IDM  PSNR   PSNR frame 1
-    latents      1      64      no           1.37    350    0.145          0.175     16.3   17.5
-    latents      2      16      no           0.29    1600   0.093          0.231     16.3   18.9
-    pixels       16     16      no           0.42    1600   0.811 (pixels) 0.205     8.3    9.1
-    latents      2      16      yes          0.30    1600   0.096          0.266     16.5   22.6
-    (the AR world model over the same tokenizer: 0.215, 16.3 dB; repeating the context frame: 20.2 dB)
-
-Pixels in 16x16 patches (768 values a token into a 192-wide model) did not learn to denoise at all in this
-budget. 8x8 pixel patches cost what 64-token latents cost (1.56 s/step) and the 64-token model already lost
-to the 16-token one at equal wall-clock time, so they were not pursued. Hence: tokenizer latents, 2x2
-patches (16 tokens a frame). ``previous_frame_input`` concatenates to every frame's patches the same patches
-of the clean frame before it, so copying and shifting the last frame is a local operation rather than
-something attention must learn: +3.7 dB one frame ahead and +3.5 points of action-following. Snapping each
-generated latent to its nearest codebook vector before it becomes history was also tried (16.9 dB, 0.206
-action-following): not kept. The shipped checkpoint (checkpoints/crafter/dit_world_model) is that last row
-trained for 3000 steps (16 minutes on one thread): held-out loss 0.075, eval-IDM action-following 0.372,
-reward IDM 0.382, PSNR 18.4 dB with 16 ODE steps. Its frames still drift over 15 frames (with 8 steps: 23.7
-dB one frame ahead, 15.2 dB at the last): it was trained on 3 generated frames per clip, never on its own
-outputs.
+Frame representation (``frame_space``): "pixels" (uint8 frames scaled to [-1, 1], cut into p x p patches) or
+"tokenizer_latents" (the VQ tokenizer's pre-quantisation encoder output, normalised by ``latent_shift`` /
+``latent_scale`` and decoded by the tokenizer's decoder). A small DiT learns faster on latents than on pixels
+(docs/experiments.md has the comparison). ``previous_frame_input`` concatenates to every frame's patches the
+same patches of the clean frame before it, so copying the last frame is a local operation rather than
+something attention must learn; ``previous_frame_neighbourhood`` adds the previous frame shifted one cell in
+each direction, so with tile-aligned latents (Crafter at 72x72, patch_size 1) a move is a local choice too.
 """
 from __future__ import annotations
 
