@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     parser.add_argument("--eval-idm", type=Path, default=CHECKPOINTS / "eval_idm", help="the held-out IDM")
     parser.add_argument("--frames", type=int, default=15, help="generated frames per prompt (default 15)")
     parser.add_argument("--prompts", type=int, default=64, help="held-out prompts (default 64)")
+    parser.add_argument("--all-episodes", action="store_true",
+                        help="take prompts from every episode of --data, not only its held-out split (for a "
+                             "recording of seeds no model was trained on, e.g. `rlir data record --seed 1000`)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grid", type=int, default=4, help="prompts shown in the video grid (default 4)")
@@ -79,7 +82,7 @@ def run(args) -> int:
     tokenizer = VQTokenizer.from_pretrained(args.tokenizer).eval()
     recording = Recording(args.data, frame_size=tokenizer.frame_size)  # any recording, at the models' size
     try:
-        prompts = HeldOutPrompts.from_recording(recording, args.prompts, args.frames)
+        prompts = HeldOutPrompts.from_recording(recording, args.prompts, args.frames, args.all_episodes)
     except ValueError as error:
         raise SystemExit(f"rlir eval: error: --data: {error}")
     idms = {"eval_idm": InverseDynamicsModel.from_pretrained(args.eval_idm).eval(),

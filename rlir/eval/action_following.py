@@ -33,7 +33,7 @@ WorldModel = Union[ARWorldModel, DiTWorldModel]
 @torch.no_grad()
 def generate_videos(world_model: WorldModel, tokenizer: VQTokenizer, first_frames: torch.Tensor,
                     actions: torch.Tensor, *, temperature: float = 1.0, top_k: Optional[int] = None,
-                    seed: int = 0, batch: int = 16, sample_steps: int = 16) -> torch.Tensor:
+                    seed: int = 0, batch: int = 64, sample_steps: int = 16) -> torch.Tensor:
     """uint8 first frames [K, 3, S, S] + actions [K, n, H] -> uint8 videos [K, n + 1, 3, S, S] whose frame 0
     is the real first frame and frames 1..n are generated. temperature and top_k apply to the AR model,
     sample_steps (ODE steps per frame) to the diffusion model. On the shipped Crafter DiT (64 prompts x 15

@@ -20,10 +20,14 @@ class HeldOutPrompts:
     actions: torch.Tensor
 
     @classmethod
-    def from_recording(cls, recording, count: int, frames: int) -> "HeldOutPrompts":
+    def from_recording(cls, recording, count: int, frames: int, all_episodes: bool = False) -> "HeldOutPrompts":
+        """``count`` prompts spread over the recording's held-out episodes, or over all of its episodes with
+        ``all_episodes`` (a recording of new Crafter seeds that no model was trained on)."""
         from rlir.data import ClipDataset
 
-        clips = ClipDataset(recording, split="heldout", context_frames=1, clip_frames=frames)
+        heldout = recording.episode_ids if all_episodes else None
+        clips = ClipDataset(recording, split="heldout", context_frames=1, clip_frames=frames,
+                            heldout_episodes=heldout)
         if len(clips) == 0:
             raise ValueError(f"the recording {recording.root} has no held-out clip of {frames + 1} frames")
         step = max(1, len(clips) // count)
