@@ -2,8 +2,11 @@
 
 Shapes: q [B, Hq, S, D], k and v [B, Hkv, Skv, D] with Hq a multiple of Hkv (GQA: query head h
 reads kv head h // (Hq // Hkv), as in ``repeat_interleave``). ``mask`` is boolean, True = may
-attend, broadcastable to [B, Hq, S, Skv]. ``causal`` aligns the queries with the *last* S keys
-(query i sits at key position i + Skv - S), which is what KV-cached decoding needs; PyTorch's
+attend, broadcastable to [B, Hq, S, Skv], or a ``rlir.models.masks.FrameCausal`` spec: index
+arithmetic that "flex" turns into a BlockMask built once per (spec, S, Skv, device) and cached, and
+the other backends into a dense [S, Skv] mask, cached the same way. ``causal`` aligns the queries
+with the *last* S keys (query i sits at key position i + Skv - S), which is what KV-cached decoding
+needs; PyTorch's
 ``is_causal`` aligns top-left instead, so it is only used when S == Skv. A query row with no
 allowed key is undefined (backends differ: NaN or zeros).
 
@@ -17,10 +20,12 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
+
+from .masks import FrameCausal
 
 BACKENDS = ("math", "sdpa", "flex", "flash_attn", "xformers")
 
@@ -47,14 +52,28 @@ def causal_mask(s: int, skv: int, device=None) -> torch.Tensor:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-              mask: Optional[torch.Tensor] = None, backend: str = "sdpa") -> torch.Tensor:
+              mask: Union[torch.Tensor, FrameCausal, None] = None, backend: str = "sdpa") -> torch.Tensor:
     """softmax(q k^T / sqrt(D) + mask) v -> [B, Hq, S, D] in q's dtype."""
     _check_inputs(q, k, v, causal, mask)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     if causal and q.shape[2] == 1:
         causal = False  # the single query is the last position: every key is allowed
+    if isinstance(mask, FrameCausal) and backend != "flex":
+        mask = _dense_mask(mask, q.shape[2], k.shape[2], str(q.device))
     return _IMPLS[backend](q, k, v, causal, mask)
+
+
+@functools.lru_cache(maxsize=16)
+def _dense_mask(spec: FrameCausal, s: int, skv: int, device: str) -> torch.Tensor:
+    return spec.dense(s, skv, device)
+
+
+@functools.lru_cache(maxsize=32)
+def _frame_block_mask(spec: FrameCausal, s: int, skv: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(spec.mask_mod(s, skv, device), None, None, s, skv, device=device)
 
 
 def _check_inputs(q, k, v, causal, mask) -> None:
@@ -72,9 +91,14 @@ def _check_inputs(q, k, v, causal, mask) -> None:
         raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if causal and k.shape[2] < q.shape[2]:
         raise ValueError(f"causal attention needs at least as many keys ({k.shape[2]}) as queries ({q.shape[2]})")
-    if mask is not None:
+    if isinstance(mask, FrameCausal):
+        if causal:
+            raise ValueError("causal must be False with a FrameCausal mask (the spec is causal already)")
+        mask.check(q.shape[2], k.shape[2])
+    elif mask is not None:
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise ValueError(f"mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
+            raise ValueError(f"mask must be a bool tensor or a FrameCausal, got "
+                             f"{getattr(mask, 'dtype', type(mask).__name__)}")
         full = torch.Size((q.shape[0], q.shape[1], q.shape[2], k.shape[2]))
         try:
             fits = torch.broadcast_shapes(mask.shape, full) == full
@@ -131,7 +155,9 @@ def _flex(q, k, v, causal, mask):
         raise NotImplementedError("attention backend 'flex' has no backward on CPU: run it under torch.no_grad() "
                                   "or train with backend 'sdpa'")
     b, hq, s, skv = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
-    if mask is None:
+    if isinstance(mask, FrameCausal):
+        block_mask = _frame_block_mask(mask, s, skv, str(q.device))
+    elif mask is None:
         block_mask = _causal_block_mask(s, skv, str(q.device)) if causal else None
     else:
         full = mask.expand(b, hq, s, skv)
