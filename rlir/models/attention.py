@@ -6,9 +6,8 @@ attend, broadcastable to [B, Hq, S, Skv], or a ``rlir.models.masks.FrameCausal``
 arithmetic that "flex" turns into a BlockMask built once per (spec, S, Skv, device) and cached, and
 the other backends into a dense [S, Skv] mask, cached the same way. ``causal`` aligns the queries
 with the *last* S keys (query i sits at key position i + Skv - S), which is what KV-cached decoding
-needs; PyTorch's
-``is_causal`` aligns top-left instead, so it is only used when S == Skv. A query row with no
-allowed key is undefined (backends differ: NaN or zeros).
+needs; PyTorch's ``is_causal`` aligns top-left instead, so it is only used when S == Skv. A query
+row with no allowed key is undefined (backends differ: NaN or zeros).
 
 Backends: "math" (explicit softmax(QK^T/sqrt(D) + mask) V in fp32), "sdpa" (default,
 ``F.scaled_dot_product_attention``), "flex" (``flex_attention`` with a block mask; unfused and
