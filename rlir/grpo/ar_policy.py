@@ -3,8 +3,8 @@
 rollout: encode the prompt's context frames to codes, ``generate`` G continuations per prompt (one shared
 prefill per prompt, log-probs recorded under softmax(logits / temperature)); one log-prob slot per
 generated code, S = n * tokens_per_frame, all valid.
-decode: the last context frame's codes + the generated codes -> tokenizer.decode -> uint8. The context
-frame is decoded from its codes too, so every frame the IDM sees went through the same decoder.
+decode: the generated codes -> tokenizer.decode -> uint8, after the last real context frame (what the IDM
+reads in training and in every evaluation alike).
 logprobs: ``model.token_logprobs`` teacher-forced on [context codes, sampled codes] (differentiable).
 Under autocast (bf16 on CUDA) the rollout runs on a copy of the model cast to bf16, refreshed from the
 trained fp32 weights every rollout; set loss.old_logprobs: recompute for an exact first ratio then.
@@ -23,7 +23,7 @@ import torch.nn as nn
 from rlir.models.sampling import generate
 from rlir.models.tokenizer import VQTokenizer
 
-from .policy import ModelPolicy, Prompts, Rollout
+from .policy import ModelPolicy, Prompts, Rollout, last_context_frame
 
 
 to_uint8 = VQTokenizer.to_uint8  # float frames in [0, 1] -> uint8; policy.py's worked example uses it
@@ -102,11 +102,10 @@ class ARPolicy(ModelPolicy):
 
     @torch.no_grad()
     def decode(self, rollout: Rollout) -> torch.Tensor:
-        s = rollout.samples
-        codes = torch.cat((s["context_tokens"][:, -1:], s["tokens"]), dim=1)  # [N, n+1, F]
+        codes = rollout.samples["tokens"]  # [N, n, F]
         # Only decode() and code_grid are asked of the tokenizer, so user tokenizers need nothing more.
-        frames = self.tokenizer.decode(codes.reshape(*codes.shape[:2], *self.tokenizer.code_grid))
-        return to_uint8(frames)
+        frames = to_uint8(self.tokenizer.decode(codes.reshape(*codes.shape[:2], *self.tokenizer.code_grid)))
+        return torch.cat((last_context_frame(rollout).to(frames.device), frames), dim=1)
 
     def score(self, model: nn.Module, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
         s = rollout.samples

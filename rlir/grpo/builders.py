@@ -172,6 +172,15 @@ def build_datasets(cfg: GRPOConfig, frame_size: tuple[int, int], head_sizes):
     return train, heldout, [h.name for h in space.heads]
 
 
+def make_policy(world_model: nn.Module, tokenizer: Optional[VQTokenizer], **options):
+    """The Policy of a built-in world model: ARPolicy for an ARWorldModel, DiffusionPolicy for a DiTWorldModel
+    (given the tokenizer only when it works on tokenizer latents); ``options`` go to the policy."""
+    if isinstance(world_model, DiTWorldModel):
+        latents = world_model.config.frame_space == "tokenizer_latents"
+        return DiffusionPolicy(world_model, tokenizer if latents else None, **options)
+    return ARPolicy(world_model, tokenizer, **options)
+
+
 def freeze_all_but(model: nn.Module, patterns) -> None:
     """Only parameters whose name matches one of the regexes (re.search) keep requires_grad (optim.trainable)."""
     names = [name for name, _ in model.named_parameters()]
@@ -192,13 +201,11 @@ def build_run(cfg: GRPOConfig, device: torch.device) -> Run:
     reference = reference_factory if cfg.loss.beta > 0 else None
     if cfg.models.kind == "diffusion":
         sde = r.sde
-        latents = world_model.config.frame_space == "tokenizer_latents"
-        policy = DiffusionPolicy(world_model, tokenizer if latents else None, num_steps=sde.num_steps, shift=sde.shift,
-                                 noise_level=sde.noise_level, stochastic=sde.stochastic_arg(),
-                                 reference_factory=reference)
+        policy = make_policy(world_model, tokenizer, num_steps=sde.num_steps, shift=sde.shift,
+                             noise_level=sde.noise_level, stochastic=sde.stochastic_arg(), reference_factory=reference)
     else:
-        policy = ARPolicy(world_model, tokenizer, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
-                          reference_factory=reference)
+        policy = make_policy(world_model, tokenizer, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
+                             reference_factory=reference)
     sampler = PromptSampler(train, r.prompts_per_step, context_frames=cfg.data.context_frames, n_frames=r.n_frames,
                             seed=cfg.seed)
     eval_prompts = None

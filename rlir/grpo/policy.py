@@ -7,7 +7,9 @@ N = B * G rows (row b*G + g is sample g of prompt b), n generated frames, H acti
 slots per video (tokens for AR, denoising steps x frames for diffusion):
 
     rollout(prompts, num_samples=G, generator) -> Rollout     no grad; records old_logp [N, S] fp32, mask [N, S]
-    decode(rollout)            -> uint8 [N, n+1, 3, h, w]     the last context frame + the n generated frames
+    decode(rollout)            -> uint8 [N, n+1, 3, h, w]     the last (real) context frame + the n generated frames
+    generate(prompts, G, sampler=None | "eval", generator)    rollout + decode: the one path from prompts to
+                               -> uint8 [N, n+1, 3, h, w]     videos for training, evaluation and reports
     logprobs(rollout, idx)     -> fp32 [len(idx), S]          differentiable, under the current weights
     reference_logprobs(rollout, idx) -> fp32 [len(idx), S]    no grad, frozen initial weights (only if beta > 0)
     logprobs_and_kl(rollout, idx) -> (logp, kl) fp32 [len(idx), S] each, both differentiable: optional, the
@@ -131,8 +133,32 @@ class Rollout:
         return self.old_logp.shape[1]
 
 
+def last_context_frame(rollout: Rollout) -> torch.Tensor:
+    """uint8 [N, 1, 3, h, w]: each row's last real context frame, the first frame of its decoded video."""
+    return rollout.prompts.context[:, -1:].repeat_interleave(rollout.num_samples, 0)
+
+
 class Policy(ABC):
     """What the GRPO trainer needs from a world model; see the module docstring."""
+
+    # The sampler evaluations use (``generate(..., sampler="eval")``): None is the policy's own, the one
+    # training samples from; a policy with a better sampler for measuring names it (the DiT: "ode").
+    eval_sampler: Optional[str] = None
+
+    @torch.no_grad()
+    def generate(self, prompts: Prompts, num_samples: int = 1, *, sampler: Optional[str] = None,
+                 generator: Optional[torch.Generator] = None, return_rollout: bool = False):
+        """uint8 videos [N, n+1, 3, h, w] (the last real context frame, then n generated frames) of G =
+        ``num_samples`` samples of each prompt; with ``return_rollout``, (videos, rollout). ``sampler``: None
+        samples from the policy itself (what training optimises); "eval" is the documented evaluation sampler
+        (``eval_sampler``); a policy may name others."""
+        if sampler == "eval":
+            sampler = self.eval_sampler
+        if sampler is not None:
+            raise ValueError(f"sampler: {type(self).__name__} has no sampler {sampler!r}")
+        rollout = self.rollout(prompts, num_samples, generator)
+        rollout.frames = self.decode(rollout)
+        return (rollout.frames, rollout) if return_rollout else rollout.frames
 
     @abstractmethod
     def rollout(self, prompts: Prompts, num_samples: int, generator: Optional[torch.Generator] = None) -> Rollout:

@@ -131,7 +131,7 @@ def test_eval_generates_videos_with_a_diffusion_model():
     model = make_model(in_channels=3, frame_size=64, patch_size=16, frame_space="pixels", n_layers=1)
     first = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
     actions = torch.stack([torch.randint(0, 5, (3, 2)), torch.randint(0, 3, (3, 2))], -1)
-    videos = generate_videos(model, None, first, actions, seed=0, batch=2, sample_steps=2)
+    videos = generate_videos(model, None, first, actions, seed=0, batch=2)
     assert videos.shape == (3, 3, 3, 64, 64) and videos.dtype == torch.uint8
     assert torch.equal(videos[:, 0], first)
-    assert torch.equal(videos, generate_videos(model, None, first, actions, seed=0, batch=2, sample_steps=2))
+    assert torch.equal(videos, generate_videos(model, None, first, actions, seed=0, batch=2))
