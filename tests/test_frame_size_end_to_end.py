@@ -77,10 +77,11 @@ def test_a_nonsquare_two_head_recording_runs_end_to_end(nonsquare_recording, tmp
     step = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert np.isfinite(step["reward/mean"]) and "reward/head_acc/jump" in step
 
-    assert main(["eval", "--data", data, "--run", str(run), "--tokenizer", str(models / "tokenizer"),
-                 "--idm", str(models / "idm"), "--eval-idm", str(models / "idm"), "--prompts", "2",
-                 "--frames", "3"]) == 0
+    # --run scores with the run's own tokenizer and IDMs (its config.yaml), not the shipped Crafter ones.
+    assert main(["eval", "--data", data, "--run", str(run), "--prompts", "2", "--frames", "3"]) == 0
     report = json.loads((run / "eval" / "report.json").read_text())
+    assert report["scoring_models"] == {"tokenizer": str(models / "tokenizer"), "idm": str(models / "idm"),
+                                        "eval_idm": str(models / "idm")}
     assert set(report["metrics"]["eval_idm/macro_f1"]) >= {"before", "after", "real"}
     assert [h["name"] for h in report["eval_idm_per_action"]["after"]["heads"]] == ["move", "jump"]
 

@@ -44,7 +44,7 @@ def _banner(text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlir.cli import build_parser
+    from rlir.eval.run import run_eval
     from rlir.data import record
     from rlir.grpo.checkpoint import latest_checkpoint
     from rlir.grpo.config import ConfigError, load_config
@@ -81,12 +81,10 @@ def run(args: argparse.Namespace) -> int:
 
     _banner("evaluating before vs after on held-out prompts")
     t = time.perf_counter()
-    eval_args = build_parser().parse_args(["eval", "--data", str(args.data), "--run", str(out),
-                                           "--prompts", str(args.prompts), "--frames", str(args.frames)])
-    eval_args.invocation = getattr(args, "invocation", "rlir quickstart")
-    code = eval_args.func(eval_args)
+    run_eval(args.data, run=out, prompts=args.prompts, frames=args.frames,
+             command=getattr(args, "invocation", "rlir quickstart"))
     timings["eval"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
     print("rlir quickstart: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))
     print(f"rlir quickstart: report {out / 'eval' / 'report.md'}")
-    return code
+    return 0

@@ -1,0 +1,121 @@
+"""``run_eval``: the whole of ``rlir eval`` as a function (the CLI and ``rlir quickstart`` call it).
+
+Each held-out prompt is a real first frame plus the next ``frames`` real commanded actions. Every world model
+generates the frames through ``Policy.generate`` with the evaluation sampler; the evaluation IDM (never a
+reward) and the reward IDM read the actions back; PSNR and SSIM compare the generated frames with the real
+continuation. The same IDMs on the real frames give the ceiling. With ``out``, writes report.json, report.md,
+a video grid (PNG, MP4, GIF) and, for a GRPO run, its training curves.
+
+Which models: ``run`` (a GRPO run: the model it started from is "before", its latest checkpoint "after"), or
+``world_model`` (one model, or "after" with a ``baseline``). The tokenizer and the IDMs come from the explicit
+arguments, else from the run's own config.yaml, else from the shipped Crafter checkpoints.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+SHIPPED = Path("checkpoints/crafter")
+MODEL_KEYS = {"tokenizer": "tokenizer", "idm": "idm", "eval_idm": "eval_idm"}
+
+
+class EvalError(ValueError):
+    """Bad evaluation input; the message names the argument."""
+
+
+def _run_config_models(run: Path) -> dict:
+    """models.tokenizer / idm / eval_idm of a GRPO run's config.yaml (empty when it has none)."""
+    import yaml
+
+    config = Path(run) / "config.yaml"
+    if not config.is_file():
+        return {}
+    models = (yaml.safe_load(config.read_text()) or {}).get("models") or {}
+    return {key: models[key] for key in MODEL_KEYS if models.get(key)}
+
+
+def resolve_models(run=None, world_model=None, baseline=None, **paths) -> tuple[dict, dict]:
+    """-> ({label: world model path} in report order, {"tokenizer"|"idm"|"eval_idm": path})."""
+    from rlir.eval.loading import run_base_world_model
+
+    if run is not None:
+        if world_model is not None:
+            raise EvalError("give --run or --world-model, not both")
+        base = baseline or run_base_world_model(run)
+        if base is None:
+            raise EvalError(f"--run {run} is not a GRPO run (no checkpoints/)")
+        models = {"before": Path(base), "after": Path(run)}
+    else:
+        model = world_model or SHIPPED / "ar_world_model"
+        models = {"before": Path(baseline), "after": Path(model)} if baseline is not None else {"model": Path(model)}
+    from_run = _run_config_models(run) if run is not None else {}
+    resolved = {key: Path(paths.get(key) or from_run.get(key) or SHIPPED / key) for key in MODEL_KEYS}
+    return models, resolved
+
+
+def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None, idm=None, eval_idm=None,
+             frames: int = 15, prompts: int = 64, temperature: float = 1.0, seed: int = 0, grid: int = 4,
+             action_sensitivity: bool = False, all_episodes: bool = False, out=None, command: str = "") -> dict:
+    """Evaluate and return the report (see the module docstring); ``out`` defaults to RUN/eval for a run."""
+    from rlir.data import Recording
+    from rlir.eval.evaluate import HeldOutPrompts, evaluate_world_model, idm_metrics
+    from rlir.eval.loading import load_world_model
+    from rlir.eval.media import plot_curves, write_video_grid
+    from rlir.eval.report import HEADLINE, build_report, write_report
+    from rlir.metrics import format_report
+    from rlir.models.idm import InverseDynamicsModel
+    from rlir.models.tokenizer import VQTokenizer
+
+    if frames < 1 or prompts < 1:
+        raise EvalError("--frames and --prompts must be >= 1")
+    models, paths = resolve_models(run, world_model, baseline, tokenizer=tokenizer, idm=idm, eval_idm=eval_idm)
+    out = Path(out) if out is not None else (Path(run) / "eval" if run is not None else None)
+    vq = VQTokenizer.from_pretrained(paths["tokenizer"]).eval()
+    recording = Recording(data, frame_size=vq.frame_size)  # any recording, at the models' size
+    try:
+        held_out = HeldOutPrompts.from_recording(recording, prompts, frames, all_episodes)
+    except ValueError as error:
+        raise EvalError(f"--data: {error}") from None
+    idms = {"eval_idm": InverseDynamicsModel.from_pretrained(paths["eval_idm"]).eval(),
+            "reward_idm": InverseDynamicsModel.from_pretrained(paths["idm"]).eval()}
+
+    results = {"real": idm_metrics(idms, held_out.real, held_out, recording.action_space)}
+    videos = {"real": held_out.real}
+    info_models = {}
+    for label, path in models.items():
+        model, info = load_world_model(path)
+        metrics, videos[label] = evaluate_world_model(model, vq, idms, held_out, recording.action_space,
+                                                      temperature=temperature, seed=seed)
+        if action_sensitivity:
+            from rlir.eval.action_sensitivity import action_sensitivity as sensitivity
+
+            nll = sensitivity(model, vq, held_out.real, held_out.actions, recording.action_space.heads[0].classes)
+            metrics.update({f"nll_{k}": v for k, v in nll.items()})
+            print(f"{label}: teacher-forced NLL per code " + ", ".join(f"{k} {v:.4f}" for k, v in nll.items()))
+        results[label] = metrics
+        info_models[label] = info
+        print(f"== {label}: {info['source']}")
+        print(format_report(metrics["eval_idm/report"]))
+
+    info = {"prompts": len(held_out), "frames": frames, "temperature": temperature, "seed": seed,
+            "data": str(recording.root), "all_episodes": all_episodes, "models": info_models,
+            "scoring_models": {k: str(v) for k, v in paths.items()}, "video_rows": list(videos), "command": command}
+    report = build_report(results, info=info)
+    for key, title in HEADLINE:
+        print(f"{title:54s} " + "  ".join(f"{k} {v:.4f}" for k, v in report["metrics"][key].items() if v is not None))
+    if out is None:
+        return report
+    out.mkdir(parents=True, exist_ok=True)
+    names = [action_names(recording.action_space, a) for a in held_out.actions[:grid]]
+    files = {k: p.name for k, p in write_video_grid(out, videos, names, count=grid).items()}
+    metrics_jsonl = Path(run) / "metrics.jsonl" if run is not None else None
+    if metrics_jsonl is not None and metrics_jsonl.is_file() and plot_curves(metrics_jsonl, out / "curves.png"):
+        files["curves"] = "curves.png"
+    written = write_report(out, report, files)
+    print(f"report: {written['md']} (and {written['json'].name}, {', '.join(files.values())})")
+    return report
+
+
+def action_names(action_space, actions) -> list[str]:
+    """Commanded actions [n, H] of one prompt -> short labels, e.g. 'move_left'."""
+    return ["+".join(action_space.class_names(row.tolist()).values()) for row in actions]
