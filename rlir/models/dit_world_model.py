@@ -44,6 +44,7 @@ from .ar_world_model import NEIGHBOURHOOD, apply_rope, check_transformer_config
 from .attention import BACKENDS, attention
 from .tokenizer import frame_size_pair
 from .kv_cache import KVCache
+from .masks import FrameCausal
 
 FRAME_SPACES = ("pixels", "tokenizer_latents")
 SIGMA_EMBEDDING_DIM = 256
@@ -74,7 +75,9 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 def frame_causal_mask(clean_frames: int, noisy_index: torch.Tensor) -> torch.Tensor:
     """Frame-level bool mask [Tc + M, Tc + M] of the sequence [clean frames 0..Tc-1 ; M noisy frames]:
-    clean i sees clean j <= i; the noisy slot of frame k sees clean j < k and itself only."""
+    clean i sees clean j <= i; the noisy slot of frame k sees clean j < k and itself only. The model uses
+    ``FrameCausal.teacher_forced`` (the same rule as index arithmetic); this dense form is its test oracle
+    and the dense-mask baseline of benchmarks/bench_attention.py."""
     clean_index = torch.arange(clean_frames, device=noisy_index.device)
     m = len(noisy_index)
     clean_rows = torch.cat((clean_index[None, :] <= clean_index[:, None],
@@ -263,9 +266,9 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
             emb = emb + table(frame_actions[..., head])
         return F.silu(emb)
 
-    def _rope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin [F * P, head_dim] for frame positions [F] (each repeated over the frame's P tokens)."""
-        device = positions.device
+    def _rope_tables(self, positions: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [F * P, head_dim] for host frame positions [F] (each repeated over the frame's P tokens)."""
+        device = torch.device(device)
         if device not in self._rope:  # fp32 attributes, not buffers: casting the model must not round the angles
             hd = self.config.d_model // self.config.n_heads
             inv_freq = self.config.rope_theta ** (-torch.arange(0, hd, 2, dtype=torch.float64, device=device) / hd)
@@ -274,30 +277,30 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
             self._rope[device] = (angles.cos().float(), angles.sin().float())
         cos, sin = self._rope[device]
         p = self.tokens_per_frame
-        return cos[positions].repeat_interleave(p, 0), sin[positions].repeat_interleave(p, 0)
+        index = torch.tensor(positions, device=device).repeat_interleave(p)
+        return cos[index], sin[index]
 
     # ---- transformer ---------------------------------------------------------------------------------
 
-    def _run(self, x: torch.Tensor, previous: torch.Tensor, cond: torch.Tensor, positions: torch.Tensor,
-             frame_mask: Optional[torch.Tensor], cache: Optional[KVCache] = None,
+    def _run(self, x: torch.Tensor, previous: torch.Tensor, cond: torch.Tensor, positions: list[int],
+             mask: Optional[FrameCausal], cache: Optional[KVCache] = None,
              output: bool = True) -> Optional[torch.Tensor]:
         """Frames x [B, F, C, S, S], the clean frame before each (previous, same shape), with conditioning
-        [B, F, d] at frame positions [F] -> velocity [B, F, C, S, S].
+        [B, F, d] at host frame positions [F] -> velocity [B, F, C, S, S].
 
-        frame_mask [F, F_keys] is frame-level (None: every key). With a cache the frames' keys/values are
-        written at its current length (it is not advanced) and attend to the cached ones before them.
+        mask: which frames see which (``rlir.models.masks.FrameCausal``, index arithmetic; None: every key).
+        With a cache the frames' keys/values are written at its current length (it is not advanced) and
+        attend to the cached ones before them. Positions are host ints, so checking them never syncs.
         """
-        if int(positions.max()) >= self.config.max_frames:
-            raise ValueError(f"frame index {int(positions.max())} exceeds max_frames={self.config.max_frames}")
+        if max(positions) >= self.config.max_frames:
+            raise ValueError(f"frame index {max(positions)} exceeds max_frames={self.config.max_frames}")
         if self.config.previous_frame_input:
             previous = previous.to(x.dtype)
             if self.config.previous_frame_neighbourhood:
                 previous = shifted_neighbourhood(previous)
             x = torch.cat((x, previous), dim=2)  # channels: a patch sees its own past directly
         h = self.patch_in(self.patchify(x).to(self.patch_in.weight.dtype)) + self.patch_position
-        cos, sin = self._rope_tables(positions)
-        p = self.tokens_per_frame
-        mask = None if frame_mask is None else frame_mask.repeat_interleave(p, 0).repeat_interleave(p, 1)
+        cos, sin = self._rope_tables(positions, x.device)
         for i, block in enumerate(self.blocks):
             h = block(h, cond, cos, sin, mask, i, cache, self.attn_backend)
         if not output:
@@ -310,29 +313,31 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
         """Teacher-forced velocity [B, M, C, S, S] of M noisy frames with a clean history (the module doc's layout).
 
         noisy [B, M, C, S, S] at noise levels sigma [B, M]; clean [B, Tc, C, S, S] = frames 0..Tc-1;
-        frame_index [M] ints in [1, Tc]: slot m is frame frame_index[m], which attends to clean frames
-        < frame_index[m] and to itself; actions [B, >= max(Tc - 1, max frame_index), H] lead from frame k to k+1.
+        frame_index [M] host ints (a list or CPU tensor: a device tensor would be read back) in [1, Tc]: slot m
+        is frame frame_index[m], which attends to clean frames < frame_index[m] and to itself; actions
+        [B, >= max(Tc - 1, max frame_index), H] lead from frame k to k+1.
         """
         b, m = noisy.shape[:2]
         tc = clean.shape[1]
-        frame_index = torch.as_tensor(frame_index, device=noisy.device, dtype=torch.long)
-        if tuple(sigma.shape) != (b, m) or frame_index.shape != (m,):
+        host_index = frame_index.tolist() if isinstance(frame_index, torch.Tensor) else list(frame_index)
+        if tuple(sigma.shape) != (b, m) or len(host_index) != m:
             raise ValueError(f"sigma must be [B, M] = {(b, m)} and frame_index [M], got {tuple(sigma.shape)} and "
-                             f"{tuple(frame_index.shape)}")
-        if m and (int(frame_index.min()) < 1 or int(frame_index.max()) > tc):
+                             f"{len(host_index)} indices")
+        if m and (min(host_index) < 1 or max(host_index) > tc):
             raise ValueError(f"frame_index must be in [1, Tc={tc}] (a noisy frame needs a clean frame before it)")
         self.check_actions(actions)
-        needed = max(tc - 1, int(frame_index.max()) if m else 0)
+        frame_index = torch.tensor(host_index, device=noisy.device, dtype=torch.long)
+        needed = max(tc - 1, max(host_index) if m else 0)
         if actions.shape[1] < needed or actions.shape[0] != b:
             raise ValueError(f"actions must have shape [B={b}, >= {needed}, H], got {tuple(actions.shape)}")
         per_frame = self.frame_actions(actions)
-        clean_index = torch.arange(tc, device=noisy.device)
         cond = self.conditioning(torch.cat((per_frame[:, :tc], per_frame[:, frame_index]), dim=1),
                                  torch.cat((sigma.new_zeros(b, tc), sigma), dim=1))
         x = torch.cat((clean, noisy), dim=1)
         before_clean = torch.cat((torch.zeros_like(clean[:, :1]), clean[:, :-1]), dim=1)
         previous = torch.cat((before_clean, clean[:, frame_index - 1]), dim=1)
-        out = self._run(x, previous, cond, torch.cat((clean_index, frame_index)), frame_causal_mask(tc, frame_index))
+        mask = FrameCausal.teacher_forced(self.tokens_per_frame, tc, host_index)
+        out = self._run(x, previous, cond, list(range(tc)) + host_index, mask)
         return out[:, tc:]
 
     def loss(self, frames: torch.Tensor, actions: torch.Tensor, n_context: int = 1,
@@ -370,10 +375,8 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
         first = torch.zeros_like(clean[:, 0]) if before is None else before
         previous = torch.cat((first[:, None], clean[:, :-1]), dim=1)
         cond = self.conditioning(frame_actions, clean.new_zeros(clean.shape[0], f))
-        positions = torch.arange(start, start + f, device=clean.device)
-        own = torch.arange(f, device=clean.device)
-        mask = torch.cat((torch.ones(f, start, dtype=torch.bool, device=clean.device), own[None] <= own[:, None]), 1)
-        self._run(clean, previous, cond, positions, mask, cache, output=False)
+        mask = FrameCausal.clean(self.tokens_per_frame, start + f)  # the new frames are the last f of start + f
+        self._run(clean, previous, cond, list(range(start, start + f)), mask, cache, output=False)
         cache.advance(f * self.tokens_per_frame)
 
     def cached_velocity(self, noisy: torch.Tensor, sigma: torch.Tensor, frame_action: torch.Tensor,
@@ -383,8 +386,7 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
         The cache is left as it was."""
         index = cache.length // self.tokens_per_frame
         cond = self.conditioning(frame_action[:, None], sigma[:, None])
-        positions = torch.tensor([index], device=noisy.device)
-        return self._run(noisy[:, None], previous[:, None], cond, positions, None, cache)[:, 0]
+        return self._run(noisy[:, None], previous[:, None], cond, [index], None, cache)[:, 0]
 
     def check_actions(self, actions: torch.Tensor, name: str = "actions") -> None:
         """actions must be integer [B, n, H] class indices, each in [0, its head's size)."""

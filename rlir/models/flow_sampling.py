@@ -284,7 +284,7 @@ def transition_logprobs(model, sample: FlowSample, index: Optional[torch.Tensor]
     x_next = trajectory[:, :, steps + 1].reshape(n_rows * n * ks, *frame)
     sigma = sample.sigmas[steps].repeat(n)  # slot (k, i) -> sigma of step i
     sigma_next = sample.sigmas[steps + 1].repeat(n)
-    frame_index = (n_ctx + torch.arange(n, device=x_t.device)).repeat_interleave(ks)
+    frame_index = (n_ctx + torch.arange(n)).repeat_interleave(ks).tolist()  # host indices: no device sync
     clean = torch.cat((context, sample.frames[rows][:, :-1]), dim=1).to(dtype)
     v = model(x_t.to(dtype), sigma.expand(n_rows, -1), all_actions, clean=clean, frame_index=frame_index)
     out = flow_sde_step(x_t.reshape(n_rows * n * ks, *frame), v.float().reshape(n_rows * n * ks, *frame),
