@@ -1,6 +1,8 @@
 from setuptools import setup
 
 PACKAGES = ["rlir", "rlir.kernels", "rlir.profiling", "rlir.commands", "rlir.envs", "rlir.data", "rlir.models", "rlir.pretrain", "rlir.eval", "rlir.metrics", "rlir.grpo", "rlir.integrations"]
+# The shipped run configs and Crafter checkpoints travel as package data (rlir.assets finds them).
+DATA_PACKAGES = {"rlir.configs": "configs", "rlir.checkpoints": "checkpoints"}
 
 setup(
     name="rlir",
@@ -10,10 +12,13 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=PACKAGES,
+    packages=PACKAGES + list(DATA_PACKAGES),
     # kernels/ and profiling/ live at the repository root but install as rlir.kernels / rlir.profiling,
     # so no top-level `kernels` or `profiling` package ever lands in site-packages.
-    package_dir={"rlir": "rlir", "rlir.kernels": "kernels", "rlir.profiling": "profiling"},
+    package_dir={"rlir": "rlir", "rlir.kernels": "kernels", "rlir.profiling": "profiling", **DATA_PACKAGES},
+    package_data={"rlir.configs": ["*.yaml"],
+                  "rlir.checkpoints": ["crafter/make.sh", "crafter/*/config.json", "crafter/*/metrics.json",
+                                       "crafter/*/*.safetensors"]},
     install_requires=[
         "torch>=2.4",
         "triton>=3.0; platform_system == 'Linux'",

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     timings = {}
-    config = args.config or CONFIGS[args.kind]
+    config = args.config or CONFIGS[args.kind]  # found in the installed package from any directory
     out = args.out or Path("runs/quickstart" if args.kind == "ar" else f"runs/quickstart_{args.kind}")
     if not (args.data / "manifest.json").is_file():
         _banner(f"recording Crafter into {args.data} (60 episodes, seed 0: the shipped models' data)")

@@ -13,7 +13,8 @@ arguments, else from the run's own config.yaml, else from the shipped Crafter ch
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+
+from rlir.assets import resolve as resolve_asset
 
 SHIPPED = Path("checkpoints/crafter")
 MODEL_KEYS = {"tokenizer": "tokenizer", "idm": "idm", "eval_idm": "eval_idm"}
@@ -44,12 +45,12 @@ def resolve_models(run=None, world_model=None, baseline=None, **paths) -> tuple[
         base = baseline or run_base_world_model(run)
         if base is None:
             raise EvalError(f"--run {run} is not a GRPO run (no checkpoints/)")
-        models = {"before": Path(base), "after": Path(run)}
+        models = {"before": resolve_asset(base), "after": Path(run)}
     else:
-        model = world_model or SHIPPED / "ar_world_model"
-        models = {"before": Path(baseline), "after": Path(model)} if baseline is not None else {"model": Path(model)}
+        model = resolve_asset(world_model or SHIPPED / "ar_world_model")
+        models = {"before": resolve_asset(baseline), "after": model} if baseline is not None else {"model": model}
     from_run = _run_config_models(run) if run is not None else {}
-    resolved = {key: Path(paths.get(key) or from_run.get(key) or SHIPPED / key) for key in MODEL_KEYS}
+    resolved = {key: resolve_asset(paths.get(key) or from_run.get(key) or SHIPPED / key) for key in MODEL_KEYS}
     return models, resolved
 
 

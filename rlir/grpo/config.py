@@ -39,6 +39,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from rlir.assets import resolve as resolve_asset
+
 
 class ConfigError(ValueError):
     """A bad configuration; the message starts with the dotted key at fault."""
@@ -345,13 +347,19 @@ def config_from_dict(data: Optional[dict], overrides=(), check_paths: bool = Tru
         raise ConfigError("<root>", f"a config must be a mapping of sections, got {type(data).__name__}")
     for key, value in parse_overrides(overrides):
         _set_dotted(data, key, value)
+    models = data.get("models")
+    if isinstance(models, dict):  # shipped checkpoints resolve to the installed copy from any directory
+        for key in ("world_model", "tokenizer", "idm", "eval_idm"):
+            if isinstance(models.get(key), str):
+                models[key] = str(resolve_asset(models[key]))
     return _build(GRPOConfig, data).validate(check_paths)
 
 
 def load_config(path, overrides=(), check_paths: bool = True) -> GRPOConfig:
     """Read a YAML file, apply ``key=value`` overrides and validate. Relative paths inside the file
-    are relative to the working directory (as for ``rlir pretrain``)."""
-    path = Path(path)
+    are relative to the working directory (as for ``rlir pretrain``); the shipped configs and checkpoints
+    are found wherever rlir is installed (``rlir.assets``)."""
+    path = resolve_asset(path)
     if not path.is_file():
         raise ConfigError("config", f"{path}: no such file")
     try:

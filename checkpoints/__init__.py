@@ -1,0 +1,1 @@
+"""The shipped pretrained checkpoints, installed as package data (found by rlir.assets)."""

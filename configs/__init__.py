@@ -1,0 +1,1 @@
+"""The shipped run configs, installed as package data (found by rlir.assets)."""
