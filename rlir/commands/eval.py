@@ -45,7 +45,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from rlir.eval.run import EvalError, run_eval
+    from rlir.eval.run import run_eval
 
     try:
         run_eval(args.data, run=args.run, world_model=args.world_model, baseline=args.baseline,
@@ -53,7 +53,7 @@ def run(args) -> int:
                  prompts=args.prompts, temperature=args.temperature, seed=args.seed, grid=args.grid,
                  action_sensitivity=args.action_sensitivity, all_episodes=args.all_episodes, out=args.out,
                  command=getattr(args, "invocation", ""))
-    except (EvalError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError) as error:  # EvalError, ConfigError, RecordingError: one line each
         print(f"rlir eval: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -59,6 +59,7 @@ def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None,
              action_sensitivity: bool = False, all_episodes: bool = False, out=None, command: str = "") -> dict:
     """Evaluate and return the report (see the module docstring); ``out`` defaults to RUN/eval for a run."""
     from rlir.data import Recording
+    from rlir.grpo.builders import load_strict
     from rlir.eval.evaluate import HeldOutPrompts, evaluate_world_model, idm_metrics
     from rlir.eval.loading import load_world_model
     from rlir.eval.media import plot_curves, write_video_grid
@@ -71,14 +72,14 @@ def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None,
         raise EvalError("--frames and --prompts must be >= 1")
     models, paths = resolve_models(run, world_model, baseline, tokenizer=tokenizer, idm=idm, eval_idm=eval_idm)
     out = Path(out) if out is not None else (Path(run) / "eval" if run is not None else None)
-    vq = VQTokenizer.from_pretrained(paths["tokenizer"]).eval()
+    vq = load_strict(VQTokenizer, paths["tokenizer"], "--tokenizer").eval()
     recording = Recording(data, frame_size=vq.frame_size)  # any recording, at the models' size
     try:
         held_out = HeldOutPrompts.from_recording(recording, prompts, frames, all_episodes)
     except ValueError as error:
         raise EvalError(f"--data: {error}") from None
-    idms = {"eval_idm": InverseDynamicsModel.from_pretrained(paths["eval_idm"]).eval(),
-            "reward_idm": InverseDynamicsModel.from_pretrained(paths["idm"]).eval()}
+    idms = {"eval_idm": load_strict(InverseDynamicsModel, paths["eval_idm"], "--eval-idm").eval(),
+            "reward_idm": load_strict(InverseDynamicsModel, paths["idm"], "--idm").eval()}
 
     results = {"real": idm_metrics(idms, held_out.real, held_out, recording.action_space)}
     videos = {"real": held_out.real}

@@ -8,6 +8,7 @@ mismatch raises ConfigError naming the key to change.
 """
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from dataclasses import dataclass
@@ -63,9 +64,17 @@ def _random_models(cfg: GRPOConfig):
     return world_model, tokenizer, idm
 
 
-def _load(cls, path: str, key: str):
+def load_strict(cls, path, key: str):
     """from_pretrained, but strict: diffusers silently re-initialises weights a checkpoint lacks (e.g. one
-    saved by an older version of the model code), which would make a reward model or policy garbage."""
+    saved by an older version of the model code, or by another class), which would make a reward model or
+    policy garbage. Every failure is a ConfigError naming ``key`` (a config key or a CLI flag)."""
+    config = Path(path) / "config.json"
+    try:
+        found = json.loads(config.read_text()).get("_class_name")
+    except (OSError, ValueError) as error:
+        raise ConfigError(key, f"{path}: not a saved model directory ({config}: {error})") from None
+    if found != cls.__name__:
+        raise ConfigError(key, f"{config} holds a {found!r}, not a {cls.__name__}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -95,13 +104,13 @@ def build_models(cfg: GRPOConfig, device: torch.device):
             return _random_models(cfg)[0]
     else:
         world_model_class = WORLD_MODEL_CLASSES[m.kind]
-        world_model = _load(world_model_class, m.world_model, "models.world_model")
-        tokenizer = _load(VQTokenizer, m.tokenizer, "models.tokenizer")
-        idm = _load(InverseDynamicsModel, m.idm, "models.idm")
-        eval_idm = _load(InverseDynamicsModel, m.eval_idm, "models.eval_idm") if m.eval_idm else None
+        world_model = load_strict(world_model_class, m.world_model, "models.world_model")
+        tokenizer = load_strict(VQTokenizer, m.tokenizer, "models.tokenizer")
+        idm = load_strict(InverseDynamicsModel, m.idm, "models.idm")
+        eval_idm = load_strict(InverseDynamicsModel, m.eval_idm, "models.eval_idm") if m.eval_idm else None
 
         def reference_factory() -> nn.Module:
-            return _load(world_model_class, m.world_model, "models.world_model")
+            return load_strict(world_model_class, m.world_model, "models.world_model")
 
     wm = world_model.config
     if m.kind == "diffusion":

@@ -21,6 +21,7 @@ import re
 import shutil
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -53,6 +54,20 @@ def list_checkpoints(root) -> list[tuple[int, Path]]:
 def latest_checkpoint(root) -> Optional[Path]:
     found = list_checkpoints(root)
     return found[-1][1] if found else None
+
+
+def load_latest_checkpoint(root) -> Optional[tuple[Path, Dict[str, torch.Tensor], dict]]:
+    """(path, policy_state, trainer_state) of the newest checkpoint under ``root`` that loads, or None. A newer
+    one that does not load (a corrupt or half-copied file) is skipped with a warning naming it, so ``--resume``
+    continues from the last good state instead of failing."""
+    for _, path in reversed(list_checkpoints(root)):
+        try:
+            policy_state, trainer_state, _ = load_checkpoint(path)
+        except Exception as error:  # noqa: BLE001 - any unreadable file: JSON, safetensors, torch, missing
+            warnings.warn(f"{path}: cannot be loaded ({type(error).__name__}: {error}); trying an older checkpoint")
+            continue
+        return path, policy_state, trainer_state
+    return None
 
 
 def _fsync_file(path: Path) -> None:

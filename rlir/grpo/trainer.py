@@ -134,18 +134,18 @@ class GRPOTrainer:
         from .builders import build_run
 
         out_dir = Path(out_dir if out_dir is not None else cfg.out)
-        latest = ckpt.latest_checkpoint(out_dir / "checkpoints") if resume else None
+        latest = ckpt.load_latest_checkpoint(out_dir / "checkpoints") if resume else None
         if resume and latest is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}")
+            raise FileNotFoundError(f"--resume: no loadable checkpoint under {out_dir / 'checkpoints'}")
         device = resolve_device(cfg.device)
         run = build_run(cfg, device)
-        resume_step = int(latest.name.split("_")[1]) if latest is not None else None
+        resume_step = int(latest[2]["step"]) if latest is not None else None
         trainer = cls(cfg, run.policy, run.idm, run.prompts, eval_prompts=run.eval_prompts, eval_idm=run.eval_idm,
                       out_dir=out_dir, device=device, head_names=run.head_names, resume_step=resume_step)
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
         if latest is not None:
-            trainer.load_checkpoint(latest)
+            trainer.restore(*latest[1:])
         return trainer
 
     # ---- helpers --------------------------------------------------------------------------------------
@@ -425,6 +425,10 @@ class GRPOTrainer:
     def load_checkpoint(self, path) -> int:
         """Restore policy, optimizer, scheduler, RNG streams, sampler position and step from ``path``."""
         policy_state, state, _ = ckpt.load_checkpoint(path)
+        return self.restore(policy_state, state)
+
+    def restore(self, policy_state: Dict[str, torch.Tensor], state: dict) -> int:
+        """Restore from a loaded checkpoint (``rlir.grpo.checkpoint.load_checkpoint``); returns the step."""
         self.policy.load_state_dict(policy_state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
