@@ -6,7 +6,8 @@ and config:
     rollout    every code is sampled by re-running the world model over the whole sequence so far: no KV cache
                and no shared prefill. The B*G samples are batched (each token is one forward over [B*G, L]),
                which is already kinder than looping over the samples one by one.
-    decode     the tokenizer decodes all videos in one call (the same call as ours).
+    decode     the tokenizer decodes all videos in one call (the same call as ours), after the real last
+               context frame.
     reward     the IDM is called once per video; the exact-match reward is computed in plain PyTorch.
     advantage  (r - mean_g) / (std_g + eps) per group, in plain PyTorch.
     logprob    the model's full logits [n, F, V] are materialised, then log_softmax + gather.
@@ -84,10 +85,11 @@ def sample_without_cache(model, context_codes: torch.Tensor, actions: torch.Tens
 
 
 @torch.no_grad()
-def decode_videos(tokenizer, context_codes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """The last context frame's codes + the sampled codes -> uint8 frames [N, n+1, 3, s, s]."""
-    codes = torch.cat((context_codes[:, -1:], tokens), dim=1)
-    return VQTokenizer.to_uint8(tokenizer.decode(codes.reshape(*codes.shape[:2], *tokenizer.code_grid)))
+def decode_videos(tokenizer, last_context_frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The real last context frame (uint8 [N, 3, s, s]) + the sampled codes decoded -> uint8 frames
+    [N, n+1, 3, s, s], as ``Policy.decode``."""
+    frames = VQTokenizer.to_uint8(tokenizer.decode(tokens.reshape(*tokens.shape[:2], *tokenizer.code_grid)))
+    return torch.cat((last_context_frames[:, None].to(frames.device), frames), dim=1)
 
 
 @torch.no_grad()
@@ -167,7 +169,7 @@ class StraightforwardGRPO:
             all_actions = actions if prompts.context_actions is None else torch.cat(
                 (prompts.context_actions.long().repeat_interleave(g, 0), actions), dim=1)
         with timer.phase("decode"), self.autocast():
-            frames = decode_videos(self.tokenizer, context, tokens)
+            frames = decode_videos(self.tokenizer, prompts.context[:, -1].repeat_interleave(g, 0), tokens)
         with timer.phase("reward"), self.autocast():
             rewards = rewards_one_video_at_a_time(self.idm, frames, actions)
         with timer.phase("advantage"):

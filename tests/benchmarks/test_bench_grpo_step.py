@@ -123,10 +123,23 @@ def test_logprobs_loss_and_gradients_equal_ours():
 def test_whole_steps_sample_score_and_lose_alike():
     cfg = tiny_config()
     trainer, naive = bench.build_pair(cfg, torch.device("cpu"))
+    # The tiny random IDM predicts one action whatever the frames, so every group would have equal rewards and
+    # the step would move nothing. Perturbed, it reads the frames: rewards vary within the groups.
+    assert naive.idm is trainer.idm
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in trainer.idm.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    initial = [p.detach().clone() for p in trainer.policy.model.parameters()]
     ours = trainer.step()
     theirs = naive.step(PhaseTimer())
+    # A learning signal first: non-zero advantages and gradient, one update that moved the weights.
+    assert ours["adv/abs_max"] > 0 and ours["adv/zero_group_frac"] < 1 and ours["optim/grad_norm"] > 0
+    assert ours["optim/updates"] == 1.0
+    moved = max((p.detach() - p0).abs().max().item() for p, p0 in zip(trainer.policy.model.parameters(), initial))
+    assert moved > 100 * 1e-5  # AdamW's first step moves a weight by about lr = 1e-3, far beyond the tolerance below
     assert theirs["reward/mean"] == pytest.approx(ours["reward/mean"], abs=1e-6)
-    assert theirs["loss/loss"] == pytest.approx(ours["loss/loss"], abs=1e-6)
+    assert theirs["loss/loss"] == pytest.approx(ours["loss/loss"], abs=1e-6)  # ~0: ratio 1, advantages mean 0
     # After one AdamW update from the same weights and gradients the models still agree.
     for (name, p_ours), p_naive in zip(trainer.policy.model.named_parameters(), naive.model.parameters()):
         torch.testing.assert_close(p_naive, p_ours, atol=1e-5, rtol=0, msg=name)
