@@ -9,6 +9,7 @@ from .token_logprobs import token_logprobs, token_logprobs_reference
 from .grpo_loss import grpo_loss, grpo_loss_from_logits, grpo_loss_reference
 from .fused_linear_logprobs import fused_linear_grpo_loss, fused_linear_logprobs, fused_linear_logprobs_reference
 from .flow_sde_step import FlowSDEStep, flow_sde_step, flow_sde_step_reference
+from ._common import checking_values, trusted_inputs
 
 __all__ = [
     "group_advantage",
@@ -28,4 +29,6 @@ __all__ = [
     "flow_sde_step",
     "flow_sde_step_reference",
     "FlowSDEStep",
+    "trusted_inputs",
+    "checking_values",
 ]

@@ -6,8 +6,10 @@ only works under ``TRITON_INTERPRET=1`` (how the tests run it).
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Optional, Sequence
+import threading
+from typing import Iterator, Optional, Sequence
 
 import torch
 
@@ -87,8 +89,34 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     return value
 
 
+_TRUSTED = threading.local()
+
+
+@contextlib.contextmanager
+def trusted_inputs() -> Iterator[None]:
+    """Inside this block the checks that read tensor *values* back to the host (index ranges, sigma ranges,
+    the world models' code and action ranges) are skipped; shape, dtype and device checks still run, since
+    they cost nothing. A host read is a device sync on CUDA, so a hot path validates its inputs once at its
+    public boundary (``Policy.rollout``) and runs everything after it in here (``GRPOTrainer.step`` does).
+    Calls from user code, outside any such block, are checked as before. Nests; per thread."""
+    depth = getattr(_TRUSTED, "depth", 0)
+    _TRUSTED.depth = depth + 1
+    try:
+        yield
+    finally:
+        _TRUSTED.depth = depth
+
+
+def checking_values() -> bool:
+    """False inside ``trusted_inputs()``: value checks that would sync are skipped."""
+    return getattr(_TRUSTED, "depth", 0) == 0
+
+
 def check_index_range(name: str, ids: torch.Tensor, upper: int, valid: Optional[torch.Tensor] = None) -> None:
-    """Every id (where ``valid``) must lie in [0, upper). One reduction; syncs on CUDA."""
+    """Every id (where ``valid``) must lie in [0, upper). One reduction; syncs on CUDA, so it is skipped
+    inside ``trusted_inputs()``."""
+    if not checking_values():
+        return
     bad = (ids < 0) | (ids >= upper)
     if valid is not None:
         bad = bad & valid

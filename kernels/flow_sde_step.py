@@ -51,6 +51,7 @@ from ._common import (
     FLOAT_DTYPES,
     HAS_TRITON,
     check_positive,
+    checking_values,
     check_same_device,
     check_shape,
     check_tensor,
@@ -83,7 +84,8 @@ def _sigmas(sigma: Sigma, sigma_next: Sigma, n: int, device: torch.device,
             dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
     """Validate sigma and sigma_next (numbers, 0-d or [N] tensors) and return both as [N] tensors.
 
-    0 < sigma <= 1 and 0 <= sigma_next < sigma. Numbers are checked on the host; tensors with one sync."""
+    0 < sigma <= 1 and 0 <= sigma_next < sigma. Numbers are checked on the host; tensors with one sync
+    (none inside ``trusted_inputs()``)."""
     out = []
     for name, value in (("sigma", sigma), ("sigma_next", sigma_next)):
         if isinstance(value, torch.Tensor):
@@ -103,6 +105,8 @@ def _sigmas(sigma: Sigma, sigma_next: Sigma, n: int, device: torch.device,
     if isinstance(s, float) and isinstance(sn, float):
         bad_s = not 0.0 < s <= 1.0
         bad_sn = not 0.0 <= sn < s
+    elif not checking_values():  # inside trusted_inputs(): no host read of tensor sigmas
+        bad_s = bad_sn = False
     else:
         st = s if isinstance(s, torch.Tensor) else torch.full((n,), s, device=device, dtype=dtype)
         snt = sn if isinstance(sn, torch.Tensor) else torch.full((n,), sn, device=device, dtype=dtype)

@@ -1,6 +1,6 @@
 """The RLIR GRPO loop: rollout -> decode -> IDM reward -> group advantages -> clipped policy-gradient updates.
 
-One step (every phase inside ``PhaseTimer.phase``, i.e. an NVTX range plus a wall-clock timer):
+One step (every phase inside ``PhaseTimer.phase``, i.e. an NVTX range plus a timer; see rlir.profiling.phases):
 
     data         B prompts from the resumable sampler (context frames + commanded actions)
     rollout      policy.rollout(prompts, G): N = B*G videos, recording old log-probs      (no grad)
@@ -28,12 +28,12 @@ import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from rlir.kernels import group_advantage, grpo_loss, idm_advantage, idm_reward
+from rlir.kernels import group_advantage, grpo_loss, idm_advantage, idm_reward, trusted_inputs
 from rlir.kernels.grpo_loss import aggregate_tokens
 from rlir.optim import adamw_decaying_matrices
 from rlir.rewards import idm_logits
@@ -78,6 +78,32 @@ def lr_lambda(cfg: GRPOConfig) -> Callable[[int], float]:
     return factor
 
 
+class Deferred:
+    """A metric finished on the host after the step's one read: ``fn(*args)`` with every tensor in ``args``
+    replaced by its value (floats; lists for 1-d tensors). ``fn`` returns a value, or a dict of metrics."""
+
+    def __init__(self, fn: Callable, args: tuple):
+        self.fn, self.args = fn, args
+
+
+def _fused_adamw_supported(params: List[torch.Tensor]) -> bool:
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    devices = _get_fused_kernels_supported_devices()
+    return bool(params) and all(p.device.type in devices and p.is_floating_point() for p in params)
+
+
+def _use_fused_adamw(optimizer: torch.optim.Optimizer) -> None:
+    """Switch an AdamW to its fused kernel (which takes ``found_inf``, see GRPOTrainer._optimizer_step), with
+    its step counters on the parameters' device as that kernel keeps them."""
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = True, None
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if state and "step" in state:
+                state["step"] = state["step"].to(p.device, torch.float32)
+
+
 class GRPOTrainer:
     """GRPO on a ``Policy`` with an IDM reward.
 
@@ -119,6 +145,9 @@ class GRPOTrainer:
                                                  betas=cfg.optim.betas, eps=cfg.optim.adam_eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.fused_adamw = _fused_adamw_supported(self.params)
+        if self.fused_adamw:
+            _use_fused_adamw(self.optimizer)
 
         self.logger: Optional[MetricsLogger] = None
         if self.out_dir is not None:
@@ -167,7 +196,6 @@ class GRPOTrainer:
         with torch.no_grad(), self.autocast():
             for micro_batches in self._micro_batches(order):
                 for idx in micro_batches:
-                    idx = idx.to(self.device)
                     out[idx] = fn(rollout, idx).float()
         return out
 
@@ -184,18 +212,23 @@ class GRPOTrainer:
                               eps=a.eps)
         return adv.view(n, n_rows).t()[:, rollout.slot_frame.to(frame_match.device)].contiguous()
 
-    def _normaliser(self, mask: torch.Tensor) -> float:
-        """The loss_agg denominator of a set of rows, so that micro-batch losses add up to the minibatch loss."""
+    def _normaliser(self, mask: torch.Tensor) -> torch.Tensor:
+        """The loss_agg denominator of a set of rows (fp32 0-d, on the device: no host read), so that
+        micro-batch losses add up to the minibatch loss."""
         agg = self.cfg.loss.loss_agg
         if agg == "token-mean":
-            return float(mask.sum())
+            return mask.sum().float()
         if agg == "seq-mean-token-mean":
-            return float((mask.sum(1) > 0).sum())
-        return float(mask.shape[0])
+            return (mask.sum(1) > 0).sum().float()
+        return mask.new_full((), mask.shape[0], dtype=torch.float32)
 
     # ---- one GRPO step --------------------------------------------------------------------------------
 
     def step(self) -> Dict[str, float]:
+        """One GRPO step; returns its metrics. The policy's rollout validates the prompts once (one host read);
+        everything after it runs inside ``trusted_inputs()`` and keeps its metrics on the device, read back
+        with one ``tolist`` at the end: a step has the same few host syncs whatever the micro-batch size,
+        number of frames, denoising steps or inner epochs (tests/grpo/test_host_syncs.py counts them)."""
         cfg = self.cfg
         g = cfg.rollout.group_size
         timer = PhaseTimer()
@@ -208,37 +241,16 @@ class GRPOTrainer:
         self.policy.eval()
         with timer.phase("rollout"), torch.no_grad(), self.autocast():
             rollout = self.policy.rollout(prompts, g, generator=self.rollout_generator)
-        with timer.phase("decode"), torch.no_grad(), self.autocast():
-            rollout.frames = self.policy.decode(rollout)
-        with timer.phase("reward"), self.autocast():
-            logits = idm_logits(self.idm, rollout.frames, cfg.reward.idm_batch_size)
-        with timer.phase("advantage"):
-            if cfg.advantage.credit == "frame":
-                rew = idm_reward(logits, rollout.actions, mode=cfg.reward.mode)
-                adv = self.frame_advantages(rew.frame_match, rollout)
-            else:
-                rew, adv = idm_advantage(logits, rollout.actions, group_size=g, mode=cfg.reward.mode,
-                                         scale=cfg.advantage.scale, estimator=cfg.advantage.estimator,
-                                         eps=cfg.advantage.eps)
-        n_rows = len(rollout)
-        orders = [torch.randperm(n_rows, generator=self.shuffle_generator) for _ in range(cfg.train.inner_epochs)]
-
-        old = rollout.old_logp
-        if cfg.loss.old_logprobs == "recompute":
-            with timer.phase("logprob_old"):
-                old = self._no_grad_logprobs(self.policy.logprobs, rollout, orders[0])
-        ref = None
-        if cfg.loss.beta > 0 and not self.closed_form_kl:
-            with timer.phase("logprob_ref"):
-                ref = self._no_grad_logprobs(self.policy.reference_logprobs, rollout, orders[0])
-
-        m = self._rollout_metrics(rollout, rew, adv)
-        m.update(self._update(rollout, old, ref, adv, orders, timer))
+        with trusted_inputs():
+            m = self._to_host(self._trusted_step(rollout, timer))
+        for _ in range(int(m["optim/skipped_updates"])):
+            warnings.warn(f"step {self.step_count + 1}: non-finite gradient norm; update skipped")
 
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start
         self.step_count += 1
+        n_rows = len(rollout)
         n_frames, slots = rollout.actions.shape[1], rollout.slots
         phases = timer.breakdown()
         m["time/step"] = elapsed
@@ -255,42 +267,117 @@ class GRPOTrainer:
         self._last_phases = phases
         return m
 
-    def _rollout_metrics(self, rollout: Rollout, rew, adv: torch.Tensor) -> Dict[str, float]:
-        g = rollout.num_samples
-        r = rew.reward.float()
-        m = {
-            "reward/mean": r.nanmean().item(),
-            "reward/std": r.std().item() if r.numel() > 1 else 0.0,
-            "reward/min": r.min().item(),
-            "reward/max": r.max().item(),
-            "adv/mean": adv.mean().item(),
-            "adv/std": adv.std().item() if adv.numel() > 1 else 0.0,
-            "adv/abs_max": adv.abs().max().item(),
-            "adv/zero_group_frac": (r.view(-1, g).amax(1) == r.view(-1, g).amin(1)).float().mean().item(),
-            "rollout/nll_per_token": -(rollout.old_logp * rollout.mask).sum().item() / max(1, int(rollout.mask.sum())),
-        }
-        names = self.head_names or [f"head{i}" for i in range(len(rew.head_accuracy))]
-        for name, acc in zip(names, rew.head_accuracy.tolist()):
-            m[f"reward/head_acc/{name}"] = acc
+    def _trusted_step(self, rollout: Rollout, timer: PhaseTimer) -> Dict[str, Any]:
+        """decode -> reward -> advantage -> (old / reference log-probs) -> updates, on validated inputs; the
+        metrics stay tensors (see ``_to_host``)."""
+        cfg = self.cfg
+        g = cfg.rollout.group_size
+        with timer.phase("decode"), torch.no_grad(), self.autocast():
+            rollout.frames = self.policy.decode(rollout)
+        with timer.phase("reward"), self.autocast():
+            logits = idm_logits(self.idm, rollout.frames, cfg.reward.idm_batch_size)
+        with timer.phase("advantage"):
+            if cfg.advantage.credit == "frame":
+                rew = idm_reward(logits, rollout.actions, mode=cfg.reward.mode)
+                adv = self.frame_advantages(rew.frame_match, rollout)
+            else:
+                rew, adv = idm_advantage(logits, rollout.actions, group_size=g, mode=cfg.reward.mode,
+                                         scale=cfg.advantage.scale, estimator=cfg.advantage.estimator,
+                                         eps=cfg.advantage.eps)
+        n_rows = len(rollout)
+        orders = [torch.randperm(n_rows, generator=self.shuffle_generator) for _ in range(cfg.train.inner_epochs)]
+        # One host-to-device copy for every epoch's order (non-blocking), not one per micro-batch.
+        orders = list(torch.stack(orders).to(self.device, non_blocking=True))
+
+        old = rollout.old_logp
+        if cfg.loss.old_logprobs == "recompute":
+            with timer.phase("logprob_old"):
+                old = self._no_grad_logprobs(self.policy.logprobs, rollout, orders[0])
+        ref = None
+        if cfg.loss.beta > 0 and not self.closed_form_kl:
+            with timer.phase("logprob_ref"):
+                ref = self._no_grad_logprobs(self.policy.reference_logprobs, rollout, orders[0])
+
+        m = self._rollout_metrics(rollout, rew, adv)
+        m.update(self._update(rollout, old, ref, adv, orders, timer))
         return m
 
+    @staticmethod
+    def _to_host(metrics: Dict[str, Any]) -> Dict[str, float]:
+        """Every tensor in ``metrics`` (0-d or 1-d; also inside lists and callables' arguments) read back with
+        one ``tolist``, as float64 (fp32 values convert exactly), then each ``Deferred`` finished on the host."""
+        tensors: List[torch.Tensor] = []
+
+        def collect(value):
+            if isinstance(value, torch.Tensor):
+                tensors.append(value.detach().reshape(-1))
+            elif isinstance(value, (list, tuple)):
+                for v in value:
+                    collect(v)
+            elif isinstance(value, Deferred):
+                collect(value.args)
+
+        for value in metrics.values():
+            collect(value)
+        flat = torch.cat([t.to(tensors[0].device, torch.float64) for t in tensors]).tolist() if tensors else []
+        position = 0
+
+        def rebuild(value):
+            nonlocal position
+            if isinstance(value, torch.Tensor):
+                n = value.numel()
+                out = flat[position:position + n]
+                position += n
+                return out[0] if value.ndim == 0 else out
+            if isinstance(value, (list, tuple)):
+                return type(value)(rebuild(v) for v in value)
+            if isinstance(value, Deferred):
+                return value.fn(*rebuild(value.args))
+            return value
+
+        out: Dict[str, float] = {}
+        for key, value in metrics.items():
+            value = rebuild(value)
+            if isinstance(value, dict):
+                out.update(value)
+            else:
+                out[key] = value
+        return out
+
+    def _rollout_metrics(self, rollout: Rollout, rew, adv: torch.Tensor) -> Dict[str, Any]:
+        g = rollout.num_samples
+        r = rew.reward.float()
+        names = self.head_names or [f"head{i}" for i in range(len(rew.head_accuracy))]
+        return {
+            "reward/mean": r.nanmean(),
+            "reward/std": r.std() if r.numel() > 1 else 0.0,
+            "reward/min": r.min(),
+            "reward/max": r.max(),
+            "adv/mean": adv.mean(),
+            "adv/std": adv.std() if adv.numel() > 1 else 0.0,
+            "adv/abs_max": adv.abs().max(),
+            "adv/zero_group_frac": (r.view(-1, g).amax(1) == r.view(-1, g).amin(1)).float().mean(),
+            "rollout/nll_per_token": Deferred(lambda nll, count: -nll / max(1, int(count)),
+                                              ((rollout.old_logp * rollout.mask).sum(), rollout.mask.sum())),
+            "reward/head_acc": Deferred(lambda acc: {f"reward/head_acc/{n}": a for n, a in zip(names, acc)},
+                                        (rew.head_accuracy,)),
+        }
+
     def _update(self, rollout: Rollout, old: torch.Tensor, ref: Optional[torch.Tensor], adv: torch.Tensor,
-                orders: List[torch.Tensor], timer: PhaseTimer) -> Dict[str, float]:
+                orders: List[torch.Tensor], timer: PhaseTimer) -> Dict[str, Any]:
         cfg, lc = self.cfg, self.cfg.loss
         self.policy.train()
         mask = rollout.mask
-        sums: Dict[str, float] = defaultdict(float)
-        token_total = 0.0
-        losses, norms, lrs = [], [], []
-        first_dev, skipped = 0.0, 0
+        lrs = []
+        # Per minibatch: (norm, [(scaled loss, tokens, loss metrics, first-update deviation or None)]), as tensors.
+        records = []
         for epoch, order in enumerate(orders):
             for k, micro_batches in enumerate(self._micro_batches(order)):
                 first = epoch == 0 and k == 0
-                denom = self._normaliser(mask[torch.cat(micro_batches).to(mask.device)])
+                denom = self._normaliser(mask[torch.cat(micro_batches)])
                 self.optimizer.zero_grad(set_to_none=True)
-                minibatch_loss = 0.0
+                micro_records = []
                 for idx in micro_batches:
-                    idx = idx.to(self.device)
                     with timer.phase("logprob"), self.autocast():
                         if self.closed_form_kl:
                             logp, kl = self.policy.logprobs_and_kl(rollout, idx)
@@ -305,41 +392,69 @@ class GRPOTrainer:
                         if self.closed_form_kl:
                             loss = loss + lc.beta * aggregate_tokens(kl.float(), mask[idx], lc.loss_agg)
                             lm["kl"] = aggregate_tokens(kl.detach().float(), mask[idx])
-                        weight = self._normaliser(mask[idx]) / max(denom, 1e-12)
+                        weight = self._normaliser(mask[idx]) / denom.clamp(min=1e-12)
                         scaled = loss * weight
                     with timer.phase("backward"):
                         scaled.backward()
-                    minibatch_loss += scaled.item()
-                    tokens = float(mask[idx].sum())
-                    token_total += tokens
-                    for key, value in lm.items():
-                        sums[key] += value.item() * tokens
+                    deviation = None
                     if first:
                         with torch.no_grad():
-                            d = ((logp.detach().float() - old[idx]).abs() * mask[idx]).max().item()
-                        first_dev = max(first_dev, d)
+                            deviation = ((logp.detach().float() - old[idx]).abs() * mask[idx]).max()
+                    micro_records.append((scaled.detach(), mask[idx].sum(), lm, deviation))
                 with timer.phase("optim"):
                     max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else float("inf")
-                    norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm).item()
+                    norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
                     lrs.append(self.optimizer.param_groups[0]["lr"])
-                    if math.isfinite(norm):
-                        self.optimizer.step()
-                    else:
-                        skipped += 1
-                        warnings.warn(f"step {self.step_count + 1}: non-finite gradient norm; update skipped")
+                    self._optimizer_step(norm)
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
+                records.append((norm, micro_records))
+        keys = list(records[0][1][0][2])
+
+        def finish(*values):
+            # The same host arithmetic (float64) as reading every value when it was made.
+            sums: Dict[str, float] = defaultdict(float)
+            token_total = 0.0
+            losses, norms = [], []
+            first_dev = 0.0
+            for norm, micro_values in values:
+                minibatch_loss = 0.0
+                for scaled, tokens, lm_values, deviation in micro_values:
+                    minibatch_loss += scaled
+                    token_total += tokens
+                    for key, value in zip(keys, lm_values):
+                        sums[key] += value * tokens
+                    if deviation is not None:
+                        first_dev = max(first_dev, deviation)
                 losses.append(minibatch_loss)
                 norms.append(norm)
-        m = {f"loss/{k}": v / max(token_total, 1.0) for k, v in sums.items()}
-        m["loss/loss"] = sum(losses) / len(losses)
-        m["loss/first_update_logratio_max"] = first_dev
-        m["optim/lr"] = lrs[0]
-        m["optim/grad_norm"] = sum(norms) / len(norms)
-        m["optim/grad_norm_max"] = max(norms)
-        m["optim/updates"] = float(len(norms))
-        m["optim/skipped_updates"] = float(skipped)
-        return m
+            m = {f"loss/{k}": v / max(token_total, 1.0) for k, v in sums.items()}
+            m["loss/loss"] = sum(losses) / len(losses)
+            m["loss/first_update_logratio_max"] = first_dev
+            m["optim/lr"] = lrs[0]
+            m["optim/grad_norm"] = sum(norms) / len(norms)
+            m["optim/grad_norm_max"] = max(norms)
+            m["optim/updates"] = float(len(norms))
+            m["optim/skipped_updates"] = float(sum(not math.isfinite(n) for n in norms))  # step() warns
+            return m
+
+        args = tuple((norm, [(scaled, tokens, [lm[key] for key in keys], deviation)
+                             for scaled, tokens, lm, deviation in micro])
+                     for norm, micro in records)
+        return {"update": Deferred(finish, args)}
+
+    def _optimizer_step(self, norm: torch.Tensor) -> None:
+        """AdamW step unless the gradient norm is non-finite. The fused AdamW kernel skips the update on the
+        device when its ``found_inf`` is 1 (as under a GradScaler), so this reads nothing back; other
+        optimizers fall back to a host check."""
+        if self.fused_adamw:
+            self.optimizer.found_inf = (~torch.isfinite(norm)).float()
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf
+        elif math.isfinite(norm.item()):
+            self.optimizer.step()
 
     # ---- evaluation -----------------------------------------------------------------------------------
 
@@ -431,6 +546,8 @@ class GRPOTrainer:
         """Restore from a loaded checkpoint (``rlir.grpo.checkpoint.load_checkpoint``); returns the step."""
         self.policy.load_state_dict(policy_state)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.fused_adamw:  # a checkpoint from before the fused optimizer carries fused=None and CPU steps
+            _use_fused_adamw(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         self.rollout_generator.set_state(state["rollout_generator"].cpu())

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-from rlir.kernels import fused_linear_logprobs
+from rlir.kernels import checking_values, fused_linear_logprobs, trusted_inputs
 
 from .attention import BACKENDS, attention
 from .kv_cache import KVCache
@@ -226,7 +226,7 @@ class ARWorldModel(ModelMixin, ConfigMixin):
                              f"got shape {tuple(frames.shape)}")
         if not 1 <= frames.shape[1] <= cfg.max_frames:
             raise ValueError(f"{name} must hold 1..max_frames={cfg.max_frames} frames, got {frames.shape[1]}")
-        if bool(((frames < 0) | (frames >= cfg.codebook_size)).any()):
+        if checking_values() and bool(self._bad_codes(frames).any()):
             raise ValueError(f"{name} must hold codes in [0, codebook_size={cfg.codebook_size})")
 
     def check_actions(self, actions: torch.Tensor, name: str = "actions") -> None:
@@ -235,9 +235,40 @@ class ARWorldModel(ModelMixin, ConfigMixin):
         if actions.shape[2] != self.num_action_heads:
             raise ValueError(f"{name} must have H={self.num_action_heads} action heads in its last dim, "
                              f"got shape {tuple(actions.shape)}")
-        sizes = torch.tensor(self.head_sizes, device=actions.device)
-        if bool(((actions < 0) | (actions >= sizes)).any()):
+        if checking_values() and bool(self._bad_actions(actions).any()):
             raise ValueError(f"{name} must hold class indices in [0, head size), head sizes {list(self.head_sizes)}")
+
+    # Value checks read tensors back to the host (a device sync on CUDA): inside
+    # ``rlir.kernels.trusted_inputs()`` they are skipped; ``check_prompt`` does them all with one read.
+
+    def _bad_codes(self, frames: torch.Tensor) -> torch.Tensor:
+        return (frames < 0) | (frames >= self.config.codebook_size)
+
+    def _bad_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        # head sizes from the action_offsets buffer, so no host list is copied to the device
+        sizes = F.pad(self.action_offsets[1:], (0, 1), value=self.vocab_size) - self.action_offsets
+        return (actions < 0) | (actions >= sizes.to(actions.device))
+
+    def check_prompt(self, frames: torch.Tensor, actions: torch.Tensor, context_actions=None) -> None:
+        """check_frames(frames) and check_actions of ``actions`` and ``context_actions`` (when given) with one
+        host read for all of their values (none inside ``trusted_inputs()``): what a rollout validates once."""
+        with trusted_inputs():  # types and shapes only: the values below, with one read
+            self.check_frames(frames, "context_tokens")
+            self.check_actions(actions)
+            if context_actions is not None:
+                self.check_actions(context_actions, "context_actions")
+        if not checking_values():
+            return
+        flags = [self._bad_codes(frames).any(), self._bad_actions(actions).any()]
+        if context_actions is not None:
+            flags.append(self._bad_actions(context_actions).any())
+        bad = torch.stack(flags).tolist()
+        if bad[0]:
+            raise ValueError(f"context_tokens must hold codes in [0, codebook_size={self.config.codebook_size})")
+        for flag, name in zip(bad[1:], ("actions", "context_actions")):
+            if flag:
+                raise ValueError(f"{name} must hold class indices in [0, head size), head sizes "
+                                 f"{list(self.head_sizes)}")
 
     def _check_clip(self, frames: torch.Tensor, actions: torch.Tensor) -> None:
         self.check_frames(frames)

@@ -22,13 +22,14 @@ same frames, and the SDE sampler at noise_level 0 gives the ODE sampler's frames
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from rlir.kernels import flow_sde_step
+from rlir.kernels import checking_values, flow_sde_step, trusted_inputs
 from rlir.kernels.flow_sde_step import SIGMA_MAX
 
 SAMPLERS = ("ode", "sde")
@@ -52,6 +53,13 @@ def flow_sigmas(num_steps: int, shift: float = 1.0) -> torch.Tensor:
     return make_scheduler(num_steps, shift).sigmas.float().clone()
 
 
+@functools.lru_cache(maxsize=64, typed=True)  # typed: shift=True must not hit shift=1's entry
+def _device_sigmas(num_steps: int, shift: float, device: torch.device) -> torch.Tensor:
+    """flow_sigmas on ``device``, made once per (schedule, device): building a scheduler reads its sigmas back
+    and copying them to a GPU syncs, neither of which a rollout should pay every step. Read-only."""
+    return flow_sigmas(num_steps, shift).to(device)
+
+
 def stochastic_steps(num_steps: int, stochastic: Stochastic = "all",
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Indices (int64, ascending) of the SDE steps among ``num_steps``: "all", a fraction in (0, 1] of them drawn
@@ -71,6 +79,17 @@ def stochastic_steps(num_steps: int, stochastic: Stochastic = "all",
                              f"length >= 1, got {tuple(stochastic)!r}")
         return torch.arange(start, min(start + length, num_steps))
     raise ValueError(f"stochastic must be 'all', a fraction in (0, 1] or a window (start, length), got {stochastic!r}")
+
+
+def _stochastic_step_list(num_steps: int, stochastic: Stochastic, generator) -> list:
+    """``stochastic_steps`` as host ints: "all" and windows without touching a tensor; a drawn fraction reads
+    its CPU permutation once."""
+    if stochastic == "all":
+        return list(range(num_steps))
+    if isinstance(stochastic, (tuple, list)):
+        steps = stochastic_steps(num_steps, stochastic)  # validates
+        return list(range(stochastic[0], stochastic[0] + len(steps)))
+    return stochastic_steps(num_steps, stochastic, generator).tolist()
 
 
 @dataclass
@@ -120,20 +139,23 @@ def _check_prompt(model, context, actions, context_actions, num_samples):
         raise ValueError(f"context must be float model-space frames [B, n_ctx, {', '.join(map(str, frame))}], got "
                          f"{getattr(context, 'dtype', type(context).__name__)} {tuple(getattr(context, 'shape', ()))}")
     b, n_ctx = context.shape[:2]
-    model.check_actions(actions)
+    with trusted_inputs():  # types and shapes here; the values below, with one host read
+        model.check_actions(actions)
+        if context_actions is not None:
+            model.check_actions(context_actions, "context_actions")
     if actions.shape[0] != b or actions.shape[1] < 1:
         raise ValueError(f"actions must have shape [B={b}, n_steps >= 1, H], got {tuple(actions.shape)}")
     if context_actions is None:
         if n_ctx > 1:
             raise ValueError(f"context_actions [B, n_ctx - 1, H] is required with n_ctx={n_ctx} context frames")
         context_actions = actions[:, :0]
-    else:
-        model.check_actions(context_actions, "context_actions")
-        if tuple(context_actions.shape[:2]) != (b, n_ctx - 1):
-            raise ValueError(f"context_actions must have shape [B, n_ctx - 1, H] = "
-                             f"{(b, n_ctx - 1, model.num_action_heads)}, got {tuple(context_actions.shape)}")
+    elif tuple(context_actions.shape[:2]) != (b, n_ctx - 1):
+        raise ValueError(f"context_actions must have shape [B, n_ctx - 1, H] = "
+                         f"{(b, n_ctx - 1, model.num_action_heads)}, got {tuple(context_actions.shape)}")
     if n_ctx + actions.shape[1] > cfg.max_frames:
         raise ValueError(f"n_ctx + n_steps = {n_ctx + actions.shape[1]} frames exceeds max_frames={cfg.max_frames}")
+    if checking_values():
+        model.check_actions(torch.cat((context_actions, actions), dim=1), "actions and context_actions")
     return context_actions
 
 
@@ -196,10 +218,19 @@ def generate(model, context: torch.Tensor, actions: torch.Tensor, *, context_act
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
+    # The one host read of the inputs' values (none inside trusted_inputs()); the loop runs trusted.
     context_actions = _check_prompt(model, context, actions, context_actions, num_samples)
-    sigmas = flow_sigmas(num_steps, shift).to(context.device)
     sde = sampler == "sde"
-    steps = stochastic_steps(num_steps, stochastic, generator) if sde else torch.arange(0)
+    steps = _stochastic_step_list(num_steps, stochastic, generator) if sde else []
+    with trusted_inputs():
+        return _generate(model, context, actions, context_actions, num_samples, num_steps, shift, sampler,
+                         noise_level, steps, sigma_max, generator, use_cache)
+
+
+def _generate(model, context, actions, context_actions, num_samples, num_steps, shift, sampler, noise_level,
+              steps, sigma_max, generator, use_cache) -> FlowSample:
+    sigmas = _device_sigmas(num_steps, shift, context.device)
+    sde = sampler == "sde"
     g, n = num_samples, actions.shape[1]
     rows, frame = context.shape[0] * g, context.shape[2:]
     all_actions = torch.cat((context_actions, actions), dim=1)
@@ -208,7 +239,8 @@ def generate(model, context: torch.Tensor, actions: torch.Tensor, *, context_act
                         actions.repeat_interleave(g, 0), context_actions.repeat_interleave(g, 0), sigmas, sampler)
     if sde:
         ks = len(steps)
-        sample.noise_level, sample.sigma_max, sample.steps = noise_level, sigma_max, steps.to(context.device)
+        sample.noise_level, sample.sigma_max = noise_level, sigma_max
+        sample.steps = torch.tensor(steps, dtype=torch.long).to(context.device, non_blocking=True)
         sample.trajectory = context.new_empty(rows, n, num_steps + 1, *frame)
         sample.means = context.new_empty(rows, n, ks, *frame)
         sample.stds = context.new_empty(rows, n, ks)
@@ -217,7 +249,7 @@ def generate(model, context: torch.Tensor, actions: torch.Tensor, *, context_act
     initial_noise = torch.randn(rows, n, *frame, generator=generator, device=context.device)
     for k in range(n):
         if sde:
-            x = _sde_frame(history, initial_noise[:, k], sample, k, generator)
+            x = _sde_frame(history, initial_noise[:, k], sample, k, steps, generator)
         else:
             x = _ode_frame(history, initial_noise[:, k], num_steps, shift)
         sample.frames[:, k] = x
@@ -235,16 +267,17 @@ def _ode_frame(history, x: torch.Tensor, num_steps: int, shift: float) -> torch.
     return x
 
 
-def _sde_frame(history, x: torch.Tensor, sample: FlowSample, k: int, generator) -> torch.Tensor:
-    """Integrate frame k from noise x: SDE steps at sample.steps, recorded into sample; Euler steps elsewhere."""
+def _sde_frame(history, x: torch.Tensor, sample: FlowSample, k: int, steps: list, generator) -> torch.Tensor:
+    """Integrate frame k from noise x: SDE steps at ``steps`` (host ints, = sample.steps), recorded into sample;
+    Euler steps elsewhere. No host syncs: the sigmas stay on the device (flow_sde_step takes 0-d tensors)."""
     sigmas = sample.sigmas
-    slots = {step: slot for slot, step in enumerate(sample.steps.tolist())}
+    slots = {step: slot for slot, step in enumerate(steps)}
     sample.trajectory[:, k, 0] = x
     for i in range(len(sigmas) - 1):
         v = history.velocity(x, sigmas[i]).float()
         if i in slots:
             noise = torch.randn(x.shape, generator=generator, device=x.device)
-            out = flow_sde_step(x, v, sigmas[i].item(), sigmas[i + 1].item(), sample.noise_level, noise=noise,
+            out = flow_sde_step(x, v, sigmas[i], sigmas[i + 1], sample.noise_level, noise=noise,
                                 sigma_max=sample.sigma_max)
             slot = slots[i]
             sample.means[:, k, slot], sample.stds[:, k, slot], sample.log_probs[:, k, slot] = \
@@ -284,7 +317,7 @@ def transition_logprobs(model, sample: FlowSample, index: Optional[torch.Tensor]
     x_next = trajectory[:, :, steps + 1].reshape(n_rows * n * ks, *frame)
     sigma = sample.sigmas[steps].repeat(n)  # slot (k, i) -> sigma of step i
     sigma_next = sample.sigmas[steps + 1].repeat(n)
-    frame_index = (n_ctx + torch.arange(n)).repeat_interleave(ks).tolist()  # host indices: no device sync
+    frame_index = [n_ctx + k for k in range(n) for _ in range(ks)]  # host ints: no device sync
     clean = torch.cat((context, sample.frames[rows][:, :-1]), dim=1).to(dtype)
     v = model(x_t.to(dtype), sigma.expand(n_rows, -1), all_actions, clean=clean, frame_index=frame_index)
     out = flow_sde_step(x_t.reshape(n_rows * n * ks, *frame), v.float().reshape(n_rows * n * ks, *frame),

@@ -11,6 +11,8 @@ from typing import Optional
 
 import torch
 
+from rlir.kernels import trusted_inputs
+
 
 def _check_sampling_args(temperature, top_k, top_p) -> None:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
@@ -95,8 +97,16 @@ def generate(model, context_tokens: torch.Tensor, actions: torch.Tensor, *,
     n_steps = actions.shape[1]
     if n_ctx + n_steps > model.config.max_frames:
         raise ValueError(f"n_ctx + n_steps = {n_ctx + n_steps} frames exceeds max_frames={model.config.max_frames}")
-    model.check_actions(actions)
-    g = num_samples
+    # The one host read of the values (none inside trusted_inputs()); everything after it runs trusted.
+    model.check_prompt(context, actions, context_actions if n_ctx > 1 else None)
+    with trusted_inputs():
+        return _generate(model, context, context_actions, actions, num_samples, temperature, top_k, top_p,
+                         generator, use_cache)
+
+
+def _generate(model, context, context_actions, actions, g, temperature, top_k, top_p, generator, use_cache):
+    b, n_ctx, f = context.shape
+    n_heads, n_steps = model.num_action_heads, actions.shape[1]
     action_ids = model.action_token_ids(actions)
     prompt = torch.cat((model.sequence(context, context_actions), action_ids[:, 0]), dim=1)
     action_ids = action_ids.repeat_interleave(g, dim=0)
