@@ -25,7 +25,8 @@ def test_frame_advantages_normalise_each_frame_within_its_group(toy_trainer):
 def test_frame_credit_learns_the_toy_world(toy_trainer):
     trainer = toy_trainer(advantage={"credit": "frame"}, eval={"num_samples": 8})
     before = trainer.evaluate()["eval/reward_mean"]
-    trainer.train()
+    history = trainer.train()
+    assert history[0]["adv/abs_max"] > 0 and history[0]["optim/grad_norm"] > 0
     after = trainer.evaluate()["eval/reward_mean"]
     assert after > before + 0.2, (before, after)
 

@@ -8,6 +8,7 @@ def test_toy_reward_goes_up(toy_trainer):
     history = trainer.train()
     after = trainer.evaluate()["eval/reward_mean"]
     rewards = [m["reward/mean"] for m in history]
+    assert history[0]["adv/abs_max"] > 0 and history[0]["optim/grad_norm"] > 0
     assert 0.1 < before < 0.45, before  # a near-uniform model: about 1/4
     assert after > before + 0.2, (before, after, rewards)
     assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2, rewards

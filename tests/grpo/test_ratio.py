@@ -32,6 +32,7 @@ def test_recorded_logprobs_match_teacher_forced(toy_trainer, temperature):
 def test_trainer_first_update_ratio(toy_trainer, old_logprobs):
     trainer = toy_trainer(loss={"old_logprobs": old_logprobs}, train={"steps": 1})
     m = trainer.step()
+    assert m["adv/abs_max"] > 0 and m["optim/grad_norm"] > 0  # a learning signal: the second update is off-policy
     if old_logprobs == "recompute":
         assert m["loss/first_update_logratio_max"] == 0.0
     else:
@@ -44,6 +45,7 @@ def test_single_update_is_on_policy(toy_trainer):
     trainer = toy_trainer(loss={"old_logprobs": "recompute", "beta": 0.1},
                           train={"steps": 1, "micro_batch_size": 8, "grad_accumulation": 4})
     m = trainer.step()
+    assert m["adv/abs_max"] > 0 and m["optim/grad_norm"] > 0
     assert m["optim/updates"] == 1.0
     assert m["loss/ratio_mean"] == pytest.approx(1.0, abs=1e-7)
     assert m["loss/clip_frac"] == 0.0
