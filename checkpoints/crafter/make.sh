@@ -21,7 +21,7 @@ rlir pretrain world-model --kind ar --data "$WORK/data" --tokenizer "$WORK/token
   --steps 1500 --eval-every 250 --frame-action-embedding --previous-frame-input \
   --seed 0 --dtype bf16 --threads 1 --overwrite --quiet & first=$!
 rlir pretrain world-model --kind diffusion --data "$WORK/data" --tokenizer "$WORK/tokenizer" \
-  --out "$WORK/dit_world_model" --steps 8000 --eval-every 1000 --patch-size 3 --previous-frame-neighbourhood \
+  --out "$WORK/dit_world_model" --steps 2000 --eval-every 500 --patch-size 1 --previous-frame-neighbourhood \
   --seed 0 --dtype bf16 --threads 1 --overwrite --quiet & second=$!
 wait "$first"; wait "$second"
 
