@@ -85,6 +85,20 @@ def _cases(torch, K, dev, gen):
     yield ("flow_sde_step (+grad)", sde(K.flow_sde_step, lambda t: t),
            sde(K.flow_sde_step_reference, lambda t: t.double()), 1e-4)
 
+    hidden, weight = randn(3, 5, 16).requires_grad_(), (0.5 * randn(300, 16)).requires_grad_()
+    vocab_ids = torch.randint(0, 300, (3, 5), generator=gen).to(dev)
+
+    def linear(fn, cast, **kwargs):
+        def run():
+            logp, entropy = fn(cast(hidden), cast(weight), vocab_ids, 0.7, return_entropy=True, **kwargs)
+            grads = torch.autograd.grad((logp + 0.1 * entropy).sum(), (hidden, weight))
+            return torch.cat([t.flatten().double() for t in (logp, entropy, *grads)])
+        return run
+
+    # chunk_size 4: 15 rows in 4 chunks (the last one partial), grad weight accumulated across them
+    yield ("fused_linear_logprobs (+grad)", linear(K.fused_linear_logprobs, lambda t: t, chunk_size=4),
+           linear(K.fused_linear_logprobs_reference, lambda t: t.double()), 1e-4)
+
 
 def run_check(args) -> int:
     import torch
