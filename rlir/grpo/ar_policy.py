@@ -20,6 +20,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from rlir.models.compiled import compile_mode
 from rlir.models.sampling import generate
 from rlir.models.tokenizer import VQTokenizer
 
@@ -32,12 +33,15 @@ to_uint8 = VQTokenizer.to_uint8  # float frames in [0, 1] -> uint8; policy.py's 
 class ARPolicy(ModelPolicy):
     """model: ARWorldModel (trained); tokenizer: frames <-> codes (``encode(uint8 [..., 3, s, s]) -> [..., g, g]``,
     ``decode(codes [..., g, g]) -> float [..., 3, s, s]`` in [0, 1]), frozen; reference_factory: returns a
-    model with the initial weights (called once, lazily; needed only for the KL term)."""
+    model with the initial weights (called once, lazily; needed only for the KL term); compile: run the
+    decode step compiled (``rlir.models.sampling.generate``'s ``compile``; CUDA graphs on CUDA)."""
 
     def __init__(self, model: nn.Module, tokenizer: nn.Module, *, temperature: float = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None,
-                 reference_factory: Optional[Callable[[], nn.Module]] = None):
+                 reference_factory: Optional[Callable[[], nn.Module]] = None, compile=False):
         super().__init__(model, reference_factory)
+        compile_mode(compile)  # validates
+        self.compile = compile
         self.tokenizer = tokenizer.eval().requires_grad_(False)
         self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
         self._rollout_copy: Optional[nn.Module] = None
@@ -68,7 +72,7 @@ class ARPolicy(ModelPolicy):
         ctx = self.encode(prompts.context)  # [B, C, F]
         tokens, logp = generate(self._rollout_model(), ctx, prompts.actions, context_actions=prompts.context_actions,
                                 num_samples=g, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                                generator=generator)
+                                generator=generator, compile=self.compile)
         n_rows, n, f = tokens.shape
         actions = prompts.actions.long().repeat_interleave(g, 0)
         all_actions = actions if prompts.context_actions is None else torch.cat(

@@ -211,10 +211,11 @@ def build_run(cfg: GRPOConfig, device: torch.device) -> Run:
     if cfg.models.kind == "diffusion":
         sde = r.sde
         policy = make_policy(world_model, tokenizer, num_steps=sde.num_steps, shift=sde.shift,
-                             noise_level=sde.noise_level, stochastic=sde.stochastic_arg(), reference_factory=reference)
+                             noise_level=sde.noise_level, stochastic=sde.stochastic_arg(), reference_factory=reference,
+                             compile=r.compile)
     else:
         policy = make_policy(world_model, tokenizer, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
-                             reference_factory=reference)
+                             reference_factory=reference, compile=r.compile)
     sampler = PromptSampler(train, r.prompts_per_step, context_frames=cfg.data.context_frames, n_frames=r.n_frames,
                             seed=cfg.seed)
     eval_prompts = None

@@ -16,7 +16,8 @@ Sections and keys (defaults in the dataclasses below):
                codebook_size, tokens_per_frame, head sizes and frame size are derived, not given)
     data:      source (recording|synthetic), path, heldout_fraction, context_frames, stride, synthetic_clips
     rollout:   prompts_per_step (B), group_size (G), n_frames, temperature, top_k, top_p (AR);
-               sde: num_steps, shift, noise_level, stochastic (all|fraction|window), fraction, window (diffusion)
+               sde: num_steps, shift, noise_level, stochastic (all|fraction|window), fraction, window (diffusion);
+               compile (false|true: the compiled rollout step, CUDA graphs on CUDA)
     reward:    mode (exact|per_head|loglik), idm_batch_size
     advantage: scale (group|batch|none), estimator (grpo|rloo), eps, credit (video|frame)
     loss:      eps_low, eps_high, delta, beta, kl (k3|closed_form), loss_agg, is_level, old_logprobs (rollout|recompute)
@@ -126,6 +127,9 @@ class RolloutConfig:
     top_k: Optional[int] = _f(None, min=1)
     top_p: Optional[float] = _f(None, gt=0.0, max=1.0)
     sde: SDEConfig = field(default_factory=SDEConfig)
+    compile: bool = _f(False, help="run the rollout's per-token (AR) or per-denoising-step (diffusion) step under "
+                       "torch.compile(fullgraph=True), as CUDA graphs on CUDA; the first step compiles (seconds to a "
+                       "minute), the samples are the same as eager (rlir.models.compiled)")
 
 
 @dataclass

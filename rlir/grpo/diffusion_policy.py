@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from rlir.kernels.flow_sde_step import SIGMA_MAX
+from rlir.models.compiled import compile_mode
 from rlir.models.flow_sampling import FlowSample, generate, transition_logprobs
 
 from .policy import ModelPolicy, Prompts, Rollout, last_context_frame
@@ -38,14 +39,17 @@ class DiffusionPolicy(ModelPolicy):
     """model: DiTWorldModel (trained); tokenizer: the VQ tokenizer for frame_space "tokenizer_latents" (None for
     pixels); num_steps, shift: the denoising schedule; noise_level: the SDE's a; stochastic: "all", a fraction,
     or a window (start, length) of the steps (see rlir.models.flow_sampling); reference_factory: returns a model
-    with the initial weights (called once, lazily, only for the KL term)."""
+    with the initial weights (called once, lazily, only for the KL term); compile: run each denoising step
+    compiled (``rlir.models.flow_sampling.generate``'s ``compile``; CUDA graphs on CUDA)."""
 
     eval_sampler = "ode"
 
     def __init__(self, model: nn.Module, tokenizer: Optional[nn.Module] = None, *, num_steps: int = 8,
                  shift: float = 1.0, noise_level: float = 0.7, stochastic="all", sigma_max: float = SIGMA_MAX,
-                 reference_factory: Optional[Callable[[], nn.Module]] = None):
+                 reference_factory: Optional[Callable[[], nn.Module]] = None, compile=False):
         super().__init__(model, reference_factory)
+        compile_mode(compile)  # validates
+        self.compile = compile
         self.tokenizer = tokenizer.eval().requires_grad_(False) if tokenizer is not None else None
         self.num_steps, self.shift, self.noise_level = num_steps, shift, noise_level
         self.stochastic, self.sigma_max = stochastic, sigma_max
@@ -63,7 +67,8 @@ class DiffusionPolicy(ModelPolicy):
         sample = generate(self.model, self.encode(prompts.context), prompts.actions,
                           context_actions=prompts.context_actions, num_samples=num_samples,
                           num_steps=self.num_steps, shift=self.shift, sampler="sde", noise_level=self.noise_level,
-                          stochastic=self.stochastic, sigma_max=self.sigma_max, generator=generator)
+                          stochastic=self.stochastic, sigma_max=self.sigma_max, generator=generator,
+                          compile=self.compile)
         n_rows, n, ks = sample.log_probs.shape
         return Rollout(
             prompts=prompts,
@@ -99,7 +104,8 @@ class DiffusionPolicy(ModelPolicy):
         prompts = prompts.to(self.device)
         sample = generate(self.model, self.encode(prompts.context), prompts.actions,
                           context_actions=prompts.context_actions, num_samples=num_samples,
-                          num_steps=EVAL_ODE_STEPS, shift=self.shift, sampler="ode", generator=generator)
+                          num_steps=EVAL_ODE_STEPS, shift=self.shift, sampler="ode", generator=generator,
+                          compile=self.compile)
         frames = self.model.decode_frames(sample.frames, self.tokenizer)
         context = prompts.context[:, -1:].repeat_interleave(num_samples, 0)
         return torch.cat((context.to(frames.device), frames), dim=1)

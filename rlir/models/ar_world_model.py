@@ -32,7 +32,7 @@ from diffusers.configuration_utils import register_to_config
 from rlir.kernels import checking_values, fused_linear_logprobs, trusted_inputs
 
 from .attention import BACKENDS, attention
-from .kv_cache import KVCache
+from .kv_cache import KVCache, StaticKVCache
 from .sampling import generate as _generate
 
 
@@ -75,7 +75,10 @@ class Block(nn.Module):
         self.w13 = nn.Linear(d_model, 2 * ffn_hidden, bias=False)
         self.w2 = nn.Linear(ffn_hidden, d_model, bias=False)
 
-    def forward(self, x, cos, sin, layer: int, cache: Optional[KVCache], backend: str):
+    def forward(self, x, cos, sin, layer: int, cache: Optional[KVCache], backend: str,
+                mask: Optional[torch.Tensor] = None):
+        """mask: None for causal attention over the cache's filled prefix; a bool [s, Skv] for a static cache
+        (``ARWorldModel.decode_step``)."""
         b, s, _ = x.shape
         hd = self.head_dim
         q, k, v = self.wqkv(self.attention_norm(x)).split(
@@ -85,7 +88,7 @@ class Block(nn.Module):
         v = v.view(b, s, self.n_kv_heads, hd).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        y = attention(q, k, v, causal=True, backend=backend)
+        y = attention(q, k, v, causal=mask is None, mask=mask, backend=backend)
         x = x + self.wo(y.transpose(1, 2).reshape(b, s, self.n_heads * hd))
         gate, up = self.w13(self.ffn_norm(x)).chunk(2, dim=-1)
         return x + self.w2(F.silu(gate) * up)
@@ -350,6 +353,28 @@ class ARWorldModel(ModelMixin, ConfigMixin):
         if cache is not None:
             cache.advance(s)
         return self.norm(x)
+
+    def decode_step(self, ids: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, history: torch.Tensor,
+                    positions: torch.Tensor) -> torch.Tensor:
+        """The static-shape decode step of the compiled rollout (``generate(..., compile=True)``): logits
+        [N, codebook_size] of the last of ids [N, s] fed at sequence ``positions`` [s] (a device tensor).
+
+        cache_k, cache_v: [n_layers, N, Hkv, L, D] (a ``KVCache``'s buffers, filled before ``positions``); the new
+        keys/values are written at ``positions`` and attention runs over all L keys with the ones after each
+        query masked. history [N, L]: the sequence, ids included (read by the optional per-position inputs).
+        Nothing depends on the position at the Python level, so one graph (one CUDA graph) serves every step
+        of a given s. Equals ``output(forward_tokens(ids, cache, history)[:, -1])`` up to float rounding.
+        """
+        cos_all, sin_all = self._rope[ids.device]  # filled by the prefill's forward_tokens
+        cos, sin = cos_all[positions], sin_all[positions]
+        x = self.tok_embeddings(ids)
+        if self.frame_action_embeddings is not None or self.previous_frame_input:
+            x = x + self._conditioning(history, positions)
+        cache = StaticKVCache(cache_k, cache_v, positions)
+        mask = torch.arange(cache_k.shape[3], device=ids.device) <= positions[:, None]  # [s, L]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, i, cache, self.attn_backend, mask=mask)
+        return self.output(self.norm(x[:, -1]))
 
     def hidden_states(self, frames: torch.Tensor, actions: torch.Tensor, first_frame: int = 1) -> torch.Tensor:
         """Hidden states [B, T - first_frame, F, d] that predict every code of frames first_frame..T-1."""

@@ -45,7 +45,7 @@ from rlir.kernels import checking_values
 from .ar_world_model import NEIGHBOURHOOD, apply_rope, check_transformer_config
 from .attention import BACKENDS, attention
 from .tokenizer import frame_size_pair
-from .kv_cache import KVCache
+from .kv_cache import KVCache, StaticKVCache
 from .masks import FrameCausal
 
 FRAME_SPACES = ("pixels", "tokenizer_latents")
@@ -286,15 +286,16 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
 
     def _run(self, x: torch.Tensor, previous: torch.Tensor, cond: torch.Tensor, positions: list[int],
              mask: Optional[FrameCausal], cache: Optional[KVCache] = None,
-             output: bool = True) -> Optional[torch.Tensor]:
+             output: bool = True, rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> Optional[torch.Tensor]:
         """Frames x [B, F, C, S, S], the clean frame before each (previous, same shape), with conditioning
         [B, F, d] at host frame positions [F] -> velocity [B, F, C, S, S].
 
         mask: which frames see which (``rlir.models.masks.FrameCausal``, index arithmetic; None: every key).
         With a cache the frames' keys/values are written at its current length (it is not advanced) and
         attend to the cached ones before them. Positions are host ints, so checking them never syncs.
+        rope: (cos, sin) [F * P, head_dim] given instead of positions (``static_velocity``).
         """
-        if max(positions) >= self.config.max_frames:
+        if rope is None and max(positions) >= self.config.max_frames:
             raise ValueError(f"frame index {max(positions)} exceeds max_frames={self.config.max_frames}")
         if self.config.previous_frame_input:
             previous = previous.to(x.dtype)
@@ -302,7 +303,7 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
                 previous = shifted_neighbourhood(previous)
             x = torch.cat((x, previous), dim=2)  # channels: a patch sees its own past directly
         h = self.patch_in(self.patchify(x).to(self.patch_in.weight.dtype)) + self.patch_position
-        cos, sin = self._rope_tables(positions, x.device)
+        cos, sin = self._rope_tables(positions, x.device) if rope is None else rope
         for i, block in enumerate(self.blocks):
             h = block(h, cond, cos, sin, mask, i, cache, self.attn_backend)
         if not output:
@@ -389,6 +390,25 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
         index = cache.length // self.tokens_per_frame
         cond = self.conditioning(frame_action[:, None], sigma[:, None])
         return self._run(noisy[:, None], previous[:, None], cond, [index], None, cache)[:, 0]
+
+    def static_velocity(self, noisy: torch.Tensor, sigma: torch.Tensor, frame_action: torch.Tensor,
+                        cache_k: torch.Tensor, cache_v: torch.Tensor, previous: torch.Tensor,
+                        frame_index: torch.Tensor) -> torch.Tensor:
+        """``cached_velocity`` as a static-shape step, what the compiled rollout runs (``flow_sampling.generate(
+        ..., compile=True)``): the frame index is a 0-d device tensor, the frame's keys/values are written into
+        the full cache buffers [n_layers, B, H, L, D] at its P positions, and attention runs over all L keys
+        with those after the frame masked. Nothing depends on the index at the Python level, so one graph
+        serves every frame and denoising step. Equals ``cached_velocity`` up to float rounding."""
+        p = self.tokens_per_frame
+        positions = frame_index * p + torch.arange(p, device=noisy.device)
+        self._rope_tables([0], noisy.device)  # fills the tables (a dict lookup once they exist)
+        cos_all, sin_all = self._rope[noisy.device]
+        index = frame_index.reshape(1)  # a 1-d index: gathering, not a data-dependent select
+        rope = (cos_all[index].expand(p, -1), sin_all[index].expand(p, -1))
+        mask = (torch.arange(cache_k.shape[3], device=noisy.device) < (frame_index + 1) * p)[None]  # [1, L]
+        cond = self.conditioning(frame_action[:, None], sigma[:, None])
+        return self._run(noisy[:, None], previous[:, None], cond, [], mask, StaticKVCache(cache_k, cache_v, positions),
+                         rope=rope)[:, 0]
 
     def check_actions(self, actions: torch.Tensor, name: str = "actions") -> None:
         """actions must be integer [B, n, H] class indices, each in [0, its head's size)."""

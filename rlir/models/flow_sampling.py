@@ -32,6 +32,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from rlir.kernels import checking_values, flow_sde_step, trusted_inputs
 from rlir.kernels.flow_sde_step import SIGMA_MAX
 
+from .compiled import compile_mode, compiled_step, static_buffers, uses_cuda_graphs
+
 SAMPLERS = ("ode", "sde")
 Stochastic = Union[str, float, Sequence[int]]
 
@@ -161,9 +163,10 @@ def _check_prompt(model, context, actions, context_actions, num_samples):
 
 class _CachedHistory:
     """The clean frames so far, as a KV cache: the velocity of the next frame, then ``append`` it. The B prompts'
-    context is run once and its cache replicated for their G samples."""
+    context is run once and its cache replicated for their G samples. With a compile ``mode`` the velocity is
+    ``model.static_velocity`` compiled (rlir.models.compiled), over cache buffers at fixed addresses."""
 
-    def __init__(self, model, context, all_actions, num_samples):
+    def __init__(self, model, context, all_actions, num_samples, mode=None):
         self.model, self.dtype = model, model.patch_in.weight.dtype
         frame_actions = model.frame_actions(all_actions)  # [B, n_ctx + n, H]: the action that led to each frame
         n_ctx = context.shape[1]
@@ -173,15 +176,30 @@ class _CachedHistory:
         self.frame_actions = frame_actions.repeat_interleave(num_samples, 0)
         self.last = context[:, -1].repeat_interleave(num_samples, 0).to(self.dtype)
         self.next_index = n_ctx
+        self.step = None
+        if mode is not None:
+            self.step = compiled_step(model, _static_velocity, mode)
+            self.cache.k, self.cache.v = static_buffers(model, "denoise", self.cache.k, self.cache.v)
+            self.frame_indices = torch.arange(frame_actions.shape[1], device=context.device)  # 0-d views: no copies
+            self.cuda_graphs = uses_cuda_graphs(mode, context.device)
 
     def velocity(self, x, sigma):
-        return self.model.cached_velocity(x.to(self.dtype), sigma.expand(len(x)),
-                                          self.frame_actions[:, self.next_index], self.cache, self.last)
+        if self.step is None:
+            return self.model.cached_velocity(x.to(self.dtype), sigma.expand(len(x)),
+                                              self.frame_actions[:, self.next_index], self.cache, self.last)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        return self.step(self.model, x.to(self.dtype), sigma.expand(len(x)), self.frame_actions[:, self.next_index],
+                         self.cache.k, self.cache.v, self.last, self.frame_indices[self.next_index])
 
     def append(self, x):
         x = x.to(self.dtype)
         self.model.cache_frames(x[:, None], self.frame_actions[:, self.next_index, None], self.cache, before=self.last)
         self.last, self.next_index = x, self.next_index + 1
+
+
+def _static_velocity(model, x, sigma, frame_action, cache_k, cache_v, previous, frame_index):
+    return model.static_velocity(x, sigma, frame_action, cache_k, cache_v, previous, frame_index)
 
 
 class _RecomputedHistory:
@@ -207,34 +225,41 @@ class _RecomputedHistory:
 def generate(model, context: torch.Tensor, actions: torch.Tensor, *, context_actions: Optional[torch.Tensor] = None,
              num_samples: int = 1, num_steps: int = 8, shift: float = 1.0, sampler: str = "ode",
              noise_level: float = 0.7, stochastic: Stochastic = "all", sigma_max: float = SIGMA_MAX,
-             generator: Optional[torch.Generator] = None, use_cache: bool = True) -> FlowSample:
+             generator: Optional[torch.Generator] = None, use_cache: bool = True, compile=False) -> FlowSample:
     """Roll out ``num_samples`` (G) continuations of each of B prompts under commanded actions.
 
     context: model-space frames [B, n_ctx, C, S, S] (``model.encode_frames``); actions [B, n, H], actions[:, k]
     leads to generated frame k; context_actions [B, n_ctx - 1, H] (required when n_ctx > 1). See the module
     doc for sampler, noise_level, stochastic; sigma_max is ``flow_sde_step``'s clamp. With ``use_cache`` the
     B prompts are run once and their KV cache replicated G times; ``use_cache=False`` recomputes the whole
-    history at every step (the reference the cached path is tested against).
+    history at every step (the reference the cached path is tested against). ``compile``: False runs each
+    denoising step eagerly; True runs ``model.static_velocity`` (the per-frame denoising step over the static
+    KV cache) under torch.compile(fullgraph=True), as CUDA graphs on CUDA; a string names the mode (see
+    rlir.models.compiled). Needs ``use_cache``.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
+    mode = compile_mode(compile, context.device if isinstance(context, torch.Tensor) else None)
+    if mode is not None and not use_cache:
+        raise ValueError("compile=True needs use_cache=True (it compiles the static KV-cache denoising step)")
     # The one host read of the inputs' values (none inside trusted_inputs()); the loop runs trusted.
     context_actions = _check_prompt(model, context, actions, context_actions, num_samples)
     sde = sampler == "sde"
     steps = _stochastic_step_list(num_steps, stochastic, generator) if sde else []
     with trusted_inputs():
         return _generate(model, context, actions, context_actions, num_samples, num_steps, shift, sampler,
-                         noise_level, steps, sigma_max, generator, use_cache)
+                         noise_level, steps, sigma_max, generator, use_cache, mode)
 
 
 def _generate(model, context, actions, context_actions, num_samples, num_steps, shift, sampler, noise_level,
-              steps, sigma_max, generator, use_cache) -> FlowSample:
+              steps, sigma_max, generator, use_cache, mode=None) -> FlowSample:
     sigmas = _device_sigmas(num_steps, shift, context.device)
     sde = sampler == "sde"
     g, n = num_samples, actions.shape[1]
     rows, frame = context.shape[0] * g, context.shape[2:]
     all_actions = torch.cat((context_actions, actions), dim=1)
-    history = (_CachedHistory if use_cache else _RecomputedHistory)(model, context, all_actions, g)
+    history = (_CachedHistory(model, context, all_actions, g, mode) if use_cache
+               else _RecomputedHistory(model, context, all_actions, g))
     sample = FlowSample(context.new_empty(rows, n, *frame), context.repeat_interleave(g, 0),
                         actions.repeat_interleave(g, 0), context_actions.repeat_interleave(g, 0), sigmas, sampler)
     if sde:

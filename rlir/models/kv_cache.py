@@ -1,4 +1,9 @@
-"""Static KV cache: keys and values preallocated as [B, Hkv, max_len, D] per layer, plus a fill length."""
+"""Static KV cache: keys and values preallocated as [B, Hkv, max_len, D] per layer, plus a fill length.
+
+``KVCache`` is the eager cache: a Python-int fill length, attention over the filled prefix. ``StaticKVCache``
+is the same buffers seen by a static-shape (compilable, CUDA-graphable) step: it writes at positions given
+as a device tensor and hands attention the whole buffer, which the step masks (see
+``ARWorldModel.decode_step``), so one graph serves every position."""
 from __future__ import annotations
 
 import torch
@@ -49,3 +54,17 @@ class KVCache:
         out.v = self.v.repeat_interleave(repeats, dim=1)
         out.length = self.length
         return out
+
+
+class StaticKVCache:
+    """Keys/values [n_layers, B, Hkv, max_len, D] (e.g. a ``KVCache``'s ``k`` and ``v``) written at ``positions``
+    [s], a device tensor: ``update`` has no Python-level dependence on the position (no graph break, no
+    recompile), and returns the full buffers; the caller masks the keys after each query."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
+        self.k, self.v, self.positions = k, v, positions
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k[layer].index_copy_(2, self.positions, k)
+        self.v[layer].index_copy_(2, self.positions, v)
+        return self.k[layer], self.v[layer]

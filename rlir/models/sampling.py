@@ -13,6 +13,8 @@ import torch
 
 from rlir.kernels import trusted_inputs
 
+from .compiled import compile_mode, compiled_step, static_buffers, uses_cuda_graphs
+
 
 def _check_sampling_args(temperature, top_k, top_p) -> None:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
@@ -57,7 +59,7 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: Optiona
 def generate(model, context_tokens: torch.Tensor, actions: torch.Tensor, *,
              context_actions: Optional[torch.Tensor] = None, num_samples: int = 1, temperature: float = 1.0,
              top_k: Optional[int] = None, top_p: Optional[float] = None,
-             generator: Optional[torch.Generator] = None, use_cache: bool = True):
+             generator: Optional[torch.Generator] = None, use_cache: bool = True, compile=False):
     """Roll out ``num_samples`` (G) continuations of each of B prompts under commanded actions.
 
     context_tokens: [B, n_ctx * F] (or [B, n_ctx, F]) codes of the context frames.
@@ -69,8 +71,17 @@ def generate(model, context_tokens: torch.Tensor, actions: torch.Tensor, *,
     each frame is sampled one code at a time, the frame's last code fed together with the next
     action's tokens. ``use_cache=False`` recomputes the whole sequence for every token from a prefill
     per sample (the reference the cached path is tested against; same RNG consumption).
+
+    ``compile``: False runs the decode step eagerly. True runs ``model.decode_step`` (the one-token step over
+    the static KV cache) under ``torch.compile(fullgraph=True)``, with mode "reduce-overhead" (CUDA graphs)
+    on CUDA and the default mode elsewhere; a string picks the mode. Sampling stays outside the graph, so
+    both draw the same tokens from one generator (log-probs equal up to float rounding). The first call for
+    a shape compiles (seconds to a minute); later calls reuse the graphs. Needs ``use_cache``.
     """
     _check_sampling_args(temperature, top_k, top_p)
+    mode = compile_mode(compile, context_tokens.device if isinstance(context_tokens, torch.Tensor) else None)
+    if mode is not None and not use_cache:
+        raise ValueError("compile=True needs use_cache=True (it compiles the static KV-cache decode step)")
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
     f, n_heads = model.config.tokens_per_frame, model.num_action_heads
@@ -101,10 +112,11 @@ def generate(model, context_tokens: torch.Tensor, actions: torch.Tensor, *,
     model.check_prompt(context, actions, context_actions if n_ctx > 1 else None)
     with trusted_inputs():
         return _generate(model, context, context_actions, actions, num_samples, temperature, top_k, top_p,
-                         generator, use_cache)
+                         generator, use_cache, mode)
 
 
-def _generate(model, context, context_actions, actions, g, temperature, top_k, top_p, generator, use_cache):
+def _generate(model, context, context_actions, actions, g, temperature, top_k, top_p, generator, use_cache,
+              mode=None):
     b, n_ctx, f = context.shape
     n_heads, n_steps = model.num_action_heads, actions.shape[1]
     action_ids = model.action_token_ids(actions)
@@ -123,6 +135,10 @@ def _generate(model, context, context_actions, actions, g, temperature, top_k, t
             start = cache.length
             history[:, start:start + feed.shape[1]] = feed
             return model.forward_tokens(feed, cache, history)[:, -1]
+
+        if mode is not None:
+            return _decode_compiled(model, mode, cache, history, prompt.shape[1], last_hidden, action_ids, n_steps,
+                                    f, temperature, top_k, top_p, generator)
     else:
         seq = prompt.repeat_interleave(g, dim=0)
         last_hidden = model.forward_tokens(seq)[:, -1]
@@ -146,4 +162,42 @@ def _generate(model, context, context_actions, actions, g, temperature, top_k, t
             else:
                 break
             logits = model.output(step(feed, k))
+    return tokens, logprobs
+
+
+# ---- the compiled rollout (rlir.models.compiled) -------------------------------------------------------
+
+def _decode_step(model, ids, cache_k, cache_v, history, positions):
+    return model.decode_step(ids, cache_k, cache_v, history, positions)
+
+
+def _decode_compiled(model, mode, cache, history, start, last_hidden, action_ids, n_steps, f, temperature, top_k,
+                     top_p, generator):
+    """The decode loop of ``_generate`` with ``model.decode_step`` compiled: the same feeds, RNG draws and
+    outputs; positions come from one device arange (a slice of it a step: no host-to-device copy)."""
+    n_rows, length = history.shape
+    device = history.device
+    step_fn = compiled_step(model, _decode_step, mode)
+    cache_k, cache_v, history = static_buffers(model, "decode", cache.k, cache.v, history)
+    positions = torch.arange(length, device=device)
+    cuda_graphs = uses_cuda_graphs(mode, device)
+    tokens = torch.empty(n_rows, n_steps, f, dtype=torch.long, device=device)
+    logprobs = torch.empty(n_rows, n_steps, f, dtype=torch.float32, device=device)
+    logits = model.output(last_hidden)
+    for k in range(n_steps):
+        for j in range(f):
+            ids, logp = sample_tokens(logits, temperature, top_k, top_p, generator)
+            tokens[:, k, j], logprobs[:, k, j] = ids, logp
+            if j < f - 1:
+                feed = ids[:, None]
+            elif k < n_steps - 1:
+                feed = torch.cat((ids[:, None], action_ids[:, k + 1]), dim=1)
+            else:
+                break
+            s = feed.shape[1]
+            history[:, start:start + s] = feed
+            if cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            logits = step_fn(model, feed, cache_k, cache_v, history, positions[start:start + s])
+            start += s
     return tokens, logprobs
