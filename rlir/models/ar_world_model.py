@@ -354,14 +354,14 @@ class ARWorldModel(ModelMixin, ConfigMixin):
             cache.advance(s)
         return self.norm(x)
 
-    def decode_step(self, ids: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, history: torch.Tensor,
-                    positions: torch.Tensor) -> torch.Tensor:
+    def decode_step(self, ids: torch.Tensor, cache_k: Sequence[torch.Tensor], cache_v: Sequence[torch.Tensor],
+                    history: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The static-shape decode step of the compiled rollout (``generate(..., compile=True)``): logits
         [N, codebook_size] of the last of ids [N, s] fed at sequence ``positions`` [s] (a device tensor).
 
-        cache_k, cache_v: [n_layers, N, Hkv, L, D] (a ``KVCache``'s buffers, filled before ``positions``); the new
-        keys/values are written at ``positions`` and attention runs over all L keys with the ones after each
-        query masked. history [N, L]: the sequence, ids included (read by the optional per-position inputs).
+        cache_k, cache_v: per layer [N, Hkv, L, D] (separate tensors, see ``StaticKVCache``; filled before
+        ``positions``); the new keys/values are written at ``positions`` and attention runs over all L keys
+        with the ones after each query masked. history [N, L]: the sequence, ids included (read by the optional per-position inputs).
         Nothing depends on the position at the Python level, so one graph (one CUDA graph) serves every step
         of a given s. Equals ``output(forward_tokens(ids, cache, history)[:, -1])`` up to float rounding.
         """
@@ -371,7 +371,7 @@ class ARWorldModel(ModelMixin, ConfigMixin):
         if self.frame_action_embeddings is not None or self.previous_frame_input:
             x = x + self._conditioning(history, positions)
         cache = StaticKVCache(cache_k, cache_v, positions)
-        mask = torch.arange(cache_k.shape[3], device=ids.device) <= positions[:, None]  # [s, L]
+        mask = torch.arange(cache_k[0].shape[2], device=ids.device) <= positions[:, None]  # [s, L]
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, i, cache, self.attn_backend, mask=mask)
         return self.output(self.norm(x[:, -1]))

@@ -392,11 +392,11 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
         return self._run(noisy[:, None], previous[:, None], cond, [index], None, cache)[:, 0]
 
     def static_velocity(self, noisy: torch.Tensor, sigma: torch.Tensor, frame_action: torch.Tensor,
-                        cache_k: torch.Tensor, cache_v: torch.Tensor, previous: torch.Tensor,
+                        cache_k: Sequence[torch.Tensor], cache_v: Sequence[torch.Tensor], previous: torch.Tensor,
                         frame_index: torch.Tensor) -> torch.Tensor:
         """``cached_velocity`` as a static-shape step, what the compiled rollout runs (``flow_sampling.generate(
         ..., compile=True)``): the frame index is a 0-d device tensor, the frame's keys/values are written into
-        the full cache buffers [n_layers, B, H, L, D] at its P positions, and attention runs over all L keys
+        the full per-layer cache buffers [B, H, L, D] (see ``StaticKVCache``) at its P positions, and attention runs over all L keys
         with those after the frame masked. Nothing depends on the index at the Python level, so one graph
         serves every frame and denoising step. Equals ``cached_velocity`` up to float rounding."""
         p = self.tokens_per_frame
@@ -405,7 +405,7 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
         cos_all, sin_all = self._rope[noisy.device]
         index = frame_index.reshape(1)  # a 1-d index: gathering, not a data-dependent select
         rope = (cos_all[index].expand(p, -1), sin_all[index].expand(p, -1))
-        mask = (torch.arange(cache_k.shape[3], device=noisy.device) < (frame_index + 1) * p)[None]  # [1, L]
+        mask = (torch.arange(cache_k[0].shape[2], device=noisy.device) < (frame_index + 1) * p)[None]  # [1, L]
         cond = self.conditioning(frame_action[:, None], sigma[:, None])
         return self._run(noisy[:, None], previous[:, None], cond, [], mask, StaticKVCache(cache_k, cache_v, positions),
                          rope=rope)[:, 0]

@@ -33,6 +33,7 @@ from rlir.kernels import checking_values, flow_sde_step, trusted_inputs
 from rlir.kernels.flow_sde_step import SIGMA_MAX
 
 from .compiled import compile_mode, compiled_step, static_buffers, uses_cuda_graphs
+from .kv_cache import LayerKVCache
 
 SAMPLERS = ("ode", "sde")
 Stochastic = Union[str, float, Sequence[int]]
@@ -178,8 +179,11 @@ class _CachedHistory:
         self.next_index = n_ctx
         self.step = None
         if mode is not None:
-            self.step = compiled_step(model, _static_velocity, mode)
-            self.cache.k, self.cache.v = static_buffers(model, "denoise", self.cache.k, self.cache.v)
+            self.step = compiled_step(model, _static_velocity, mode, context.device)
+            layers = len(self.cache.k)
+            buffers = static_buffers(model, "denoise", *self.cache.k.unbind(0), *self.cache.v.unbind(0))
+            # the eager appends (cache_frames) write into the per-layer buffers the compiled step reads
+            self.cache = LayerKVCache(buffers[:layers], buffers[layers:], self.cache.length)
             self.frame_indices = torch.arange(frame_actions.shape[1], device=context.device)  # 0-d views: no copies
             self.cuda_graphs = uses_cuda_graphs(mode, context.device)
 

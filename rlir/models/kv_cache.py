@@ -6,6 +6,8 @@ as a device tensor and hands attention the whole buffer, which the step masks (s
 ``ARWorldModel.decode_step``), so one graph serves every position."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 
@@ -56,12 +58,44 @@ class KVCache:
         return out
 
 
-class StaticKVCache:
-    """Keys/values [n_layers, B, Hkv, max_len, D] (e.g. a ``KVCache``'s ``k`` and ``v``) written at ``positions``
-    [s], a device tensor: ``update`` has no Python-level dependence on the position (no graph break, no
-    recompile), and returns the full buffers; the caller masks the keys after each query."""
+class LayerKVCache(KVCache):
+    """A ``KVCache`` (Python-int fill length) over per-layer buffers [B, Hkv, max_len, D], such as a compiled
+    rollout's static buffers: the eager steps around the compiled one (a DiT appending a finished frame) write
+    where the compiled step reads."""
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
+    def __init__(self, k: Sequence[torch.Tensor], v: Sequence[torch.Tensor], length: int = 0):
+        self.k, self.v, self.length = list(k), list(v), length
+
+    @property
+    def batch(self) -> int:
+        return self.k[0].shape[0]
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[2]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions needed, max_len is {self.max_len}")
+        # index_copy_ on the whole per-layer buffer: compiled, it stays in place (a slice assignment would not)
+        positions = torch.arange(self.length, end, device=k.device)
+        self.k[layer].index_copy_(2, positions, k)
+        self.v[layer].index_copy_(2, positions, v)
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def repeat_interleave(self, repeats: int) -> "LayerKVCache":
+        return LayerKVCache([t.repeat_interleave(repeats, dim=0) for t in self.k],
+                            [t.repeat_interleave(repeats, dim=0) for t in self.v], self.length)
+
+
+class StaticKVCache:
+    """Per-layer keys/values [B, Hkv, max_len, D] (separate tensors, not views of one: torch.compile turns an
+    in-place write into a view of a graph input into a copy of the whole base) written at ``positions`` [s],
+    a device tensor: ``update`` has no Python-level dependence on the position (no graph break, no recompile),
+    and returns the layer's full buffers; the caller masks the keys after each query."""
+
+    def __init__(self, k: Sequence[torch.Tensor], v: Sequence[torch.Tensor], positions: torch.Tensor):
         self.k, self.v, self.positions = k, v, positions
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,8 @@ from rlir.models.compiled import compile_mode
 from rlir.models.dit_world_model import DiTWorldModel
 from rlir.models.flow_sampling import _static_velocity
 from rlir.models.flow_sampling import generate as flow_generate
-from rlir.models.sampling import _decode_step, generate
+from rlir.models import sampling
+from rlir.models.sampling import _decode_step, _prefix_decode_step, generate
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +33,7 @@ def ar_prompt(model, batch=2, n_steps=3, seed=0):
     return context, actions
 
 
+@torch.no_grad()
 def test_ar_decode_step_traces_as_one_graph_without_breaks(make_model, conditioning, random_clip):
     model = make_model(**conditioning)
     codes, actions = random_clip(model, batch=3, frames=3)
@@ -39,11 +41,13 @@ def test_ar_decode_step_traces_as_one_graph_without_breaks(make_model, condition
     cache = model.new_cache(3, max_len=history.shape[1])
     model.forward_tokens(history[:, :5], cache)  # a prefill, as generate runs first
     for s in (1, 1 + model.num_action_heads):  # a code, or the frame's last code with the next action's tokens
-        explanation = torch._dynamo.explain(_decode_step)(model, history[:, 5:5 + s], cache.k, cache.v, history,
-                                                          torch.arange(5, 5 + s))
-        assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
+        ks, vs = [t.clone() for t in cache.k], [t.clone() for t in cache.v]
+        for step, position in ((_decode_step, torch.arange(5, 5 + s)), (_prefix_decode_step, 5)):
+            explanation = torch._dynamo.explain(step)(model, history[:, 5:5 + s], ks, vs, history, position)
+            assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
 
 
+@torch.no_grad()
 def test_ar_decode_step_equals_the_eager_step(make_model, conditioning, random_clip):
     model = make_model(**conditioning)
     codes, actions = random_clip(model, batch=2, frames=3)
@@ -54,12 +58,13 @@ def test_ar_decode_step_equals_the_eager_step(make_model, conditioning, random_c
     static = model.new_cache(2, max_len=ids.shape[1])
     model.forward_tokens(ids[:, :start], static)
     expected = model.output(model.forward_tokens(ids[:, start:start + s], eager, ids)[:, -1])
-    got = model.decode_step(ids[:, start:start + s], static.k, static.v, ids, torch.arange(start, start + s))
+    got = model.decode_step(ids[:, start:start + s], [t.clone() for t in static.k], [t.clone() for t in static.v], ids, torch.arange(start, start + s))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.slow  # compiles (10-25 s on one cold CPU thread)
 def test_compiled_ar_rollout_samples_the_eager_tokens(make_model, conditioning):
+    """The CPU step (attention over the filled prefix, a symbolic start)."""
     model = make_model(**conditioning)
     context, actions = ar_prompt(model)
     eager_tokens, eager_logp = generate(model, context, actions, num_samples=3, temperature=0.9,
@@ -71,13 +76,30 @@ def test_compiled_ar_rollout_samples_the_eager_tokens(make_model, conditioning):
         torch.testing.assert_close(logp, eager_logp, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
+def test_the_static_cuda_step_compiled_on_cpu_samples_the_eager_tokens(make_model, monkeypatch):
+    """The CUDA step (static shapes, masked attention over the whole cache, per-layer static buffers), here
+    compiled for the CPU: the same tokens as eager."""
+    monkeypatch.setattr(sampling, "_static_step", lambda device: True)
+    model = make_model(frame_action_embedding=True, frame_grid=[2, 2], previous_frame_input=True)
+    context, actions = ar_prompt(model)
+    eager_tokens, eager_logp = generate(model, context, actions, num_samples=3, temperature=0.9,
+                                        generator=torch.Generator().manual_seed(1))
+    for _ in range(2):
+        tokens, logp = generate(model, context, actions, num_samples=3, temperature=0.9,
+                                generator=torch.Generator().manual_seed(1), compile=True)
+        assert torch.equal(tokens, eager_tokens)
+        torch.testing.assert_close(logp, eager_logp, atol=1e-4, rtol=0)
+
+
+@torch.no_grad()
 def test_dit_denoising_step_traces_as_one_graph_without_breaks():
     model = tiny_dit(previous_frame_neighbourhood=True)
     cache = model.new_cache(3, 4)
     frame = torch.randn(3, 4, 4, 4)
     model.cache_frames(frame[:, None], torch.zeros(3, 1, 2, dtype=torch.long), cache)
     explanation = torch._dynamo.explain(_static_velocity)(model, frame, torch.full((3,), 0.5),
-                                                          torch.zeros(3, 2, dtype=torch.long), cache.k, cache.v, frame,
+                                                          torch.zeros(3, 2, dtype=torch.long), [t.clone() for t in cache.k], [t.clone() for t in cache.v], frame,
                                                           torch.tensor(1))
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
 
