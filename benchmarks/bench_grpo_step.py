@@ -1,4 +1,5 @@
-"""One GRPO step of the Crafter AR config, end to end: ``GRPOTrainer.step`` against a straightforward loop.
+"""One GRPO step of the Crafter AR config, end to end: ``GRPOTrainer.step`` against a straightforward loop and a
+competent one.
 
 The straightforward loop (``StraightforwardGRPO``) is what a user writes first, over the same models, prompts
 and config:
@@ -14,9 +15,17 @@ and config:
     loss       the clipped GRPO objective in plain PyTorch, token-mean, with the same micro-batches and
                gradient accumulation as the trainer; then backward, grad-norm clip and AdamW.
 
-Both sides draw tokens with ``rlir.models.sampling.sample_tokens`` from generators seeded alike, so they
+The competent loop (``CompetentGRPO``) is what a user who knows the usual tricks writes, so the ratio to it says
+what rlir adds beyond "we cache":
+
+    rollout    KV-cached generation, as HF ``generate`` does: every one of the B*G samples is prefilled (batched,
+               but without sharing one prefill per prompt), then one code a step over its KV cache.
+    reward     one batched IDM call on all videos; the exact-match reward in plain PyTorch.
+    logprob    log_softmax + gather over the full logits; loss the plain-PyTorch clipped loss (as above).
+
+All sides draw tokens with ``rlir.models.sampling.sample_tokens`` from generators seeded alike, so they
 sample the same videos (tests/benchmarks/test_bench_grpo_step.py checks this and that rewards, advantages,
-log-probs, loss and gradients agree). Steps alternate between the two, so load on the machine hits both.
+log-probs, loss and gradients agree). Steps alternate between them, so load on the machine hits all alike.
 
 The no-cache rollout is quadratic in the video length; the full config (B=4, G=8, 7 frames of 64 codes) takes
 several minutes a step on a 2-core CPU, so on CPU the default is 3 frames, with everything else as configured
@@ -24,8 +33,8 @@ several minutes a step on a 2-core CPU, so on CPU the default is 3 frames, with 
 
 Run (from anywhere; config paths are relative to the repository root):
     OMP_NUM_THREADS=1 python benchmarks/bench_grpo_step.py [--prompts 4] [--group-size 8] [--frames 3]
-        [--repeats 2] [--set KEY=VALUE ...] [--out DIR]
-writes benchmarks/results/grpo_step_<cpu|cuda>.json.
+        [--repeats 2] [--set KEY=VALUE ...] [--out DIR] [--skip-straightforward]
+writes benchmarks/results/grpo_step_<cpu|cuda>.json (the competent loop under "competent").
 """
 from __future__ import annotations
 
@@ -49,6 +58,7 @@ from rlir.grpo import ARPolicy, GRPOTrainer, PromptSampler, Prompts, load_config
 from rlir.grpo.builders import build_datasets, build_run  # noqa: E402
 from rlir.grpo.config import GRPOConfig  # noqa: E402
 from rlir.grpo.trainer import resolve_device  # noqa: E402
+from rlir.models.kv_cache import KVCache  # noqa: E402
 from rlir.models.sampling import sample_tokens  # noqa: E402
 from rlir.models.tokenizer import VQTokenizer  # noqa: E402
 from rlir.profiling import PhaseTimer  # noqa: E402
@@ -82,6 +92,56 @@ def sample_without_cache(model, context_codes: torch.Tensor, actions: torch.Tens
             logprobs.append(logp)
     shape = (-1, n_frames, codes_per_frame)
     return torch.stack(tokens, 1).view(shape), torch.stack(logprobs, 1).view(shape)
+
+
+@torch.no_grad()
+def sample_with_kv_cache(model, context_codes: torch.Tensor, actions: torch.Tensor,
+                         context_actions: Optional[torch.Tensor], group_size: int, temperature: float,
+                         generator: Optional[torch.Generator] = None):
+    """G continuations of each prompt with a KV cache, HF-generate style: each of the B*G samples gets its own
+    prefill (batched, nothing shared), then one code a step over the cache. Same arguments, outputs and RNG
+    draws as ``sample_without_cache``."""
+    n_frames, codes_per_frame = actions.shape[1], context_codes.shape[2]
+    if context_actions is None:
+        context_actions = actions[:, :0]
+    action_tokens = model.action_token_ids(actions).repeat_interleave(group_size, 0)
+    prompt = torch.cat((model.sequence(context_codes, context_actions).repeat_interleave(group_size, 0),
+                        action_tokens[:, 0]), dim=1)
+    rows, heads = prompt.shape[0], action_tokens.shape[2]
+    length = prompt.shape[1] + n_frames * codes_per_frame + (n_frames - 1) * heads - 1
+    # The cache in the dtype the layers compute in (bf16 under autocast), as attention needs q, k, v alike.
+    device_type = prompt.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else model.dtype
+    cfg = model.config
+    cache = KVCache(cfg.n_layers, rows, cfg.n_kv_heads, length, cfg.d_model // cfg.n_heads, dtype=dtype,
+                    device=prompt.device)
+    history = torch.empty(rows, length, dtype=torch.long, device=prompt.device)  # read by per-position inputs
+    history[:, :prompt.shape[1]] = prompt
+    logits = model.output(model.forward_tokens(prompt, cache)[:, -1])
+    tokens, logprobs = [], []
+    for k in range(n_frames):
+        for j in range(codes_per_frame):
+            ids, logp = sample_tokens(logits, temperature, generator=generator)
+            tokens.append(ids)
+            logprobs.append(logp)
+            if j < codes_per_frame - 1:
+                feed = ids[:, None]
+            elif k < n_frames - 1:
+                feed = torch.cat((ids[:, None], action_tokens[:, k + 1]), dim=1)
+            else:
+                break
+            start = cache.length
+            history[:, start:start + feed.shape[1]] = feed
+            logits = model.output(model.forward_tokens(feed, cache, history)[:, -1])
+    shape = (-1, n_frames, codes_per_frame)
+    return torch.stack(tokens, 1).view(shape), torch.stack(logprobs, 1).view(shape)
+
+
+@torch.no_grad()
+def rewards_batched(idm, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """The same reward with one IDM call on all videos."""
+    predicted = torch.stack([logits.argmax(-1) for logits in idm(frames)], dim=-1)  # [N, n, H]
+    return (predicted == actions).all(-1).float().mean(1)
 
 
 @torch.no_grad()
@@ -133,6 +193,9 @@ class StraightforwardGRPO:
     constant and weight decay applies to every parameter: the trainer's schedule and parameter groups cost
     nothing to time. ``autocast``: the trainer's, so both sides compute in the same precision."""
 
+    sample = staticmethod(sample_without_cache)
+    rewards = staticmethod(rewards_one_video_at_a_time)
+
     def __init__(self, cfg: GRPOConfig, model: nn.Module, tokenizer: nn.Module, idm: nn.Module,
                  prompts: PromptSampler, device: torch.device, autocast=None):
         unsupported = {
@@ -161,8 +224,8 @@ class StraightforwardGRPO:
         self.model.eval()
         with timer.phase("rollout"), torch.no_grad(), self.autocast():
             context = self.tokenizer.encode(prompts.context).reshape(*prompts.context.shape[:2], -1).long()
-            tokens, old_logp = sample_without_cache(self.model, context, prompts.actions, prompts.context_actions,
-                                                    g, cfg.rollout.temperature, self.rollout_generator)
+            tokens, old_logp = self.sample(self.model, context, prompts.actions, prompts.context_actions,
+                                           g, cfg.rollout.temperature, self.rollout_generator)
             old_logp = old_logp.flatten(1).float()
             context = context.repeat_interleave(g, 0)
             actions = prompts.actions.long().repeat_interleave(g, 0)
@@ -171,7 +234,7 @@ class StraightforwardGRPO:
         with timer.phase("decode"), self.autocast():
             frames = decode_videos(self.tokenizer, prompts.context[:, -1].repeat_interleave(g, 0), tokens)
         with timer.phase("reward"), self.autocast():
-            rewards = rewards_one_video_at_a_time(self.idm, frames, actions)
+            rewards = self.rewards(self.idm, frames, actions)
         with timer.phase("advantage"):
             advantages = group_advantages(rewards, g, cfg.advantage.eps)
         losses = self._update(context, tokens, all_actions, old_logp, advantages, timer)
@@ -209,6 +272,18 @@ class StraightforwardGRPO:
         return losses
 
 
+class CompetentGRPO(StraightforwardGRPO):
+    """The straightforward step with the two things a competent user does first (module docstring): a KV-cached
+    rollout (each sample prefilled on its own, no shared prefill) and one batched IDM call."""
+
+    sample = staticmethod(sample_with_kv_cache)
+    rewards = staticmethod(rewards_batched)
+
+
+COMPETENT = ("KV-cached generation (HF generate style: every sample prefilled on its own, no shared prefill), one "
+             "batched IDM call, full logits + log_softmax + gather, plain-PyTorch rewards, advantages and clipped loss")
+
+
 # ---- the benchmark ----------------------------------------------------------------------------------------
 
 def build_pair(cfg: GRPOConfig, device: torch.device):
@@ -225,6 +300,16 @@ def build_pair(cfg: GRPOConfig, device: torch.device):
     naive = StraightforwardGRPO(cfg, copy.deepcopy(run.policy.model), run.policy.tokenizer, run.idm, sampler, device,
                                 autocast=trainer.autocast)
     return trainer, naive
+
+
+def build_competent(cfg: GRPOConfig, trainer: GRPOTrainer) -> CompetentGRPO:
+    """A CompetentGRPO on the trainer's initial weights (call before the trainer steps), with its own sampler."""
+    policy = trainer.policy
+    dataset, _, _ = build_datasets(cfg, policy.tokenizer.frame_size, list(policy.model.head_sizes))
+    sampler = PromptSampler(dataset, cfg.rollout.prompts_per_step, context_frames=cfg.data.context_frames,
+                            n_frames=cfg.rollout.n_frames, seed=cfg.seed)
+    return CompetentGRPO(cfg, copy.deepcopy(policy.model), policy.tokenizer, trainer.idm, sampler, trainer.device,
+                         autocast=trainer.autocast)
 
 
 def time_ours(trainer: GRPOTrainer) -> Dict[str, float]:
@@ -275,6 +360,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=2, help="timed steps of each")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more config overrides")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--skip-straightforward", action="store_true",
+                        help="time ours and the competent loop only (the no-cache rollout is the slow part)")
     args = parser.parse_args(argv)
     if args.frames is None:
         args.frames = 7 if torch.cuda.is_available() else 3
@@ -283,41 +370,60 @@ def main(argv=None):
     cfg = load_bench_config(args)
     device = resolve_device(cfg.device)
     trainer, naive = build_pair(cfg, device)
+    competent = build_competent(cfg, trainer)
     print(f"GRPO step on {device}: B={args.prompts} G={args.group_size} frames={args.frames} "
           f"x {trainer.policy.model.config.tokens_per_frame} codes, {torch.get_num_threads()} threads", flush=True)
-    # Warm-up: one step of ours (one-off allocations, lazy tables); the no-cache loop is too slow to warm up,
-    # so it only draws the same prompts (the same episodes are decoded on both sides, and later steps align).
+    # Warm-up: one step of ours and of the competent loop (one-off allocations, lazy tables); the no-cache loop
+    # is too slow to warm up, so it only draws the same prompts (the same episodes are decoded on every side, and
+    # later steps align).
     time_ours(trainer)
+    time_straightforward(competent)
     naive.prompts.next()
-    ours_runs, naive_runs = [], []
+    ours_runs, naive_runs, competent_runs = [], [], []
     for repeat in range(args.repeats):
         ours_runs.append(time_ours(trainer))
-        naive_runs.append(time_straightforward(naive))
-        print(f"repeat {repeat}: ours {ours_runs[-1]['total']:.2f} s, straightforward {naive_runs[-1]['total']:.2f} s",
-              flush=True)
-    ours, straightforward = median_times(ours_runs), median_times(naive_runs)
-    print(f"\n{'phase':<10} {'straightforward':>16} {'ours':>10} {'speedup':>8}")
+        competent_runs.append(time_straightforward(competent))
+        line = f"repeat {repeat}: ours {ours_runs[-1]['total']:.2f} s, competent {competent_runs[-1]['total']:.2f} s"
+        if not args.skip_straightforward:
+            naive_runs.append(time_straightforward(naive))
+            line += f", straightforward {naive_runs[-1]['total']:.2f} s"
+        print(line, flush=True)
+    ours, competent_times = median_times(ours_runs), median_times(competent_runs)
+    straightforward = median_times(naive_runs) if naive_runs else None
+    print(f"\n{'phase':<10} {'straightforward':>16} {'competent':>10} {'ours':>10} {'vs straightf.':>14} "
+          f"{'vs competent':>13}")
     for name in [*PHASES, "total"]:
-        speedup = straightforward[name] / ours[name] if ours[name] > 0 else float("nan")
-        print(f"{name:<10} {straightforward[name]:>14.3f} s {ours[name]:>8.3f} s {speedup:>7.1f}x")
+        def ratio(theirs):
+            return f"{theirs[name] / ours[name]:.1f}x" if theirs and ours[name] > 0 else "-"
+        plain = f"{straightforward[name]:>14.3f} s" if straightforward else f"{'-':>16}"
+        print(f"{name:<10} {plain} {competent_times[name]:>8.3f} s {ours[name]:>8.3f} s {ratio(straightforward):>14} "
+              f"{ratio(competent_times):>13}")
     model_cfg = trainer.policy.model.config
     shape = {"B": args.prompts, "G": args.group_size, "frames": args.frames,
              "tokens_per_frame": model_cfg.tokens_per_frame, "micro_batch": cfg.train.micro_batch_size,
              "grad_accumulation": cfg.train.grad_accumulation}
     dtype = "bf16 autocast" if trainer.bf16 else "fp32"
-    rows = rows_for("straightforward", shape, dtype, straightforward) + rows_for("rlir", shape, dtype, ours)
+    rows = rows_for("rlir", shape, dtype, ours) + rows_for("competent", shape, dtype, competent_times)
+    if straightforward:
+        rows = rows_for("straightforward", shape, dtype, straightforward) + rows
     extra = {
         "config": args.config, "overrides": shape_overrides(args), "repeats": args.repeats,
         "shape": shape, "world_model": {k: model_cfg[k] for k in ("n_layers", "d_model", "n_heads", "codebook_size")},
-        "seconds": {"straightforward": straightforward, "rlir": ours},
-        "seconds_per_repeat": {"straightforward": naive_runs, "rlir": ours_runs},
-        "speedup": {name: straightforward[name] / ours[name] for name in straightforward if ours[name] > 0},
+        "seconds": {"rlir": ours, **({"straightforward": straightforward} if straightforward else {})},
+        "seconds_per_repeat": {"rlir": ours_runs, **({"straightforward": naive_runs} if naive_runs else {})},
+        "speedup": ({name: straightforward[name] / ours[name] for name in straightforward if ours[name] > 0}
+                    if straightforward else {}),
         "straightforward": "no KV cache (every code re-runs the model over the whole sequence; the B*G samples "
                            "batched), one IDM call per video, full logits + log_softmax + gather, plain-PyTorch "
                            "rewards, advantages and clipped loss",
+        "competent": {"description": COMPETENT, "seconds": competent_times, "seconds_per_repeat": competent_runs,
+                      "speedup": {name: competent_times[name] / ours[name] for name in competent_times
+                                  if ours[name] > 0}},
     }
     write_results("grpo_step", rows, out, extra)
-    print(f"end-to-end speedup {extra['speedup']['total']:.1f}x")
+    if straightforward:
+        print(f"end-to-end speedup {extra['speedup']['total']:.1f}x vs straightforward", end=", ")
+    print(f"{extra['competent']['speedup']['total']:.2f}x vs competent")
 
 
 if __name__ == "__main__":

@@ -60,18 +60,30 @@ def speed_table(payload: dict) -> str:
 
 
 def grpo_step_table(payload: dict) -> str:
-    """Seconds per phase of one GRPO step, the straightforward loop vs GRPOTrainer, and the speedup."""
-    seconds, speedup = payload["seconds"], payload["speedup"]
+    """Seconds per phase of one GRPO step: the straightforward loop, the competent one (when measured) and
+    GRPOTrainer, with rlir's speedup over each."""
+    seconds, speedup = payload["seconds"], payload.get("speedup", {})
+    competent = payload.get("competent") if isinstance(payload.get("competent"), dict) else None
     shape = payload["shape"]
     lines = [f"B={shape['B']} prompts x G={shape['G']} samples, {shape['frames']} generated frames of "
              f"{shape['tokens_per_frame']} codes, micro-batch {shape['micro_batch']} x {shape['grad_accumulation']} "
-             f"accumulation; median of {payload['repeats']} steps. Straightforward: {payload['straightforward']}.",
-             "", "| phase | straightforward | rlir | speedup |", "|---|---:|---:|---:|"]
+             f"accumulation; median of {payload['repeats']} steps. Straightforward: {payload['straightforward']}."]
+    if competent:
+        lines.append(f"Competent: {competent['description']}.")
+    columns = (["straightforward"] if "straightforward" in seconds else []) + (["competent"] if competent else [])
+    lines += ["", "| phase | " + " | ".join(columns) + " | rlir | "
+              + " | ".join(f"rlir vs {c}" for c in columns) + " |",
+              "|---|" + "---:|" * (2 * len(columns) + 1)]
     for phase in seconds["rlir"]:
-        ratio = f"{speedup[phase]:.1f}x" if phase in speedup else ""
         name = f"**{phase}**" if phase == "total" else phase
-        ours, theirs = seconds["rlir"][phase], seconds["straightforward"][phase]
-        lines.append(f"| {name} | {theirs:.3f} s | {ours:.3f} s | {ratio} |")
+        times, ratios = [], []
+        for column in columns:
+            theirs = seconds[column] if column == "straightforward" else competent["seconds"]
+            ratio = speedup if column == "straightforward" else competent["speedup"]
+            times.append(f"{theirs[phase]:.3f} s")
+            ratios.append(f"{ratio[phase]:.2f}x" if phase in ratio else "")
+        lines.append(f"| {name} | " + " | ".join(times) + f" | {seconds['rlir'][phase]:.3f} s | " + " | ".join(ratios)
+                     + " |")
     return "\n".join(lines)
 
 

@@ -158,3 +158,54 @@ def test_main_writes_json_and_report_table(tmp_path):
 
     report.main(["--results", str(tmp_path)])
     assert "grpo_step" in (tmp_path / "RESULTS.md").read_text()
+
+
+# ---- the competent baseline (KV-cached per-sample rollout, one batched IDM call) ---------------------------
+
+@pytest.mark.parametrize("n_context", [1, 2])
+@pytest.mark.parametrize("inputs", [{}, {"frame_action_embedding": True, "frame_grid": [2, 2],
+                                         "previous_frame_input": True}])
+def test_competent_sampler_draws_the_cached_samplers_tokens(n_context, inputs):
+    torch.manual_seed(0)
+    model = ARWorldModel(codebook_size=32, tokens_per_frame=4, action_head_sizes=[5, 3], n_layers=2, d_model=32,
+                         n_heads=2, n_kv_heads=1, max_frames=6, **inputs).eval()
+    codes, actions = random_clip(model, batch=2, frames=5)
+    context, context_actions, commanded = codes[:, :n_context], actions[:, :n_context - 1], actions[:, n_context - 1:]
+    cached_tokens, cached_logp = generate(model, context, commanded, num_samples=3, temperature=0.9,
+                                          context_actions=context_actions if n_context > 1 else None,
+                                          generator=torch.Generator().manual_seed(5))
+    tokens, logp = bench.sample_with_kv_cache(model, context, commanded, context_actions if n_context > 1 else None,
+                                              3, 0.9, torch.Generator().manual_seed(5))
+    assert torch.equal(tokens, cached_tokens)
+    torch.testing.assert_close(logp, cached_logp, atol=1e-5, rtol=0)
+
+
+def test_competent_step_computes_the_same_step():
+    cfg = tiny_config()
+    trainer, _ = bench.build_pair(cfg, torch.device("cpu"))
+    competent = bench.build_competent(cfg, trainer)
+    assert competent.idm is trainer.idm
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # as above: a perturbed IDM reads the frames, so rewards vary within the groups
+        for p in trainer.idm.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    initial = [p.detach().clone() for p in trainer.policy.model.parameters()]
+    ours = trainer.step()
+    theirs = competent.step(PhaseTimer())
+    assert ours["adv/abs_max"] > 0 and ours["adv/zero_group_frac"] < 1 and ours["optim/grad_norm"] > 0
+    moved = max((p.detach() - p0).abs().max().item() for p, p0 in zip(trainer.policy.model.parameters(), initial))
+    assert moved > 100 * 1e-5
+    assert theirs["reward/mean"] == pytest.approx(ours["reward/mean"], abs=1e-6)
+    assert theirs["loss/loss"] == pytest.approx(ours["loss/loss"], abs=1e-6)
+    for (name, p_ours), p_competent in zip(trainer.policy.model.named_parameters(), competent.model.parameters()):
+        torch.testing.assert_close(p_competent, p_ours, atol=1e-5, rtol=0, msg=name)
+
+
+def test_batched_rewards_equal_one_video_at_a_time():
+    torch.manual_seed(0)
+    idm = InverseDynamicsModel(head_sizes=[5, 3], frame_size=16, window=4, width=16, depth=1, heads=2,
+                               channels=[8, 8]).eval()
+    frames = torch.randint(0, 256, (6, 4, 3, 16, 16), dtype=torch.uint8)
+    actions = torch.stack([torch.randint(0, 5, (6, 3)), torch.randint(0, 3, (6, 3))], -1)
+    torch.testing.assert_close(bench.rewards_batched(idm, frames, actions),
+                               bench.rewards_one_video_at_a_time(idm, frames, actions))
