@@ -73,8 +73,19 @@ def _nvidia_driver() -> Optional[str]:
         return None
 
 
+# Set by ``run_all.py --dry-run``: one warm-up and one timed call per provider (checks the plumbing, not speed).
+QUICK = False
+
+
 def time_ms(fn: Callable[[], object], *, min_runs: int = 5, min_seconds: float = 0.5, max_runs: int = 50) -> float:
     """Median wall time of ``fn`` in ms (Triton's do_bench on CUDA, a perf_counter loop on CPU)."""
+    if QUICK:
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1e3
     if torch.cuda.is_available():
         import triton.testing
 

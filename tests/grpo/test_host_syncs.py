@@ -171,3 +171,35 @@ def test_phase_timer_on_cuda_times_with_events_without_syncing(monkeypatch):
         for _ in range(10):
             x = x @ x.T / 2048
     assert timer._events and timer.breakdown()["matmul"] > 0 and not timer._events
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", list(VARIANTS))
+def test_cuda_step_synchronises_a_few_times_flat_in_micro_batches(config, capsys):
+    """On a GPU, torch.cuda's sync debug mode reports every synchronising call (host reads and blocking
+    host-to-device copies alike): one step's count must not grow with the micro-batches."""
+    import warnings
+
+    counts = {}
+    for micro in (1, 4):
+        data = yaml.safe_load((REPO / "configs" / f"{config}.yaml").read_text())
+        data.update(device="cuda")
+        data["log"] = {"tensorboard": False, "stdout": False, "jsonl": False}
+        data["train"].update({"micro_batch_size": micro, "eval_interval": 0, "checkpoint_interval": 0})
+        cfg = config_from_dict(data)
+        run = build_run(cfg, torch.device("cuda"))
+        trainer = GRPOTrainer(cfg, run.policy, run.idm, run.prompts, device=torch.device("cuda"))
+        trainer.step()
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                trainer.step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
+        counts[micro] = len(syncs)
+        with capsys.disabled():
+            print(f"\n{config} micro_batch_size={micro}: {len(syncs)} synchronising calls", *syncs[:12], sep="\n  ")
+    assert counts[1] == counts[4], counts

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The one device call of ../shared/gpu/README.md: GPU tests, then every benchmark inside a budget. About 8 minutes
+# at most; run it with the device tool as
+#   run(command="bash benchmarks/gpu_call.sh", carry=[".whl"], timeout_s=500)
+# after `bash ../shared/gpu/prepare-wheels.sh` here. Writes 4 files to $OUT (the device returns at most 8):
+#   gpu.txt, gpu-tests.log, bench.log, bench_results.tar.gz (benchmarks/results/*.json, RESULTS.md, run_all_cuda.json).
+# The GPU tests run without -x, so that one failure does not hide the others.
+# Unpack here with: tar xzf <files_at>/bench_results.tar.gz -C /tmp && cp /tmp/results/*.json benchmarks/results/
+# Checked on CPU with: OUT=/tmp/out RUN_ALL_ARGS=--dry-run bash benchmarks/gpu_call.sh   (in a copy of the tree)
+set -o pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/rlir_out}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+fi
+# The package imports from the working tree: kernels/ and profiling/ install as rlir.kernels / rlir.profiling
+# (setup.py's package_dir), so link them into rlir/ for this call and unlink them afterwards.
+linked=()
+for pkg in kernels profiling; do
+  if [ ! -e "rlir/$pkg" ]; then ln -s "../$pkg" "rlir/$pkg" && linked+=("rlir/$pkg"); fi
+done
+trap 'for l in "${linked[@]}"; do rm -f "$l"; done' EXIT
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+python3 -c "import rlir.kernels, rlir.profiling, rlir.grpo, diffusers" || { echo "imports failed"; exit 1; }
+(nvidia-smi --query-gpu=name,memory.total,clocks.sm,driver_version --format=csv 2>&1 || echo "no nvidia-smi") \
+  | tee "$OUT/gpu.txt"
+timeout 200 python3 -m pytest -q -m gpu tests -p no:cacheprovider -rfs 2>&1 | tail -300 > "$OUT/gpu-tests.log"
+tail -3 "$OUT/gpu-tests.log"
+# shellcheck disable=SC2086
+timeout 250 python3 benchmarks/run_all.py --out /tmp/rlir_results ${RUN_ALL_ARGS:---budget-s 230} \
+  --bundle "$OUT/bench_results.tar.gz" 2>&1 | tail -400 > "$OUT/bench.log"
+tail -3 "$OUT/bench.log"

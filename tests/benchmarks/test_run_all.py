@@ -1,0 +1,43 @@
+"""benchmarks/run_all.py --dry-run: every stage of the GPU call at tiny sizes on CPU (about 30 s on one thread)."""
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import run_all  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    pass
+
+
+@pytest.mark.slow
+def test_dry_run_runs_every_stage_writes_results_and_bundles_them(tmp_path):
+    out, bundle = tmp_path / "results", tmp_path / "out" / "bench_results.tar.gz"
+    status = run_all.main(["--dry-run", "--out", str(out), "--bundle", str(bundle)])
+    assert {k: v["status"] for k, v in status.items()} == {
+        "rollout": "ok", "grpo_step": "ok", "attention": "ok", "kernels": "ok", "report": "ok"}
+    summary = json.loads((out / "run_all_cpu.json").read_text())
+    assert summary["dry_run"] and summary["seconds"] < 120  # about 30 s measured; the brief: under a minute
+    for name in ("rollout", "grpo_step", "attention", "group_advantage", "token_logprobs", "grpo_loss",
+                 "fused_linear_logprobs", "flow_sde_step"):
+        payload = json.loads((out / f"{name}_cpu.json").read_text())
+        assert payload["rows"] and not any("error" in r and "Unavailable" not in r["error"] for r in payload["rows"]), name
+    rollout = json.loads((out / "rollout_cpu.json").read_text())
+    assert all(r["same_tokens_as_eager"] for r in rollout["rows"])
+    assert "competent" in json.loads((out / "grpo_step_cpu.json").read_text())
+    with tarfile.open(bundle) as tar:
+        names = set(tar.getnames())
+    assert {"results/RESULTS.md", "results/run_all_cpu.json", "results/rollout_cpu.json"} <= names
+
+
+def test_budget_skips_the_stages_that_do_not_fit(tmp_path):
+    status = run_all.main(["--out", str(tmp_path), "--budget-s", "1", "--only", "rollout", "kernels"])
+    assert status["rollout"]["status"] == "skipped" and status["kernels"]["status"] == "skipped"
+    assert "estimated" in status["rollout"]["reason"]
