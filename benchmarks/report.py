@@ -87,6 +87,24 @@ def grpo_step_table(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def rollout_table(payload: dict) -> str:
+    """Rollouts a second, eager vs compiled (vs CUDA graphs), per config and batch."""
+    lines = ["| config | videos x frames x codes | provider | s / rollout | tokens/s | frames/s | vs eager | "
+             "first call (compiles) | same tokens |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in payload["rows"]:
+        shape = r["shape"]
+        size = f"{shape['B'] * shape['G']} x {shape['frames']} x {shape['F']}"
+        if "error" in r:
+            lines.append(f"| {r['config']} | {size} | {r['provider']} | fails: {r['error'][:80]} | | | | | |")
+            continue
+        lines.append(f"| {r['config']} | {size} | {r['provider']} | {r['seconds']:.3f} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['frames_per_s']:.1f} | {r['speedup_vs_eager']:.2f}x | {r['first_call_s']:.1f} s | "
+                     f"{r['same_tokens_as_eager']} |")
+    for name, shares in payload.get("profile_percent_of_cpu_time", {}).items():
+        lines.append(f"\nProfile, {name}: " + ", ".join(f"{k} {v}%" for k, v in shares.items()))
+    return "\n".join(lines)
+
+
 def speed_plot(payload: dict, path: Path) -> None:
     import matplotlib
 
@@ -131,6 +149,8 @@ def main(argv=None):
             sections.append(memory_table(payload))
         elif payload["benchmark"] == "grpo_step":
             sections.append(grpo_step_table(payload))
+        elif payload["benchmark"] == "rollout":
+            sections.append(rollout_table(payload))
         else:
             sections.append(speed_table(payload))
             plot = path.with_suffix(".png")
