@@ -26,12 +26,13 @@ class HeldOutPrompts:
         from rlir.data import ClipDataset
 
         heldout = recording.episode_ids if all_episodes else None
-        clips = ClipDataset(recording, split="heldout", context_frames=1, clip_frames=frames,
+        # Every window (stride 1), then ``count`` of them evenly spread: as far apart as the episodes allow.
+        clips = ClipDataset(recording, split="heldout", context_frames=1, clip_frames=frames, stride=1,
                             heldout_episodes=heldout)
         if len(clips) == 0:
             raise ValueError(f"the recording {recording.root} has no held-out clip of {frames + 1} frames")
-        step = max(1, len(clips) // count)
-        items = [clips[i] for i in range(0, len(clips), step)][:count]
+        picks = torch.linspace(0, len(clips) - 1, min(count, len(clips))).round().long().tolist()
+        items = [clips[i] for i in picks]
         real = torch.stack([torch.cat([torch.as_tensor(it["context"]), torch.as_tensor(it["target"])])
                             for it in items])
         actions = torch.stack([torch.as_tensor(it["actions"]) for it in items])
