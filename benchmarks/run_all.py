@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import tarfile
@@ -43,13 +44,34 @@ from harness import RESULTS_DIR, run_cases, write_results  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("rollout", "grpo_step", "attention", "kernels", "memory")
 # Seconds a stage is expected to take on a lent H200 (compilation included), used to decide what fits.
-ESTIMATE_CUDA = {"rollout": 120, "grpo_step": 60, "attention": 25, "kernels": 60, "memory": 45,
+ESTIMATE_CUDA = {"rollout": 150, "grpo_step": 60, "attention": 25, "kernels": 90, "memory": 45,
                  "kernels_compiled_suite": 40}
 ESTIMATE_CPU = {"rollout": 60, "grpo_step": 240, "attention": 30, "kernels": 120, "memory": 120,
                 "kernels_compiled_suite": 90}
 TINY_GRPO = ["--config", "configs/tiny_ar.yaml", "--prompts", "2", "--group-size", "4", "--frames", "2",
              "--repeats", "1", "--set", "loss.beta=0.0", "train.inner_epochs=1", "train.micro_batch_size=4",
              "train.grad_accumulation=2", "train.eval_interval=0", "train.checkpoint_interval=0"]
+
+
+class StageTimeout(BaseException):
+    """A stage ran past its limit (2.5x its estimate, or what is left of the budget). A BaseException, so that
+    the benchmarks' per-provider ``except Exception`` does not swallow it."""
+
+
+def _alarm(signum, frame):
+    raise StageTimeout("stage ran past its time limit")
+
+
+def write_bundle(out: Path, bundle: Path) -> None:
+    """Pack the results folder's JSON, markdown and plots into ``bundle`` (rewritten after every stage, so a
+    call cut short still returns what finished)."""
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    tmp = bundle.with_name(bundle.name + ".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for path in sorted(out.iterdir()):
+            if path.suffix in (".json", ".md", ".png"):
+                tar.add(path, arcname=f"results/{path.name}")
+    tmp.replace(bundle)
 
 
 def is_compiled_provider(name: str) -> bool:
@@ -123,15 +145,24 @@ def main(argv=None) -> Dict[str, dict]:
             return False
         print(f"\n== {name}", flush=True)
         t0 = time.perf_counter()
+        limit = None if args.dry_run or args.budget_s is None else max(1, int(min(left(), 2.5 * cost)))
+        if limit is not None and hasattr(signal, "SIGALRM"):
+            signal.signal(signal.SIGALRM, _alarm)
+            signal.alarm(limit)
         try:
             fn()
         except BaseException as err:  # noqa: BLE001 - one failing stage must not stop the call
             if isinstance(err, KeyboardInterrupt):
                 raise
-            status[name] = {"status": "failed", "seconds": time.perf_counter() - t0,
+            status[name] = {"status": "failed", "seconds": round(time.perf_counter() - t0, 1),
                             "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"}
             traceback.print_exc()
             return False
+        finally:
+            if limit is not None and hasattr(signal, "SIGALRM"):
+                signal.alarm(0)
+            if args.bundle:
+                write_bundle(out, Path(args.bundle))
         status[name] = {"status": "ok", "seconds": round(time.perf_counter() - t0, 1)}
         return True
 
@@ -193,13 +224,8 @@ def main(argv=None) -> Dict[str, dict]:
     print("\n== run_all: " + ", ".join(f"{k} {v['status']}" for k, v in status.items())
           + f" ({summary['seconds']} s)", flush=True)
     if args.bundle:
-        bundle = Path(args.bundle)
-        bundle.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(bundle, "w:gz") as tar:
-            for path in sorted(out.iterdir()):
-                if path.suffix in (".json", ".md", ".png"):
-                    tar.add(path, arcname=f"results/{path.name}")
-        print(f"wrote {bundle}")
+        write_bundle(out, Path(args.bundle))
+        print(f"wrote {args.bundle}")
     return status
 
 

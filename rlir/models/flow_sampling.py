@@ -193,7 +193,7 @@ class _CachedHistory:
                                               self.frame_actions[:, self.next_index], self.cache, self.last)
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        return self.step(self.model, x.to(self.dtype), sigma.expand(len(x)), self.frame_actions[:, self.next_index],
+        return self.step(self.model, x.to(self.dtype), sigma, self.frame_actions[:, self.next_index],
                          self.cache.k, self.cache.v, self.last, self.frame_indices[self.next_index])
 
     def append(self, x):
@@ -203,7 +203,9 @@ class _CachedHistory:
 
 
 def _static_velocity(model, x, sigma, frame_action, cache_k, cache_v, previous, frame_index):
-    return model.static_velocity(x, sigma, frame_action, cache_k, cache_v, previous, frame_index)
+    # sigma: 0-d, expanded inside the graph (a CUDA graph copies each input into a placeholder of its strides,
+    # and a stride-0 placeholder cannot be written)
+    return model.static_velocity(x, sigma.expand(x.shape[0]), frame_action, cache_k, cache_v, previous, frame_index)
 
 
 class _RecomputedHistory:

@@ -41,3 +41,12 @@ def test_budget_skips_the_stages_that_do_not_fit(tmp_path):
     status = run_all.main(["--out", str(tmp_path), "--budget-s", "1", "--only", "rollout", "kernels"])
     assert status["rollout"]["status"] == "skipped" and status["kernels"]["status"] == "skipped"
     assert "estimated" in status["rollout"]["reason"]
+
+
+def test_a_stage_past_its_limit_is_stopped_and_recorded(tmp_path, monkeypatch):
+    monkeypatch.setitem(run_all.ESTIMATE_CPU, "attention", 1)  # limit: 2.5x the estimate, here ~2 s
+    monkeypatch.setitem(run_all.ESTIMATE_CPU, "kernels_compiled_suite", 10**6)
+    status = run_all.main(["--out", str(tmp_path), "--budget-s", "30", "--only", "attention",
+                           "--bundle", str(tmp_path / "b.tar.gz")])
+    assert status["attention"]["status"] == "failed" and "StageTimeout" in status["attention"]["error"]
+    assert status["attention"]["seconds"] < 10 and (tmp_path / "b.tar.gz").exists()

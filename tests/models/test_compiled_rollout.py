@@ -98,7 +98,7 @@ def test_dit_denoising_step_traces_as_one_graph_without_breaks():
     cache = model.new_cache(3, 4)
     frame = torch.randn(3, 4, 4, 4)
     model.cache_frames(frame[:, None], torch.zeros(3, 1, 2, dtype=torch.long), cache)
-    explanation = torch._dynamo.explain(_static_velocity)(model, frame, torch.full((3,), 0.5),
+    explanation = torch._dynamo.explain(_static_velocity)(model, frame, torch.tensor(0.5),
                                                           torch.zeros(3, 2, dtype=torch.long), [t.clone() for t in cache.k], [t.clone() for t in cache.v], frame,
                                                           torch.tensor(1))
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
