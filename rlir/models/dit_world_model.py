@@ -190,6 +190,7 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
         self.final_modulation = nn.Linear(d_model, 2 * d_model)
         self.patch_out = nn.Linear(d_model, self.patch_dim)
         self._rope: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._device_index: dict[tuple, torch.Tensor] = {}
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -258,7 +259,7 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
 
     def frame_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """Actions between frames [B, T-1, H] -> the action that led to each frame [B, T, H] (frame 0: "no action")."""
-        null = torch.tensor(self.head_sizes, device=actions.device, dtype=torch.long)
+        null = self._on_device(self.head_sizes, actions.device)
         return torch.cat((null.expand(actions.shape[0], 1, -1), actions.long()), dim=1)
 
     def conditioning(self, frame_actions: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -268,8 +269,26 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
             emb = emb + table(frame_actions[..., head])
         return F.silu(emb)
 
+    def _on_device(self, values, device) -> torch.Tensor:
+        """Host ints as an int64 device tensor, made once per (values, device): a blocking host-to-device copy
+        synchronises a CUDA stream, which a denoising step or a micro-batch should not pay each time."""
+        key = (tuple(values), torch.device(device))
+        index = self._device_index.get(key)
+        if index is None:
+            if len(self._device_index) >= 256:
+                self._device_index.clear()
+            index = self._device_index[key] = torch.tensor(key[0], dtype=torch.long, device=device)
+        return index
+
     def _rope_tables(self, positions: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin [F * P, head_dim] for host frame positions [F] (each repeated over the frame's P tokens)."""
+        cos, sin = self._rope_full(device)
+        p = self.tokens_per_frame
+        index = self._on_device([position for position in positions for _ in range(p)], device)
+        return cos[index], sin[index]
+
+    def _rope_full(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [max_frames, head_dim], made once per device."""
         device = torch.device(device)
         if device not in self._rope:  # fp32 attributes, not buffers: casting the model must not round the angles
             hd = self.config.d_model // self.config.n_heads
@@ -277,10 +296,7 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
             angles = torch.arange(self.config.max_frames, dtype=torch.float64, device=device)[:, None] * inv_freq
             angles = torch.cat((angles, angles), dim=-1)
             self._rope[device] = (angles.cos().float(), angles.sin().float())
-        cos, sin = self._rope[device]
-        p = self.tokens_per_frame
-        index = torch.tensor(positions, device=device).repeat_interleave(p)
-        return cos[index], sin[index]
+        return self._rope[device]
 
     # ---- transformer ---------------------------------------------------------------------------------
 
@@ -329,7 +345,7 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
         if m and (min(host_index) < 1 or max(host_index) > tc):
             raise ValueError(f"frame_index must be in [1, Tc={tc}] (a noisy frame needs a clean frame before it)")
         self.check_actions(actions)
-        frame_index = torch.tensor(host_index, device=noisy.device, dtype=torch.long)
+        frame_index = self._on_device(host_index, noisy.device)
         needed = max(tc - 1, max(host_index) if m else 0)
         if actions.shape[1] < needed or actions.shape[0] != b:
             raise ValueError(f"actions must have shape [B={b}, >= {needed}, H], got {tuple(actions.shape)}")
@@ -401,8 +417,7 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
         serves every frame and denoising step. Equals ``cached_velocity`` up to float rounding."""
         p = self.tokens_per_frame
         positions = frame_index * p + torch.arange(p, device=noisy.device)
-        self._rope_tables([0], noisy.device)  # fills the tables (a dict lookup once they exist)
-        cos_all, sin_all = self._rope[noisy.device]
+        cos_all, sin_all = self._rope_full(noisy.device)
         index = frame_index.reshape(1)  # a 1-d index: gathering, not a data-dependent select
         rope = (cos_all[index].expand(p, -1), sin_all[index].expand(p, -1))
         mask = (torch.arange(cache_k[0].shape[2], device=noisy.device) < (frame_index + 1) * p)[None]  # [1, L]
@@ -420,7 +435,7 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
             raise ValueError(f"{name} must hold class indices in [0, head size), head sizes {list(self.head_sizes)}")
 
     def _bad_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        return (actions < 0) | (actions >= torch.tensor(self.head_sizes, device=actions.device))
+        return (actions < 0) | (actions >= self._on_device(self.head_sizes, actions.device))
 
     def generate(self, context: torch.Tensor, actions: torch.Tensor, **kwargs):
         """See ``rlir.models.flow_sampling.generate``."""
