@@ -27,6 +27,7 @@ Sections and keys (defaults in the dataclasses below):
                eval_interval, checkpoint_interval, keep_last, log_interval
     eval:      prompts, num_samples, at_start
     log:       tensorboard, stdout, jsonl
+    parallel:  strategy (fsdp|ddp|none), consolidated_weights (under torchrun; see rlir.grpo.distributed)
 """
 from __future__ import annotations
 
@@ -208,6 +209,18 @@ class LogConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """Multi-process training under ``torchrun`` (rlir.grpo.distributed); a plain ``rlir train`` is one process."""
+
+    strategy: str = _f("fsdp", choices=("fsdp", "ddp", "none"),
+                       help="fsdp: the world model sharded per block with FSDP2 (fully_shard); ddp: replicated, "
+                       "gradients all-reduced (DistributedDataParallel); none: one process only")
+    consolidated_weights: bool = _f(True, help="each checkpoint also holds the whole world model as "
+                                    "policy.safetensors (gathered by rank 0), which rlir eval --run reads; "
+                                    "false: the DCP shards only (rlir export makes the model directory)")
+
+
+@dataclass
 class GRPOConfig:
     seed: int = _f(0, min=0)
     device: str = _f("auto")
@@ -222,6 +235,7 @@ class GRPOConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     # ---- derived -----------------------------------------------------------------------------------
     @property
