@@ -5,10 +5,13 @@ Per token, with A the row's advantage and ratio = exp(logp - old_logp)
     pg  = -min(min(ratio, delta) · A, clamp(ratio, 1 - eps_low, 1 + eps_high) · A)   (no cap if delta is None)
     kl  = exp(ref - logp) - (ref - logp) - 1
     per_token = pg + beta · kl
-aggregated over valid tokens by ``loss_agg``:
+aggregated over valid tokens by ``loss_agg`` as a sum divided by ``loss_normaliser(mask, loss_agg)``:
     "token-mean"           Σ per_token / Σ mask                       (DAPO, TRL "dapo")
-    "seq-mean-token-mean"  mean over non-empty rows of the row mean   (original GRPO, TRL "grpo")
+    "seq-mean-token-mean"  Σ row means / non-empty rows               (original GRPO, TRL "grpo")
     "seq-sum-norm"         Σ per_token / (N · T)                      (Dr.GRPO, T = padded length)
+A caller that splits a batch into micro-batches (gradient accumulation), or follows another trainer's
+convention, passes its own denominator as ``normaliser`` (as Liger's ``num_items_in_batch``): the
+micro-batch losses then add up to the batch's loss, with no rescaling afterwards.
 
 Every aggregation weights all valid tokens of a row equally (by w_row), so the gradient is local:
     d loss / d logp_t = w_row · (d pg / d ratio · ratio + beta · (1 - exp(ref_t - logp_t))).
@@ -18,7 +21,7 @@ computes the loss and its gradient in one pass per row (plus a first pass for th
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Optional
 
 import torch
 
@@ -50,29 +53,59 @@ METRICS = ("kl", "clip_frac_low", "clip_frac_high", "clip_frac", "ratio_mean")
 MAX_BLOCK_T = 1024
 
 
-def aggregate_tokens(per_token: torch.Tensor, mask: Optional[torch.Tensor],
-                     loss_agg: str = "token-mean") -> torch.Tensor:
-    """Reduce a per-token term [N, T] over the valid tokens (mask: [N, T] bool or 0/1, None = all) as
-    ``loss_agg`` says: token-mean (sum / valid tokens), seq-mean-token-mean (mean over non-empty rows of each
-    row's token mean) or seq-sum-norm (sum / (N * T), Dr.GRPO). Masked entries may hold anything (even inf)."""
+def loss_normaliser(mask: torch.Tensor, loss_agg: str = "token-mean") -> torch.Tensor:
+    """The denominator ``loss_agg`` divides the summed per-token terms by, for the rows of ``mask`` ([N, T]
+    bool or 0/1): valid tokens (token-mean), non-empty rows (seq-mean-token-mean, whose rows are first divided
+    by their own token counts) or N * T (seq-sum-norm). fp32 0-d on mask's device, at least 1; no host read.
+
+    The one place the aggregations' denominators are written: ``grpo_loss`` uses it unless given
+    ``normaliser``, and a trainer computes it once over a whole minibatch and passes it to every micro-batch."""
     check_choice("loss_agg", loss_agg, LOSS_AGGS)
-    N, T = per_token.shape
-    mask = mask_or_ones(mask, per_token)
-    masked = torch.where(mask, per_token, 0.0)
-    n_row = mask.sum(1).to(per_token.dtype)
+    check_tensor("mask", mask, ndim=2)
+    valid = mask if mask.dtype == torch.bool else mask != 0
     if loss_agg == "token-mean":
-        return masked.sum() / n_row.sum().clamp(min=1)
+        count = valid.sum(dtype=torch.float32)
+    elif loss_agg == "seq-mean-token-mean":
+        count = valid.any(1).sum(dtype=torch.float32)
+    else:
+        count = torch.full((), float(valid.numel()), dtype=torch.float32, device=valid.device)
+    return count.clamp(min=1)
+
+
+def _check_normaliser(normaliser) -> None:
+    if isinstance(normaliser, torch.Tensor):
+        if normaliser.numel() != 1 or normaliser.dtype.is_complex or normaliser.dtype == torch.bool:
+            raise ValueError(f"normaliser must be a number or a one-element real tensor, got shape "
+                             f"{tuple(normaliser.shape)} {normaliser.dtype}")
+    else:
+        check_positive("normaliser", normaliser)
+
+
+def aggregate_tokens(per_token: torch.Tensor, mask: Optional[torch.Tensor], loss_agg: str = "token-mean",
+                     normaliser=None) -> torch.Tensor:
+    """Reduce a per-token term [N, T] over the valid tokens (mask: [N, T] bool or 0/1, None = all) as
+    ``loss_agg`` says: the sum of the valid entries (seq-mean-token-mean: of each row's entries over its
+    token count) divided by ``normaliser`` (default ``loss_normaliser(mask, loss_agg)``). Masked entries may
+    hold anything (even inf)."""
+    check_choice("loss_agg", loss_agg, LOSS_AGGS)
+    valid = mask_or_ones(mask, per_token)
+    masked = torch.where(valid, per_token, 0.0)
     if loss_agg == "seq-mean-token-mean":
-        return (masked.sum(1) / n_row.clamp(min=1)).sum() / (n_row > 0).sum().clamp(min=1)
-    return masked.sum() / max(N * T, 1)
+        total = (masked.sum(1) / valid.sum(1).to(per_token.dtype).clamp(min=1)).sum()
+    else:
+        total = masked.sum()
+    if normaliser is None:
+        normaliser = loss_normaliser(valid, loss_agg)
+    return total / torch.as_tensor(normaliser, device=per_token.device).to(total.dtype)
 
 
 def grpo_loss_reference(logp: torch.Tensor, old_logp: Optional[torch.Tensor], advantages: torch.Tensor,
                         mask: Optional[torch.Tensor] = None, ref_logp: Optional[torch.Tensor] = None, *,
                         eps_low: float = 0.2, eps_high: float = 0.2, delta: Optional[float] = None,
-                        beta: float = 0.0, loss_agg: str = "token-mean",
-                        is_level: str = "token") -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """The spec: plain PyTorch, differentiable w.r.t. logp; float64 logp -> float64 results, else fp32."""
+                        beta: float = 0.0, loss_agg: str = "token-mean", is_level: str = "token",
+                        normaliser=None, return_clip: bool = False):
+    """The spec: plain PyTorch, differentiable w.r.t. logp; float64 logp -> float64 results, else fp32.
+    Returns (loss, metrics), and the clip indicators (see ``grpo_loss``) with ``return_clip``."""
     dtype = torch.float64 if logp.dtype == torch.float64 else torch.float32
     N, T = logp.shape
     valid = mask_or_ones(mask, logp)
@@ -99,13 +132,13 @@ def grpo_loss_reference(logp: torch.Tensor, old_logp: Optional[torch.Tensor], ad
         if beta > 0:
             per_token = per_token + beta * kl
 
-    loss = aggregate_tokens(per_token, valid, loss_agg)
+    loss = aggregate_tokens(per_token, valid, loss_agg, normaliser)
 
     with torch.no_grad():
         denom = n_tok.clamp(min=1)
         r = ratio.detach()
-        low = (r < 1 - eps_low) & (adv < 0)
-        high = (r > 1 + eps_high) & (adv > 0)
+        low = (r < 1 - eps_low) & (adv < 0) & valid
+        high = (r > 1 + eps_high) & (adv > 0) & valid
         metrics = {
             "kl": (kl * w).sum() / denom if kl is not None else torch.zeros((), dtype=dtype, device=logp.device),
             "clip_frac_low": (low * w).sum() / denom,
@@ -113,6 +146,8 @@ def grpo_loss_reference(logp: torch.Tensor, old_logp: Optional[torch.Tensor], ad
             "clip_frac": ((low | high) * w).sum() / denom,
             "ratio_mean": (r * w).sum() / denom,
         }
+    if return_clip:
+        return loss, metrics, high.to(torch.int8) - low.to(torch.int8)
     return loss, metrics
 
 
@@ -120,10 +155,10 @@ if HAS_TRITON:
 
     @triton.jit
     def _grpo_loss_kernel(
-        logp_ptr, old_ptr, ref_ptr, adv_ptr, mask_ptr, row_count_ptr, norm_ptr, grad_ptr, partial_ptr,
+        logp_ptr, old_ptr, ref_ptr, adv_ptr, mask_ptr, row_count_ptr, norm_ptr, grad_ptr, partial_ptr, clip_ptr,
         T, eps_low, eps_high, delta, beta,
-        HAS_REF: tl.constexpr, HAS_DELTA: tl.constexpr, SEQ_MEAN_AGG: tl.constexpr,
-        SEQ_LEVEL: tl.constexpr, ADV_PER_TOKEN: tl.constexpr, N_PARTIAL: tl.constexpr, BLOCK_T: tl.constexpr,
+        HAS_REF: tl.constexpr, HAS_DELTA: tl.constexpr, SEQ_MEAN_AGG: tl.constexpr, SEQ_LEVEL: tl.constexpr,
+        ADV_PER_TOKEN: tl.constexpr, STORE_CLIP: tl.constexpr, N_PARTIAL: tl.constexpr, BLOCK_T: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
         base = row * T
@@ -190,9 +225,14 @@ if HAS_TRITON:
                 kl_acc += tl.where(valid, kl, 0.0)
             tl.store(grad_ptr + base + offs, tl.where(valid, w * grad, 0.0), mask=in_row)
             loss_acc += tl.where(valid, per_token, 0.0)
-            below_acc += tl.where(valid & (ratio < 1.0 - eps_low), tl.where(adv < 0, 1.0, 0.0), 0.0)
-            above_acc += tl.where(valid & (ratio > 1.0 + eps_high), tl.where(adv > 0, 1.0, 0.0), 0.0)
+            adv_t = tl.zeros([BLOCK_T], dtype=tl.float32) + adv  # a row's advantage as a block, like the ratio
+            low = valid & (ratio < 1.0 - eps_low) & (adv_t < 0)
+            high = valid & (ratio > 1.0 + eps_high) & (adv_t > 0)
+            below_acc += tl.where(low, 1.0, 0.0)
+            above_acc += tl.where(high, 1.0, 0.0)
             ratio_acc += tl.where(valid, ratio, 0.0)
+            if STORE_CLIP:
+                tl.store(clip_ptr + base + offs, tl.where(low, -1, tl.where(high, 1, 0)).to(tl.int8), mask=in_row)
 
         # A ratio below the range is clipped only when A < 0, above it only when A > 0: the two are
         # exclusive, so clip_frac = low + high.
@@ -208,11 +248,12 @@ if HAS_TRITON:
 
 
 class _GRPOLossFunction(torch.autograd.Function):
-    """Triton path: forward computes the loss, the metric sums and d loss / d logp in one kernel."""
+    """Triton path: forward computes the loss, the metric sums, the clip indicators (when asked) and
+    d loss / d logp in one kernel."""
 
     @staticmethod
-    def forward(ctx, logp, old_logp, advantages, valid, ref_logp, opts):
-        eps_low, eps_high, delta, beta, loss_agg, is_level = opts
+    def forward(ctx, logp, old_logp, advantages, valid, ref_logp, normaliser, opts):
+        eps_low, eps_high, delta, beta, loss_agg, is_level, return_clip = opts
         N, T = logp.shape
         logp = logp.contiguous()
         old_logp = logp if old_logp is None else old_logp.contiguous()  # logp - logp == 0: ratio exactly 1
@@ -223,40 +264,39 @@ class _GRPOLossFunction(torch.autograd.Function):
 
         row_count = valid.sum(1, dtype=torch.float32)
         n_tok = row_count.sum()
-        if loss_agg == "token-mean":
-            norm = n_tok.clamp(min=1)
-        elif loss_agg == "seq-mean-token-mean":
-            norm = (row_count > 0).sum(dtype=torch.float32).clamp(min=1)
-        else:
-            norm = torch.full((), float(max(N * T, 1)), dtype=torch.float32, device=logp.device)
+        norm = loss_normaliser(valid, loss_agg) if normaliser is None else normaliser
+        norm = torch.as_tensor(norm, dtype=torch.float32, device=logp.device).reshape(1)
 
         grad = torch.empty((N, T), dtype=torch.float32, device=logp.device)
         partial = torch.empty((N, len(METRICS) + 1), dtype=torch.float32, device=logp.device)
+        clip = torch.empty((N, T) if return_clip else (0,), dtype=torch.int8, device=logp.device)
         launch(
             _grpo_loss_kernel, (N,),
-            logp, old_logp, ref_logp, advantages, mask_u8, row_count, norm.reshape(1), grad, partial,
+            logp, old_logp, ref_logp, advantages, mask_u8, row_count, norm, grad, partial, clip,
             T, eps_low, eps_high, 0.0 if delta is None else delta, beta,
             HAS_REF=has_ref, HAS_DELTA=delta is not None, SEQ_MEAN_AGG=loss_agg == "seq-mean-token-mean",
-            SEQ_LEVEL=is_level == "sequence", ADV_PER_TOKEN=advantages.ndim == 2, N_PARTIAL=partial.shape[1],
-            BLOCK_T=min(next_pow2(T), MAX_BLOCK_T), num_warps=4,
+            SEQ_LEVEL=is_level == "sequence", ADV_PER_TOKEN=advantages.ndim == 2, STORE_CLIP=return_clip,
+            N_PARTIAL=partial.shape[1], BLOCK_T=min(next_pow2(T), MAX_BLOCK_T), num_warps=4,
         )
         sums = partial.sum(0)
         loss = sums[0]
         metrics = sums[1:] / n_tok.clamp(min=1)
-        ctx.mark_non_differentiable(metrics)
+        ctx.mark_non_differentiable(metrics, clip)
         ctx.save_for_backward(grad)
         ctx.logp_dtype = logp.dtype
-        return loss, metrics
+        return loss, metrics, clip
 
     @staticmethod
-    def backward(ctx, g_loss, g_metrics):
+    def backward(ctx, g_loss, g_metrics, g_clip):
         (grad,) = ctx.saved_tensors
-        return (grad * g_loss).to(ctx.logp_dtype), None, None, None, None, None
+        return (grad * g_loss).to(ctx.logp_dtype), None, None, None, None, None, None
 
 
 def _check_grpo_args(N: int, T: int, old_logp, advantages, ref_logp,
-                     eps_low, eps_high, delta, beta, loss_agg, is_level) -> None:
+                     eps_low, eps_high, delta, beta, loss_agg, is_level, normaliser=None) -> None:
     """Validate everything but the log-probs (or logits), the mask and devices."""
+    if normaliser is not None:
+        _check_normaliser(normaliser)
     if old_logp is not None:
         check_tensor("old_logp", old_logp, ndim=2, dtypes=FLOAT_DTYPES)
         check_shape("old_logp", old_logp, (N, T))
@@ -286,36 +326,45 @@ def _check_grpo_args(N: int, T: int, old_logp, advantages, ref_logp,
 def grpo_loss(logp: torch.Tensor, old_logp: Optional[torch.Tensor], advantages: torch.Tensor,
               mask: Optional[torch.Tensor] = None, ref_logp: Optional[torch.Tensor] = None, *,
               eps_low: float = 0.2, eps_high: float = 0.2, delta: Optional[float] = None, beta: float = 0.0,
-              loss_agg: str = "token-mean",
-              is_level: str = "token") -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """GRPO loss (0-d fp32) and metrics (dict of 0-d fp32: kl, clip_frac_low/high, clip_frac, ratio_mean).
+              loss_agg: str = "token-mean", is_level: str = "token", normaliser=None,
+              return_clip: bool = False):
+    """GRPO loss (0-d fp32) and metrics (dict of 0-d fp32: kl, clip_frac_low/high, clip_frac, ratio_mean);
+    with ``return_clip``, also the per-token clip indicators: int8 [N, T], -1 where the ratio is clipped
+    below (ratio < 1 - eps_low and A < 0), +1 above (ratio > 1 + eps_high and A > 0), 0 elsewhere and at
+    masked positions (at sequence level every token of a row carries the row's indicator).
 
     logp/old_logp/ref_logp: [N, T] per-token log-probs (old_logp None: the rollout policy is the current
     one, ratio exactly 1); advantages: [N] per sequence, or [N, T] per token (e.g. per-frame credit);
-    mask: [N, T] bool or 0/1, None = all valid. Differentiable
-    w.r.t. ``logp`` only. Metrics are masked means over valid tokens; an empty mask gives 0, never NaN.
+    mask: [N, T] bool or 0/1, None = all valid; normaliser: the loss's denominator (a number or a
+    one-element tensor, e.g. ``loss_normaliser`` of a whole minibatch), None = ``loss_normaliser(mask,
+    loss_agg)``. Differentiable w.r.t. ``logp`` only. Metrics are masked means over valid tokens (whatever
+    the normaliser); an empty mask gives 0, never NaN.
     """
     check_tensor("logp", logp, ndim=2, dtypes=FLOAT_DTYPES)
     N, T = logp.shape
-    _check_grpo_args(N, T, old_logp, advantages, ref_logp, eps_low, eps_high, delta, beta, loss_agg, is_level)
+    _check_grpo_args(N, T, old_logp, advantages, ref_logp, eps_low, eps_high, delta, beta, loss_agg, is_level,
+                     normaliser)
     valid = mask_or_ones(mask, logp)
-    check_same_device(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask, ref_logp=ref_logp)
+    check_same_device(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask, ref_logp=ref_logp,
+                      normaliser=normaliser if isinstance(normaliser, torch.Tensor) else None)
     options = dict(eps_low=float(eps_low), eps_high=float(eps_high), delta=None if delta is None else float(delta),
-                   beta=float(beta), loss_agg=loss_agg, is_level=is_level)
+                   beta=float(beta), loss_agg=loss_agg, is_level=is_level, return_clip=bool(return_clip))
 
     if logp.numel() == 0 or not use_triton(logp, old_logp, advantages, mask, ref_logp):
-        return grpo_loss_reference(logp, old_logp, advantages, valid, ref_logp, **options)
+        return grpo_loss_reference(logp, old_logp, advantages, valid, ref_logp, normaliser=normaliser, **options)
 
-    loss, metrics = _GRPOLossFunction.apply(logp, old_logp, advantages, valid, ref_logp, tuple(options.values()))
-    return loss, dict(zip(METRICS, metrics.unbind(0)))
+    loss, metrics, clip = _GRPOLossFunction.apply(logp, old_logp, advantages, valid, ref_logp, normaliser,
+                                                  tuple(options.values()))
+    metrics = dict(zip(METRICS, metrics.unbind(0)))
+    return (loss, metrics, clip) if return_clip else (loss, metrics)
 
 
 def grpo_loss_from_logits(logits: torch.Tensor, ids: torch.Tensor, old_logp: Optional[torch.Tensor],
                           advantages: torch.Tensor, mask: Optional[torch.Tensor] = None,
                           ref_logp: Optional[torch.Tensor] = None, *, temperature: float = 1.0,
                           eps_low: float = 0.2, eps_high: float = 0.2, delta: Optional[float] = None,
-                          beta: float = 0.0, loss_agg: str = "token-mean",
-                          is_level: str = "token") -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+                          beta: float = 0.0, loss_agg: str = "token-mean", is_level: str = "token",
+                          normaliser=None, return_clip: bool = False):
     """``grpo_loss(token_logprobs(logits, ids, temperature), ...)``, differentiable w.r.t. ``logits``.
 
     logits: [N, T, V]; ids: [N, T]. Ids at masked positions are ignored (they may be padding such as -100).
@@ -326,10 +375,12 @@ def grpo_loss_from_logits(logits: torch.Tensor, ids: torch.Tensor, old_logp: Opt
     N, T, _ = logits.shape
     check_tensor("ids", ids, ndim=2, dtypes=INDEX_DTYPES)
     check_shape("ids", ids, (N, T))
-    _check_grpo_args(N, T, old_logp, advantages, ref_logp, eps_low, eps_high, delta, beta, loss_agg, is_level)
+    _check_grpo_args(N, T, old_logp, advantages, ref_logp, eps_low, eps_high, delta, beta, loss_agg, is_level,
+                     normaliser)
     valid = mask_or_ones(mask, ids)
     check_same_device(logits=logits, ids=ids, old_logp=old_logp, advantages=advantages, mask=mask,
                       ref_logp=ref_logp)
     logp = token_logprobs(logits, ids.masked_fill(~valid, 0), temperature)
     return grpo_loss(logp, old_logp, advantages, valid, ref_logp, eps_low=eps_low, eps_high=eps_high,
-                     delta=delta, beta=beta, loss_agg=loss_agg, is_level=is_level)
+                     delta=delta, beta=beta, loss_agg=loss_agg, is_level=is_level, normaliser=normaliser,
+                     return_clip=return_clip)

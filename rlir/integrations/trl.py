@@ -23,26 +23,27 @@ gradient accumulation, distributed reduction) stays TRL's.
     the loss.
 
 ``_compute_loss`` (``loss=True``)
-    Computes the clipped GRPO objective (+ k3 KL when ``beta != 0``) with :func:`rlir.kernels.grpo_loss`
-    and scales it to exactly TRL's normalisation for the loss type:
+    Computes the clipped GRPO objective (+ k3 KL when ``beta != 0``) with :func:`rlir.kernels.grpo_loss`,
+    passing it TRL's own denominator for the loss type as ``normaliser`` (N rows; ``accum`` is the
+    gradient-accumulation steps in training, 1 in evaluation):
 
-    ==========  ====================  ===================================================================
-    loss_type   grpo_loss loss_agg    factor applied to rlir's loss (N rows, T = padded completion length)
-    ==========  ====================  ===================================================================
-    grpo        seq-mean-token-mean   n_nonempty_rows / N   (TRL averages row means over all N rows)
-    bnpo        token-mean            1
-    dapo        token-mean            n_tokens / TRL's ``num_items_in_batch`` normaliser
-    dr_grpo     seq-sum-norm          T / max_completion_length   (TRL divides by N * max_completion_length)
-    luspo       seq-sum-norm          T                           (TRL divides the token sum by N)
-    ==========  ====================  ===================================================================
+    ==========  ====================  =============================================================
+    loss_type   grpo_loss loss_agg    normaliser (TRL's)
+    ==========  ====================  =============================================================
+    grpo        seq-mean-token-mean   N * accum   (the mean of the row means over all N rows)
+    bnpo        token-mean            n_tokens * accum
+    dapo        token-mean            TRL's ``num_items_in_batch`` normaliser (accumulation included)
+    dr_grpo     seq-sum-norm          N * max_completion_length * accum
+    luspo       seq-sum-norm          N * accum   (the mean of the row sums)
+    ==========  ====================  =============================================================
 
-    then divides by the gradient-accumulation steps where TRL does. Both importance-sampling levels
-    ("token", "sequence" = GSPO), ``epsilon``/``epsilon_high``, ``delta`` (> 1) and ``beta`` >= 0 map
-    one-to-one onto grpo_loss's arguments. The metrics TRL logs (``kl``, ``entropy`` and the
-    ``clip_ratio/*`` family) are logged under the same names with the same cross-process reduction:
-    ``kl`` and the token-level clip means come from grpo_loss's metrics; the per-sequence ones
-    (``clip_ratio/low_min``, ``clip_ratio/high_max``, and the clip means at sequence level, which TRL
-    averages over sequences, not tokens) from the detached ratios, which grpo_loss does not return.
+    Both importance-sampling levels ("token", "sequence" = GSPO), ``epsilon``/``epsilon_high``, ``delta``
+    (> 1) and ``beta`` >= 0 map one-to-one onto grpo_loss's arguments. The metrics TRL logs (``kl``,
+    ``entropy`` and the ``clip_ratio/*`` family) are logged under the same names with the same
+    cross-process reduction: ``kl`` and the token-level clip means come from grpo_loss's metrics; the
+    per-sequence ones (``clip_ratio/low_min``, ``clip_ratio/high_max``, and the clip means at sequence
+    level, which TRL averages over sequences, not tokens) from the per-token clip indicators grpo_loss
+    returns (``return_clip=True``).
 
 Anything grpo_loss cannot express exactly leaves that call to TRL's original method, with one
 :class:`TRLFallbackWarning` per option naming it: loss types cispo / sapo / vespo,
@@ -67,7 +68,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from rlir.kernels import grpo_loss, token_logprobs
+from rlir.kernels import grpo_loss, loss_normaliser, token_logprobs
 
 __all__ = [
     "patch_grpo_trainer",
@@ -87,7 +88,7 @@ VERIFIED_TRL_SERIES = ("1.10", "1.11", "1.12", "1.13", "1.14", "1.15", "1.16")
 LOGPROBS_METHOD = "_get_per_token_logps_and_entropies"
 LOSS_METHOD = "_compute_loss"
 
-# TRL loss_type -> grpo_loss aggregation (the rescaling to TRL's normaliser is in _trl_scale).
+# TRL loss_type -> grpo_loss aggregation (TRL's denominator is _trl_normaliser's).
 LOSS_AGG = {
     "grpo": "seq-mean-token-mean",
     "bnpo": "token-mean",
@@ -280,25 +281,22 @@ def _unsupported_loss_option(trainer, inputs) -> Optional[str]:
     return None
 
 
-def _trl_scale(trainer, inputs, loss_type: str, valid: torch.Tensor, train: bool):
-    """Factor turning grpo_loss's aggregate into TRL's loss (gradient-accumulation division included)."""
-    n, t = valid.shape
-    accum = trainer.current_gradient_accumulation_steps if train else 1
+def _trl_normaliser(trainer, inputs, loss_type: str, valid: torch.Tensor, train: bool):
+    """TRL's denominator of the summed per-token losses (grpo: of the summed row means), gradient
+    accumulation included, as grpo_loss's ``normaliser``."""
     if loss_type == "dapo":
         # TRL divides the token sum by the generation batch's token count, rescaled to this micro-batch.
         normaliser = inputs["num_items_in_batch"].clamp(min=1.0) / trainer.accelerator.num_processes
         if train:
             normaliser = normaliser * trainer.current_gradient_accumulation_steps / trainer.args.steps_per_generation
-        return valid.sum().clamp(min=1) / normaliser
-    if loss_type == "grpo":  # TRL's mean of row means counts empty rows (as 0); grpo_loss skips them
-        factor = valid.any(dim=1).sum().clamp(min=1) / n
-    elif loss_type == "bnpo":
-        factor = 1.0
-    elif loss_type == "dr_grpo":  # grpo_loss divides by N * T, TRL by N * max_completion_length
-        factor = t / trainer.max_completion_length
-    else:  # luspo: TRL sums each row's tokens and averages over rows, i.e. divides by N
-        factor = float(t)
-    return factor / accum
+        return normaliser.to(valid.device)
+    accum = trainer.current_gradient_accumulation_steps if train else 1
+    if loss_type == "bnpo":
+        return loss_normaliser(valid, "token-mean") * accum
+    rows = valid.shape[0]  # grpo (row means) and luspo (row sums) average over every row, empty ones too
+    if loss_type == "dr_grpo":
+        return float(rows * trainer.max_completion_length * accum)
+    return float(rows * accum)
 
 
 def _nan_extreme(values: torch.Tensor, largest: bool) -> float:
@@ -308,9 +306,9 @@ def _nan_extreme(values: torch.Tensor, largest: bool) -> float:
     return (values.max() if largest else values.min()).item()
 
 
-def _log_loss_metrics(trainer, metrics, logps, old_logps, advantages, mask, valid, entropies,
-                      level: str, beta: float) -> None:
-    """Log what TRL's loss logs, under its names and with its cross-process reduction."""
+def _log_loss_metrics(trainer, metrics, clip, mask, entropies, level: str, beta: float) -> None:
+    """Log what TRL's loss logs, under its names and with its cross-process reduction; ``clip`` is
+    grpo_loss's per-token clip indicators."""
     mode = "train" if trainer.model.training else "eval"
     log = trainer._metrics[mode]
     acc = trainer.accelerator
@@ -325,24 +323,13 @@ def _log_loss_metrics(trainer, metrics, logps, old_logps, advantages, mask, vali
         log["kl"].append(global_mean(metrics["kl"] * n_tok, n_tok))
     log["entropy"].append(global_mean((entropies.detach() * maskf).sum(), n_tok))
 
-    # Which tokens (token level) or rows (sequence level) TRL counts as clipped, from the detached ratio.
-    eps_low, eps_high = trainer.epsilon_low, trainer.epsilon_high
+    # TRL tests the clip conditions on the delta-capped ratio, which exceeds 1 + epsilon_high only if delta
+    # does; grpo_loss's indicators (and clip fractions) are on the uncapped ratio.
     delta = getattr(trainer.args, "delta", None)
-    lp = logps.detach()
-    log_ratio = torch.where(valid, lp - (lp if old_logps is None else old_logps), 0.0)
-    if level == "sequence":
-        log_ratio = log_ratio.sum(1, keepdim=True) / maskf.sum(1, keepdim=True).clamp(min=1.0)
-    ratio = torch.exp(log_ratio)
-    if delta is not None:  # TRL tests the clip conditions on the delta-capped ratio
-        ratio = ratio.clamp(max=delta)
-    adv = advantages[:, None]
-    low = ((ratio < 1 - eps_low) & (adv < 0)).float()
-    high = ((ratio > 1 + eps_high) & (adv > 0)).float()
-
+    high_never = delta is not None and delta <= 1 + trainer.epsilon_high
+    low = (clip == -1).float()
+    high = torch.zeros_like(low) if high_never else (clip == 1).float()
     if level == "token":
-        # grpo_loss's clip fractions are masked token means of the same conditions on the uncapped ratio;
-        # with delta <= 1 + eps_high TRL's capped ratio can never exceed 1 + eps_high.
-        high_never = delta is not None and delta <= 1 + eps_high
         low_sum = metrics["clip_frac_low"] * n_tok
         high_sum = torch.zeros_like(low_sum) if high_never else metrics["clip_frac_high"] * n_tok
         region_sum = low_sum if high_never else metrics["clip_frac"] * n_tok
@@ -352,12 +339,13 @@ def _log_loss_metrics(trainer, metrics, logps, old_logps, advantages, mask, vali
         low_rows = (low * maskf).sum(1) / maskf.sum(1)  # NaN for empty rows, skipped by the min/max
         high_rows = (high * maskf).sum(1) / maskf.sum(1)
     else:
-        # One ratio per sequence: TRL averages the indicators over all sequences, unweighted by length.
+        # One ratio per sequence (its indicator on each of its tokens): TRL averages the indicators over all
+        # sequences, unweighted by length; an empty row has ratio 1.
+        low_rows, high_rows = low.amax(1), high.amax(1)
         rows = torch.tensor(float(low.shape[0]), device=low.device)
-        log["clip_ratio/low_mean"].append(global_mean(low.sum(), rows))
-        log["clip_ratio/high_mean"].append(global_mean(high.sum(), rows))
-        log["clip_ratio/region_mean"].append(global_mean(torch.maximum(low, high).sum(), rows))
-        low_rows, high_rows = low.squeeze(1), high.squeeze(1)
+        log["clip_ratio/low_mean"].append(global_mean(low_rows.sum(), rows))
+        log["clip_ratio/high_mean"].append(global_mean(high_rows.sum(), rows))
+        log["clip_ratio/region_mean"].append(global_mean(torch.maximum(low_rows, high_rows).sum(), rows))
     log["clip_ratio/low_min"].append(_nan_extreme(acc.gather(low_rows), largest=False))
     log["clip_ratio/high_max"].append(_nan_extreme(acc.gather(high_rows), largest=True))
 
@@ -382,16 +370,14 @@ def _rlir_compute_loss(trainer, model, inputs, original):
     ref_logps = inputs["ref_per_token_logps"] if beta != 0.0 else None
     valid = mask if mask.dtype == torch.bool else mask != 0
     delta = getattr(trainer.args, "delta", None)
-    loss, metrics = grpo_loss(
+    loss, metrics, clip = grpo_loss(
         logps, old_logps, advantages, valid, ref_logps,
         eps_low=float(trainer.epsilon_low), eps_high=float(trainer.epsilon_high),
-        delta=None if delta is None else float(delta), beta=beta,
-        loss_agg=LOSS_AGG[loss_type], is_level=level,
+        delta=None if delta is None else float(delta), beta=beta, loss_agg=LOSS_AGG[loss_type], is_level=level,
+        normaliser=_trl_normaliser(trainer, inputs, loss_type, valid, trainer.model.training), return_clip=True,
     )
-    train = trainer.model.training
-    loss = loss * _trl_scale(trainer, inputs, loss_type, valid, train)
     with torch.no_grad():
-        _log_loss_metrics(trainer, metrics, logps, old_logps, advantages, mask, valid, entropies, level, beta)
+        _log_loss_metrics(trainer, metrics, clip, mask, entropies, level, beta)
     return loss
 
 

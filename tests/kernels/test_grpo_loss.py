@@ -15,6 +15,7 @@ from rlir.kernels.grpo_loss import (
     grpo_loss,
     grpo_loss_from_logits,
     grpo_loss_reference,
+    loss_normaliser,
 )
 from rlir.kernels.token_logprobs import token_logprobs, token_logprobs_reference
 
@@ -504,6 +505,9 @@ BAD_LOSS_ARGS = [
     (dict(loss_agg="sum"), "loss_agg"),
     (dict(loss_agg="seq-mean-token-sum-norm"), "loss_agg"),
     (dict(is_level="seq"), "is_level"),
+    (dict(normaliser=0.0), "normaliser"),
+    (dict(normaliser=-2), "normaliser"),
+    (dict(normaliser=torch.ones(2)), "normaliser"),
 ]
 
 
@@ -574,3 +578,60 @@ def test_aggregate_tokens_reduces_like_each_loss_agg():
     assert aggregate_tokens(x, mask, "seq-sum-norm").item() == 1.5  # 9 / (2 * 3)
     with pytest.raises(ValueError, match="loss_agg"):
         aggregate_tokens(x, mask, "mean")
+    # The denominators, and a caller's own denominator in their place.
+    assert [loss_normaliser(mask, agg).item() for agg in LOSS_AGGS] == [3.0, 2.0, 6.0]
+    assert loss_normaliser(torch.zeros(2, 3, dtype=torch.bool)).item() == 1.0  # never 0
+    assert aggregate_tokens(x, mask, "token-mean", normaliser=torch.tensor(9.0)).item() == 1.0
+    assert aggregate_tokens(x, mask, "seq-mean-token-mean", normaliser=7).item() == 1.0
+
+
+# --- a caller's normaliser and the clip indicators -------------------------------------------------------------
+@pytest.mark.parametrize("is_level", IS_LEVELS)
+@pytest.mark.parametrize("loss_agg", LOSS_AGGS)
+def test_micro_batches_with_the_batch_normaliser_add_up_to_the_batch_loss(backend, gen, loss_agg, is_level):
+    """Gradient accumulation: each micro-batch's loss over the whole batch's loss_normaliser; the losses and
+    gradients add up to the batch's, with no rescaling afterwards."""
+    logp, old, ref, adv, mask = make_batch(gen, N=7)
+    opts = dict(delta=1.5, beta=0.1, loss_agg=loss_agg, is_level=is_level)
+    expected = run_reference64(logp, old, adv, mask, ref, **opts)
+    norm = loss_normaliser(mask, loss_agg)
+    x = logp.clone().requires_grad_()
+    total = 0.0
+    for rows in (slice(0, 3), slice(3, 4), slice(4, 7)):
+        loss, _ = grpo_loss(x[rows], old[rows], adv[rows], mask[rows], ref[rows], normaliser=norm, **opts)
+        loss.backward()
+        total = total + loss.detach()
+    torch.testing.assert_close(total.double(), expected[0], **VALUE_TOL)
+    torch.testing.assert_close(x.grad.double(), expected[2], **GRAD_TOL[torch.float32])
+    # A plain number is a normaliser too: here the whole batch's, so the loss is the default one.
+    loss, _, _ = run_public(grpo_loss, logp, old, adv, mask, ref, normaliser=float(norm), **opts)
+    torch.testing.assert_close(loss.double(), expected[0], **VALUE_TOL)
+
+
+@pytest.mark.parametrize("is_level, adv_per_token", [("token", False), ("token", True), ("sequence", False)])
+@pytest.mark.parametrize("delta", [None, 1.5])
+def test_clip_indicators_match_the_reference_and_the_metrics(backend, gen, is_level, delta, adv_per_token):
+    logp, old, ref, adv, mask = make_batch(gen)
+    if adv_per_token:
+        adv = adv[:, None] * torch.linspace(-1.0, 1.5, logp.shape[1])
+    opts = dict(delta=delta, beta=0.1, is_level=is_level)
+    loss, metrics, clip = grpo_loss(logp, old, adv, mask, ref, return_clip=True, **opts)
+    e_loss, e_metrics, e_clip = grpo_loss_reference(logp.double(), old.double(), adv.double(), mask, ref.double(),
+                                                    return_clip=True, **opts)
+    assert clip.dtype == torch.int8 and clip.shape == logp.shape and not clip.requires_grad
+    assert torch.equal(clip, e_clip) and (clip[~mask] == 0).all()
+    assert (clip == -1).any() and (clip == 1).any()
+    n_tok = mask.sum()
+    torch.testing.assert_close(metrics["clip_frac_low"], (clip == -1).sum() / n_tok)
+    torch.testing.assert_close(metrics["clip_frac_high"], (clip == 1).sum() / n_tok)
+    # The same call without return_clip gives the same loss and metrics.
+    loss2, metrics2 = grpo_loss(logp, old, adv, mask, ref, **opts)
+    assert loss2.item() == loss.item() and all(metrics2[k].item() == metrics[k].item() for k in METRICS)
+    ratio = torch.exp(logp.double() - old.double())
+    if is_level == "token":
+        a = adv if adv_per_token else adv[:, None]
+        expected = torch.where(mask & (ratio < 0.8) & (a < 0), -1, torch.where(mask & (ratio > 1.2) & (a > 0), 1, 0))
+        assert torch.equal(clip, expected.to(torch.int8))
+    else:  # one indicator per row, on each of its valid tokens
+        rows = clip.abs().amax(1)
+        assert torch.equal(clip.abs(), rows[:, None].expand_as(clip) * mask)
