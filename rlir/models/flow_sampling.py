@@ -33,6 +33,7 @@ from rlir.kernels import checking_values, flow_sde_step, trusted_inputs
 from rlir.kernels.flow_sde_step import SIGMA_MAX
 
 from .compiled import compile_mode, compiled_step, static_buffers, uses_cuda_graphs
+from .generators import Generators, check_generators, randn_rows, shared_generator
 from .kv_cache import LayerKVCache
 
 SAMPLERS = ("ode", "sde")
@@ -231,7 +232,7 @@ class _RecomputedHistory:
 def generate(model, context: torch.Tensor, actions: torch.Tensor, *, context_actions: Optional[torch.Tensor] = None,
              num_samples: int = 1, num_steps: int = 8, shift: float = 1.0, sampler: str = "ode",
              noise_level: float = 0.7, stochastic: Stochastic = "all", sigma_max: float = SIGMA_MAX,
-             generator: Optional[torch.Generator] = None, use_cache: bool = True, compile=False) -> FlowSample:
+             generator: Generators = None, use_cache: bool = True, compile=False) -> FlowSample:
     """Roll out ``num_samples`` (G) continuations of each of B prompts under commanded actions.
 
     context: model-space frames [B, n_ctx, C, S, S] (``model.encode_frames``); actions [B, n, H], actions[:, k]
@@ -241,7 +242,8 @@ def generate(model, context: torch.Tensor, actions: torch.Tensor, *, context_act
     history at every step (the reference the cached path is tested against). ``compile``: False runs each
     denoising step eagerly; True runs ``model.static_velocity`` (the per-frame denoising step over the static
     KV cache) under torch.compile(fullgraph=True), as CUDA graphs on CUDA; a string names the mode (see
-    rlir.models.compiled). Needs ``use_cache``.
+    rlir.models.compiled). Needs ``use_cache``. ``generator``: a torch.Generator, or a ``GroupGenerators`` (one
+    generator per prompt for its rows' noise, the shared one for the stochastic-step subset).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
@@ -250,8 +252,9 @@ def generate(model, context: torch.Tensor, actions: torch.Tensor, *, context_act
         raise ValueError("compile=True needs use_cache=True (it compiles the static KV-cache denoising step)")
     # The one host read of the inputs' values (none inside trusted_inputs()); the loop runs trusted.
     context_actions = _check_prompt(model, context, actions, context_actions, num_samples)
+    check_generators(generator, context.shape[0])
     sde = sampler == "sde"
-    steps = _stochastic_step_list(num_steps, stochastic, generator) if sde else []
+    steps = _stochastic_step_list(num_steps, stochastic, shared_generator(generator)) if sde else []
     with trusted_inputs():
         return _generate(model, context, actions, context_actions, num_samples, num_steps, shift, sampler,
                          noise_level, steps, sigma_max, generator, use_cache, mode)
@@ -277,7 +280,7 @@ def _generate(model, context, actions, context_actions, num_samples, num_steps, 
         sample.stds = context.new_empty(rows, n, ks)
         sample.log_probs = context.new_empty(rows, n, ks)
 
-    initial_noise = torch.randn(rows, n, *frame, generator=generator, device=context.device)
+    initial_noise = randn_rows((rows, n, *frame), generator, context.device)
     for k in range(n):
         if sde:
             x = _sde_frame(history, initial_noise[:, k], sample, k, steps, generator)
@@ -307,7 +310,7 @@ def _sde_frame(history, x: torch.Tensor, sample: FlowSample, k: int, steps: list
     for i in range(len(sigmas) - 1):
         v = history.velocity(x, sigmas[i]).float()
         if i in slots:
-            noise = torch.randn(x.shape, generator=generator, device=x.device)
+            noise = randn_rows(x.shape, generator, x.device)
             out = flow_sde_step(x, v, sigmas[i], sigmas[i + 1], sample.noise_level, noise=noise,
                                 sigma_max=sample.sigma_max)
             slot = slots[i]

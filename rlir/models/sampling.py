@@ -14,6 +14,7 @@ import torch
 from rlir.kernels import trusted_inputs
 
 from .compiled import compile_mode, compiled_step, static_buffers, uses_cuda_graphs
+from .generators import Generators, check_generators, exponential_like
 from .kv_cache import LayerKVCache
 
 
@@ -41,16 +42,17 @@ def filter_logits(scaled: torch.Tensor, top_k: Optional[int] = None, top_p: Opti
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
-                  top_p: Optional[float] = None, generator: Optional[torch.Generator] = None):
+                  top_p: Optional[float] = None, generator: Generators = None):
     """Sample one id per row of logits [N, V]; return (ids [N] int64, fp32 log-probs [N] under softmax(logits / T)).
 
     Draws exactly N*V exponentials from ``generator`` per call (argmax of p / Exp(1) samples from p,
-    with no host sync), so two paths that see the same logits consume the RNG identically.
+    with no host sync), so two paths that see the same logits consume the RNG identically. A
+    ``GroupGenerators`` (rlir.models.generators) draws each prompt group's rows from its own generator.
     """
     _check_sampling_args(temperature, top_k, top_p)
     scaled = logits.float() / temperature
     probs = filter_logits(scaled, top_k, top_p).softmax(dim=-1)
-    noise = torch.empty_like(probs).exponential_(1, generator=generator)
+    noise = exponential_like(probs, generator)
     ids = (probs / noise).argmax(dim=-1)
     logp = scaled.log_softmax(dim=-1).gather(-1, ids[:, None])[:, 0]
     return ids, logp
@@ -60,13 +62,15 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: Optiona
 def generate(model, context_tokens: torch.Tensor, actions: torch.Tensor, *,
              context_actions: Optional[torch.Tensor] = None, num_samples: int = 1, temperature: float = 1.0,
              top_k: Optional[int] = None, top_p: Optional[float] = None,
-             generator: Optional[torch.Generator] = None, use_cache: bool = True, compile=False):
+             generator: Generators = None, use_cache: bool = True, compile=False):
     """Roll out ``num_samples`` (G) continuations of each of B prompts under commanded actions.
 
     context_tokens: [B, n_ctx * F] (or [B, n_ctx, F]) codes of the context frames.
     actions: [B, n_steps, H] class indices; actions[:, k] leads from frame n_ctx - 1 + k to the k-th generated frame.
     context_actions: [B, n_ctx - 1, H], the actions between context frames (required when n_ctx > 1).
     Returns (tokens [B*G, n_steps, F] int64, logprobs [B*G, n_steps, F] fp32); row b*G + g is sample g of prompt b.
+    ``generator``: a torch.Generator, or a ``GroupGenerators`` with one generator per prompt (prompt b's samples
+    then do not depend on the other prompts of the batch).
 
     With ``use_cache`` the B prompts are prefilled once and the KV cache is replicated G times; then
     each frame is sampled one code at a time, the frame's last code fed together with the next
@@ -94,6 +98,7 @@ def generate(model, context_tokens: torch.Tensor, actions: torch.Tensor, *,
         raise ValueError(f"context_tokens must hold whole frames of tokens_per_frame={f} codes, "
                          f"got shape {tuple(context_tokens.shape)}")
     context = context_tokens.reshape(b, -1, f)
+    check_generators(generator, b)
     n_ctx = context.shape[1]
     if not isinstance(actions, torch.Tensor) or actions.ndim != 3 or actions.shape[0] != b \
             or actions.shape[2] != n_heads or actions.shape[1] < 1:
