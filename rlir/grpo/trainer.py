@@ -13,7 +13,8 @@ One step (every phase inside ``PhaseTimer.phase``, i.e. an NVTX range plus a tim
     then inner_epochs passes over the N videos in shuffled minibatches of micro_batch_size x grad_accumulation:
     logprob      policy.logprobs on a micro-batch (differentiable)
                  (loss.kl = closed_form: policy.logprobs_and_kl, the exact KL to the reference, instead)
-    loss         rlir.kernels.grpo_loss, scaled so the accumulated gradient is the minibatch's loss gradient
+    loss         rlir.kernels.grpo_loss over the minibatch's loss_normaliser, so the micro-batch losses (and
+                 their accumulated gradients) add up to the minibatch's
     backward
     optim        grad-norm clip, AdamW step, lr schedule step (once per minibatch)
 
@@ -33,8 +34,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from rlir.kernels import group_advantage, grpo_loss, idm_advantage, idm_reward, trusted_inputs
-from rlir.kernels.grpo_loss import aggregate_tokens
+from rlir.kernels import (aggregate_tokens, group_advantage, grpo_loss, idm_advantage, idm_reward, loss_normaliser,
+                          trusted_inputs)
 from rlir.optim import adamw_decaying_matrices
 from rlir.rewards import idm_logits
 from rlir.profiling import PhaseTimer, peak_memory, reset_peak_memory
@@ -212,16 +213,6 @@ class GRPOTrainer:
                               eps=a.eps)
         return adv.view(n, n_rows).t()[:, rollout.slot_frame.to(frame_match.device)].contiguous()
 
-    def _normaliser(self, mask: torch.Tensor) -> torch.Tensor:
-        """The loss_agg denominator of a set of rows (fp32 0-d, on the device: no host read), so that
-        micro-batch losses add up to the minibatch loss."""
-        agg = self.cfg.loss.loss_agg
-        if agg == "token-mean":
-            return mask.sum().float()
-        if agg == "seq-mean-token-mean":
-            return (mask.sum(1) > 0).sum().float()
-        return mask.new_full((), mask.shape[0], dtype=torch.float32)
-
     # ---- one GRPO step --------------------------------------------------------------------------------
 
     def step(self) -> Dict[str, float]:
@@ -369,12 +360,12 @@ class GRPOTrainer:
         self.policy.train()
         mask = rollout.mask
         lrs = []
-        # Per minibatch: (norm, [(scaled loss, tokens, loss metrics, first-update deviation or None)]), as tensors.
+        # Per minibatch: (norm, [(loss, tokens, loss metrics, first-update deviation or None)]), as tensors.
         records = []
         for epoch, order in enumerate(orders):
             for k, micro_batches in enumerate(self._micro_batches(order)):
                 first = epoch == 0 and k == 0
-                denom = self._normaliser(mask[torch.cat(micro_batches)])
+                denom = loss_normaliser(mask[torch.cat(micro_batches)], lc.loss_agg)  # on the device: no host read
                 self.optimizer.zero_grad(set_to_none=True)
                 micro_records = []
                 for idx in micro_batches:
@@ -388,19 +379,17 @@ class GRPOTrainer:
                                              None if ref is None else ref[idx], eps_low=lc.eps_low,
                                              eps_high=lc.eps_high, delta=lc.delta,
                                              beta=0.0 if self.closed_form_kl else lc.beta,
-                                             loss_agg=lc.loss_agg, is_level=lc.is_level)
+                                             loss_agg=lc.loss_agg, is_level=lc.is_level, normaliser=denom)
                         if self.closed_form_kl:
-                            loss = loss + lc.beta * aggregate_tokens(kl.float(), mask[idx], lc.loss_agg)
+                            loss = loss + lc.beta * aggregate_tokens(kl.float(), mask[idx], lc.loss_agg, denom)
                             lm["kl"] = aggregate_tokens(kl.detach().float(), mask[idx])
-                        weight = self._normaliser(mask[idx]) / denom.clamp(min=1e-12)
-                        scaled = loss * weight
                     with timer.phase("backward"):
-                        scaled.backward()
+                        loss.backward()
                     deviation = None
                     if first:
                         with torch.no_grad():
                             deviation = ((logp.detach().float() - old[idx]).abs() * mask[idx]).max()
-                    micro_records.append((scaled.detach(), mask[idx].sum(), lm, deviation))
+                    micro_records.append((loss.detach(), mask[idx].sum(), lm, deviation))
                 with timer.phase("optim"):
                     max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else float("inf")
                     norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
@@ -419,8 +408,8 @@ class GRPOTrainer:
             first_dev = 0.0
             for norm, micro_values in values:
                 minibatch_loss = 0.0
-                for scaled, tokens, lm_values, deviation in micro_values:
-                    minibatch_loss += scaled
+                for loss, tokens, lm_values, deviation in micro_values:
+                    minibatch_loss += loss
                     token_total += tokens
                     for key, value in zip(keys, lm_values):
                         sums[key] += value * tokens
@@ -438,8 +427,8 @@ class GRPOTrainer:
             m["optim/skipped_updates"] = float(sum(not math.isfinite(n) for n in norms))  # step() warns
             return m
 
-        args = tuple((norm, [(scaled, tokens, [lm[key] for key in keys], deviation)
-                             for scaled, tokens, lm, deviation in micro])
+        args = tuple((norm, [(loss, tokens, [lm[key] for key in keys], deviation)
+                             for loss, tokens, lm, deviation in micro])
                      for norm, micro in records)
         return {"update": Deferred(finish, args)}
 
