@@ -5,11 +5,11 @@
     trainer.train()
 
 Pieces: ``config`` (GRPOConfig, load_config), ``policy`` (the Policy interface, Prompts, Rollout),
-``ar_policy`` (ARPolicy: ARWorldModel + VQTokenizer), ``diffusion_policy`` (DiffusionPolicy: DiTWorldModel with
-the SDE sampler's step log-probs), ``prompts`` (resumable PromptSampler),
+``ar_policy`` (ARPolicy: ARWorldModel + VQTokenizer, its ARSample), ``diffusion_policy`` (DiffusionPolicy:
+DiTWorldModel with the SDE sampler's step log-probs), ``prompts`` (resumable PromptSampler),
 ``trainer`` (GRPOTrainer), ``checkpoint`` (atomic save, exact resume), ``logging`` (jsonl + TensorBoard).
 """
-from .ar_policy import ARPolicy
+from .ar_policy import ARPolicy, ARSample
 from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import ConfigError, GRPOConfig, config_from_dict, load_config
 from .diffusion_policy import DiffusionPolicy
@@ -19,6 +19,7 @@ from .trainer import GRPOTrainer
 
 __all__ = [
     "ARPolicy",
+    "ARSample",
     "ConfigError",
     "DiffusionPolicy",
     "GRPOConfig",

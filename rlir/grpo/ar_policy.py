@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -28,6 +29,17 @@ from .policy import ModelPolicy, Prompts, Rollout, last_context_frame
 
 
 to_uint8 = VQTokenizer.to_uint8  # float frames in [0, 1] -> uint8; policy.py's worked example uses it
+
+
+@dataclass
+class ARSample:
+    """What ``ARPolicy.rollout`` sampled (``Rollout.sample``), N rows: context_tokens int64 [N, C, F] (the
+    prompt's codes), tokens int64 [N, n, F] (the generated codes), all_actions int64 [N, C - 1 + n, H] (the
+    actions between all frames, as the model reads them)."""
+
+    context_tokens: torch.Tensor
+    tokens: torch.Tensor
+    all_actions: torch.Tensor
 
 
 class ARPolicy(ModelPolicy):
@@ -80,10 +92,9 @@ class ARPolicy(ModelPolicy):
         return Rollout(
             prompts=prompts,
             num_samples=g,
-            samples={"context_tokens": ctx.repeat_interleave(g, 0), "tokens": tokens, "all_actions": all_actions},
+            sample=ARSample(ctx.repeat_interleave(g, 0), tokens, all_actions),
             old_logp=logp.reshape(n_rows, n * f).float(),
             mask=torch.ones(n_rows, n * f, dtype=torch.bool, device=tokens.device),
-            prompt_index=torch.arange(len(prompts), device=tokens.device).repeat_interleave(g),
             actions=actions,
             slot_frame=torch.arange(n * f, device=tokens.device) // f,
         )
@@ -106,15 +117,15 @@ class ARPolicy(ModelPolicy):
 
     @torch.no_grad()
     def decode(self, rollout: Rollout) -> torch.Tensor:
-        codes = rollout.samples["tokens"]  # [N, n, F]
+        codes = rollout.sample.tokens  # [N, n, F]
         # Only decode() and code_grid are asked of the tokenizer, so user tokenizers need nothing more.
         frames = to_uint8(self.tokenizer.decode(codes.reshape(*codes.shape[:2], *self.tokenizer.code_grid)))
         return torch.cat((last_context_frame(rollout).to(frames.device), frames), dim=1)
 
     def score(self, model: nn.Module, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
-        s = rollout.samples
-        ctx, tokens = s["context_tokens"][indices], s["tokens"][indices]
-        frames = torch.cat((ctx, tokens), dim=1)
-        logp = model.token_logprobs(frames, s["all_actions"][indices], temperature=self.temperature,
+        s = rollout.sample
+        ctx = s.context_tokens[indices]
+        frames = torch.cat((ctx, s.tokens[indices]), dim=1)
+        logp = model.token_logprobs(frames, s.all_actions[indices], temperature=self.temperature,
                                     n_context=ctx.shape[1])
         return logp.reshape(len(indices), -1)

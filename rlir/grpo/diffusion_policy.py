@@ -4,7 +4,8 @@ rollout: encode the prompt's context frames to model space and run the SDE sampl
 (``rlir.models.flow_sampling.generate``, sampler "sde"): G continuations per prompt sharing one cached
 context pass. Every generated frame is denoised in ``num_steps`` steps; the ``stochastic`` ones are SDE steps
 (``rlir.kernels.flow_sde_step``) whose Gaussian log-probs are the policy's log-prob slots:
-S = n frames x Ks stochastic steps, slot (k, i) = frame k, stochastic step i.
+S = n frames x Ks stochastic steps, slot (k, i) = frame k, stochastic step i. The sampler's ``FlowSample``
+(trajectories, sigmas, which steps were stochastic) is the rollout's ``sample`` as it is.
 decode: the generated frames back to uint8, after the last real context frame.
 generate(..., sampler="ode" or "eval"): the deterministic ODE sampler (diffusers' FlowMatchEulerDiscreteScheduler,
 ``EVAL_ODE_STEPS`` Euler steps a frame), the documented evaluation sampler: it measures the model, not the
@@ -26,7 +27,7 @@ import torch.nn as nn
 
 from rlir.kernels.flow_sde_step import SIGMA_MAX
 from rlir.models.compiled import compile_mode
-from rlir.models.flow_sampling import FlowSample, generate, transition_logprobs
+from rlir.models.flow_sampling import generate, transition_logprobs
 
 from .policy import ModelPolicy, Prompts, Rollout, last_context_frame
 
@@ -73,24 +74,16 @@ class DiffusionPolicy(ModelPolicy):
         return Rollout(
             prompts=prompts,
             num_samples=num_samples,
-            samples={"frames": sample.frames, "context": sample.context, "actions": sample.actions,
-                     "context_actions": sample.context_actions, "trajectory": sample.trajectory,
-                     "sigmas": sample.sigmas, "steps": sample.steps},
+            sample=sample,
             old_logp=sample.log_probs.reshape(n_rows, n * ks).float(),
             mask=torch.ones(n_rows, n * ks, dtype=torch.bool, device=sample.frames.device),
-            prompt_index=torch.arange(len(prompts), device=sample.frames.device).repeat_interleave(num_samples),
             actions=sample.actions,
             slot_frame=torch.arange(n, device=sample.frames.device).repeat_interleave(ks),
         )
 
-    def flow_sample(self, rollout: Rollout) -> FlowSample:
-        s = rollout.samples
-        return FlowSample(s["frames"], s["context"], s["actions"], s["context_actions"], s["sigmas"], "sde",
-                          self.noise_level, self.sigma_max, trajectory=s["trajectory"], steps=s["steps"])
-
     @torch.no_grad()
     def decode(self, rollout: Rollout) -> torch.Tensor:
-        frames = self.model.decode_frames(rollout.samples["frames"], self.tokenizer)
+        frames = self.model.decode_frames(rollout.sample.frames, self.tokenizer)
         return torch.cat((last_context_frame(rollout).to(frames.device), frames), dim=1)
 
     @torch.no_grad()
@@ -111,11 +104,11 @@ class DiffusionPolicy(ModelPolicy):
         return torch.cat((context.to(frames.device), frames), dim=1)
 
     def score(self, model: nn.Module, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
-        scores = transition_logprobs(model, self.flow_sample(rollout), indices)
+        scores = transition_logprobs(model, rollout.sample, indices)
         return scores.log_probs.reshape(len(indices), -1)
 
     def logprobs_and_kl(self, rollout: Rollout, indices: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        sample = self.flow_sample(rollout)
+        sample = rollout.sample
         current = transition_logprobs(self.model, sample, indices)
         with torch.no_grad():
             reference = transition_logprobs(self.reference_model(), sample, indices)

@@ -6,7 +6,8 @@ per sampled code) and a diffusion/flow model (one Gaussian log-prob per denoisin
 N = B * G rows (row b*G + g is sample g of prompt b), n generated frames, H action heads and S log-prob
 slots per video (tokens for AR, denoising steps x frames for diffusion):
 
-    rollout(prompts, num_samples=G, generator) -> Rollout     no grad; records old_logp [N, S] fp32, mask [N, S]
+    rollout(prompts, num_samples=G, generator) -> Rollout     no grad; the samples (the policy's own dataclass)
+                                                              with old_logp [N, S] fp32 and mask [N, S]
     decode(rollout)            -> uint8 [N, n+1, 3, h, w]     the last (real) context frame + the n generated frames
     generate(prompts, G, sampler=None | "eval", generator)    rollout + decode: the one path from prompts to
                                -> uint8 [N, n+1, 3, h, w]     videos for training, evaluation and reports
@@ -20,30 +21,38 @@ slots per video (tokens for AR, denoising steps x frames for diffusion):
 ``logprobs`` must score the *same* samples the rollout drew, at the same slots, with the same sampling
 distribution (temperature), so that the ratio exp(logprobs - old_logp) is 1 before the first update.
 
+What a rollout sampled is the policy's own dataclass, ``Rollout.sample``, row-aligned with the rollout; the
+trainer never looks inside it, only the policy's decode and logprobs do (``ARSample`` for the AR policy, the
+DiT sampler's ``FlowSample`` itself for the diffusion policy).
+
 Worked example (``to_uint8`` from rlir.grpo.ar_policy): a user's own frame-level world model, ``MyModel.sample(context, actions, generator) ->
 (frames float [N, n, 3, h, w] in [0, 1], logp [N, n])`` and ``MyModel.score(context, actions, frames) ->
 logp [N, n]`` (e.g. a per-frame Gaussian)::
+
+    @dataclass
+    class MySample:
+        context: torch.Tensor   # uint8 [N, C, 3, h, w]
+        frames: torch.Tensor    # float [N, n, 3, h, w]
 
     class MyPolicy(Policy):
         def __init__(self, model):
             self.model = model
 
         def rollout(self, prompts, num_samples, generator):
-            ctx = prompts.context.repeat_interleave(num_samples, 0)          # uint8 [N, C, 3, h, w]
+            ctx = prompts.context.repeat_interleave(num_samples, 0)          # row b*G + g: sample g of prompt b
             act = prompts.actions.repeat_interleave(num_samples, 0)          # [N, n, H]
             frames, logp = self.model.sample(ctx, act, generator)
-            return Rollout(prompts, num_samples, samples={"context": ctx, "frames": frames},
-                           old_logp=logp.float(), mask=torch.ones_like(logp, dtype=torch.bool),
-                           prompt_index=torch.arange(len(prompts)).repeat_interleave(num_samples),
-                           actions=act)
+            return Rollout(prompts, num_samples, MySample(ctx, frames), old_logp=logp.float(),
+                           mask=torch.ones_like(logp, dtype=torch.bool), actions=act,
+                           slot_frame=torch.arange(logp.shape[1]))          # slot k is frame k
 
         def decode(self, rollout):
-            s = rollout.samples
-            return torch.cat([s["context"][:, -1:], to_uint8(s["frames"])], dim=1)
+            s = rollout.sample
+            return torch.cat([s.context[:, -1:], to_uint8(s.frames)], dim=1)
 
         def logprobs(self, rollout, idx):
-            s = rollout.samples
-            return self.model.score(s["context"][idx], rollout.actions[idx], s["frames"][idx]).float()
+            s = rollout.sample
+            return self.model.score(s.context[idx], rollout.actions[idx], s.frames[idx]).float()
 
         def trainable_parameters(self):
             return list(self.model.parameters())
@@ -60,8 +69,8 @@ logp [N, n]`` (e.g. a per-frame Gaussian)::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
-from typing import Dict, Iterable, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
 
@@ -103,26 +112,23 @@ class Prompts:
 
 @dataclass
 class Rollout:
-    """G samples of each of B prompts; every tensor is row-aligned with N = B * G rows.
+    """G = num_samples samples of each of B prompts, N = B * G rows: row b * G + g is sample g of prompt b, so
+    a group is G consecutive rows (what the group advantages assume).
 
-    samples: paradigm-specific tensors (AR: "context_tokens" [N, C, F], "tokens" [N, n, F], ...).
-    old_logp: fp32 [N, S] log-probs recorded while sampling; mask: bool [N, S] (valid slots).
-    prompt_index: int64 [N] (row -> prompt); actions: [N, n, H] the commanded actions (the reward's labels).
-    frames: uint8 [N, n+1, 3, h, w] once decoded (``Policy.decode``), else None.
+    sample: what the policy sampled, as its own dataclass of row-aligned tensors (AR: ``ARSample``; diffusion:
+    ``FlowSample``); only the policy reads it. old_logp: fp32 [N, S] log-probs recorded while sampling;
+    mask: bool [N, S] (valid slots); actions: [N, n, H] the commanded actions (the reward's labels).
     slot_frame: int64 [S], the generated frame (0..n-1) each log-prob slot belongs to; needed for per-frame
     credit (advantage.credit: frame), None if the policy cannot say.
     """
 
     prompts: Prompts
     num_samples: int
-    samples: Dict[str, torch.Tensor]
+    sample: Any
     old_logp: torch.Tensor
     mask: torch.Tensor
-    prompt_index: torch.Tensor
     actions: torch.Tensor
-    frames: Optional[torch.Tensor] = None
     slot_frame: Optional[torch.Tensor] = None
-    extras: Dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.old_logp.shape[0]
@@ -157,8 +163,8 @@ class Policy(ABC):
         if sampler is not None:
             raise ValueError(f"sampler: {type(self).__name__} has no sampler {sampler!r}")
         rollout = self.rollout(prompts, num_samples, generator)
-        rollout.frames = self.decode(rollout)
-        return (rollout.frames, rollout) if return_rollout else rollout.frames
+        videos = self.decode(rollout)
+        return (videos, rollout) if return_rollout else videos
 
     @abstractmethod
     def rollout(self, prompts: Prompts, num_samples: int, generator: Optional[torch.Generator] = None) -> Rollout:

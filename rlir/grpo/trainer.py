@@ -264,9 +264,9 @@ class GRPOTrainer:
         cfg = self.cfg
         g = cfg.rollout.group_size
         with timer.phase("decode"), torch.no_grad(), self.autocast():
-            rollout.frames = self.policy.decode(rollout)
+            frames = self.policy.decode(rollout)
         with timer.phase("reward"), self.autocast():
-            logits = idm_logits(self.idm, rollout.frames, cfg.reward.idm_batch_size)
+            logits = idm_logits(self.idm, frames, cfg.reward.idm_batch_size)
         with timer.phase("advantage"):
             if cfg.advantage.credit == "frame":
                 rew = idm_reward(logits, rollout.actions, mode=cfg.reward.mode)

@@ -92,8 +92,8 @@ def test_logprobs_loss_and_gradients_equal_ours():
     trainer, _ = bench.build_pair(cfg, torch.device("cpu"))
     policy = trainer.policy
     rollout = policy.rollout(trainer.prompts.next(), cfg.rollout.group_size, generator=torch.Generator().manual_seed(0))
-    s, n = rollout.samples, len(rollout)
-    naive_logp = bench.logprobs_from_full_logits(policy.model, s["context_tokens"], s["tokens"], s["all_actions"],
+    s, n = rollout.sample, len(rollout)
+    naive_logp = bench.logprobs_from_full_logits(policy.model, s.context_tokens, s.tokens, s.all_actions,
                                                  policy.temperature)
     torch.testing.assert_close(naive_logp, rollout.old_logp, atol=1e-5, rtol=0)
 
@@ -107,7 +107,7 @@ def test_logprobs_loss_and_gradients_equal_ours():
     our_loss, _ = grpo_loss(ours_logp, old, advantages, rollout.mask, eps_low=0.2, eps_high=0.28)
     our_grads = torch.autograd.grad(our_loss, params)
 
-    naive_logp = bench.logprobs_from_full_logits(policy.model, s["context_tokens"], s["tokens"], s["all_actions"],
+    naive_logp = bench.logprobs_from_full_logits(policy.model, s.context_tokens, s.tokens, s.all_actions,
                                                  policy.temperature)
     token_losses = bench.clipped_grpo_token_losses(naive_logp, old, advantages, 0.2, 0.28)
     naive_loss = token_losses.sum() / token_losses.numel()

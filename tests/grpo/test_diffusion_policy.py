@@ -97,7 +97,7 @@ def test_closed_form_kl_is_the_step_means_kl_to_the_reference():
     # The same KL by hand: Gaussians with one shared std, means from a rescore under each model.
     from rlir.models.flow_sampling import transition_logprobs
 
-    sample = policy.flow_sample(rollout)
+    sample = rollout.sample
     with torch.no_grad():
         cur = transition_logprobs(policy.model, sample, idx)
         ref = transition_logprobs(policy.reference_model(), sample, idx)

@@ -12,6 +12,7 @@ Every test that runs a GRPO step first asserts that it has a learning signal (no
 gradient), so that what it checks afterwards cannot hold trivially.
 """
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -112,7 +113,7 @@ def test_diffusion_kl_after_updates_is_to_the_initial_model(kl):
     m, rollout, before = one_update_step(trainer)
     assert_learning_signal(m)
     idx = torch.arange(len(rollout))
-    sample = trainer.policy.flow_sample(rollout)
+    sample = rollout.sample
     with torch.no_grad():
         cur, ref = transition_logprobs(before, sample, idx), transition_logprobs(initial, sample, idx)
         if kl == "k3":
@@ -148,14 +149,14 @@ def test_dit_rescoring_equals_recording_and_reads_context_and_actions(stochastic
     torch.testing.assert_close(logp, rollout.old_logp, atol=1e-4, rtol=0)
     # The equality above is not trivial: the same trajectories rescored under other actions, or another
     # context, get other log-probs.
-    s = rollout.samples
+    s = rollout.sample
     heads = policy.model.head_sizes
-    other_actions = (s["actions"] + 1) % torch.tensor(heads)
-    flipped_context = s["context"].flip(-1)
-    for key, value in (("actions", other_actions), ("actions", torch.zeros_like(s["actions"])),
+    other_actions = (s.actions + 1) % torch.tensor(heads)
+    flipped_context = s.context.flip(-1)
+    for key, value in (("actions", other_actions), ("actions", torch.zeros_like(s.actions)),
                        ("context", flipped_context)):
         changed = copy.copy(rollout)
-        changed.samples = {**s, key: value}
+        changed.sample = dataclasses.replace(s, **{key: value})
         with torch.no_grad():
             assert (policy.logprobs(changed, idx) - logp).abs().max() > 1e-3, key
 

@@ -159,7 +159,7 @@ def test_rollout_compile_config_key_runs_a_compiled_grpo_step():
     compiled = run.policy.rollout(prompts, 4, generator=torch.Generator().manual_seed(3))
     run.policy.compile = False
     eager = run.policy.rollout(prompts, 4, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(compiled.samples["tokens"], eager.samples["tokens"])
+    assert torch.equal(compiled.sample.tokens, eager.sample.tokens)
     torch.testing.assert_close(compiled.old_logp, eager.old_logp, atol=1e-4, rtol=0)
     run.policy.compile = True
     metrics = GRPOTrainer(cfg, run.policy, run.idm, run.prompts, device=torch.device("cpu")).step()
