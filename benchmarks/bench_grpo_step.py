@@ -23,7 +23,8 @@ what rlir adds beyond "we cache":
     reward     one batched IDM call on all videos; the exact-match reward in plain PyTorch.
     logprob    log_softmax + gather over the full logits; loss the plain-PyTorch clipped loss (as above).
 
-All sides draw tokens with ``rlir.models.sampling.sample_tokens`` from generators seeded alike, so they
+All sides draw tokens with ``rlir.models.sampling.sample_tokens`` from generators seeded alike (one per prompt,
+from (seed, step, prompt), as the trainer) and take the trainer's minibatch order, so they
 sample the same videos (tests/benchmarks/test_bench_grpo_step.py checks this and that rewards, advantages,
 log-probs, loss and gradients agree). Steps alternate between them, so load on the machine hits all alike.
 
@@ -57,7 +58,9 @@ from harness import write_results  # noqa: E402
 from rlir.grpo import ARPolicy, GRPOTrainer, PromptSampler, Prompts, load_config  # noqa: E402
 from rlir.grpo.builders import build_datasets, build_run  # noqa: E402
 from rlir.grpo.config import GRPOConfig  # noqa: E402
+from rlir.grpo.distributed import minibatch_orders  # noqa: E402
 from rlir.grpo.trainer import resolve_device  # noqa: E402
+from rlir.models.generators import GroupGenerators  # noqa: E402
 from rlir.models.kv_cache import KVCache  # noqa: E402
 from rlir.models.sampling import sample_tokens  # noqa: E402
 from rlir.models.tokenizer import VQTokenizer  # noqa: E402
@@ -214,8 +217,7 @@ class StraightforwardGRPO:
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.adam_eps,
                                            weight_decay=o.weight_decay)
-        self.rollout_generator = torch.Generator(device).manual_seed(cfg.seed)
-        self.shuffle_generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.steps_done = 0  # the trainer's step_count: its RNG streams are seeded from (seed, step)
 
     def step(self, timer: PhaseTimer) -> Dict[str, float]:
         cfg, g = self.cfg, self.cfg.rollout.group_size
@@ -224,8 +226,9 @@ class StraightforwardGRPO:
         self.model.eval()
         with timer.phase("rollout"), torch.no_grad(), self.autocast():
             context = self.tokenizer.encode(prompts.context).reshape(*prompts.context.shape[:2], -1).long()
+            generators = GroupGenerators.seeded(cfg.seed, self.steps_done, range(len(prompts)), self.device)
             tokens, old_logp = self.sample(self.model, context, prompts.actions, prompts.context_actions,
-                                           g, cfg.rollout.temperature, self.rollout_generator)
+                                           g, cfg.rollout.temperature, generators)
             old_logp = old_logp.flatten(1).float()
             context = context.repeat_interleave(g, 0)
             actions = prompts.actions.long().repeat_interleave(g, 0)
@@ -246,8 +249,11 @@ class StraightforwardGRPO:
         max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else float("inf")
         self.model.train()
         losses = []
-        for _ in range(cfg.train.inner_epochs):
-            order = torch.randperm(len(tokens), generator=self.shuffle_generator)
+        g = cfg.rollout.group_size
+        orders = minibatch_orders(cfg.seed, self.steps_done, cfg.train.inner_epochs, len(tokens) // g, g,
+                                  len(tokens) // minibatch)
+        self.steps_done += 1
+        for order in orders:
             for start in range(0, len(order), minibatch):
                 rows = order[start:start + minibatch].to(self.device)
                 minibatch_tokens = old_logp[rows].numel()

@@ -8,7 +8,7 @@ import shlex
 import sys
 
 # Command-group modules, in the order `rlir --help` lists them.
-COMMAND_MODULES = ["quickstart", "kernels", "data", "pretrain", "train", "profile", "eval"]
+COMMAND_MODULES = ["quickstart", "kernels", "data", "pretrain", "train", "export", "profile", "eval"]
 
 
 def build_parser() -> argparse.ArgumentParser:

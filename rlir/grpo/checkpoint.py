@@ -1,19 +1,28 @@
-"""Atomic GRPO checkpoints and exact resume.
+"""Atomic GRPO checkpoints and exact resume, in one process or sharded over many (torch.distributed.checkpoint).
 
 Layout, one directory per saved step under the run's ``checkpoints/``::
 
-    checkpoints/step_00000200/policy.safetensors   the policy's state_dict (safetensors, no pickle)
-                             /trainer.pt           optimizer, lr scheduler, RNG states, prompt-sampler position
-                                                   (tensors and plain containers; loaded with weights_only=True)
-                             /meta.json            {"format", "step", "config", "time"}
+    checkpoints/step_00000200/dcp/               the world model and AdamW state as DCP shards (every rank writes
+                                                 its own; ``.metadata`` says which slice of which tensor is where,
+                                                 so they load into any number of ranks and any parallel.strategy)
+                             /policy.safetensors the whole world model (its state_dict; rank 0 gathers it), for
+                                                 ``rlir eval --run``; left out with parallel.consolidated_weights: false
+                             /trainer.pt         step, lr scheduler, RNG states, prompt-sampler position (tensors
+                                                 and plain containers; loaded with weights_only=True)
+                             /meta.json          {"format", "step", "config", "time", "world_size"}
 
-A checkpoint is written into a hidden temporary directory beside its final name and renamed into place
-only once every file is written and fsynced, so a crash or an exception mid-write leaves the previous
-checkpoints untouched and no partial ``step_*`` directory; a rename is atomic on POSIX file systems.
-After a successful save only the newest ``keep_last`` checkpoints are kept.
+Format 1 (before DCP, and for a policy without an ``nn.Module`` model) keeps the optimizer in trainer.pt and
+has no dcp/; both load.
+
+A checkpoint is written into a hidden temporary directory beside its final name (rank 0 makes it and tells
+the other ranks) and renamed into place only once every file of every rank is written and fsynced, so a crash
+or an exception mid-write leaves the previous checkpoints untouched and no partial ``step_*`` directory; a
+rename is atomic on POSIX file systems. With several nodes, ``checkpoints/`` must be on a file system they
+share. After a successful save only the newest ``keep_last`` checkpoints are kept.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -29,7 +38,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-FORMAT = "rlir-grpo-checkpoint/1"
+FORMAT = "rlir-grpo-checkpoint/2"
+FORMATS = ("rlir-grpo-checkpoint/1", FORMAT)
+DCP_DIR = "dcp"
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 _TMP_PREFIX = ".tmp-"
 
@@ -56,10 +67,11 @@ def latest_checkpoint(root) -> Optional[Path]:
     return found[-1][1] if found else None
 
 
-def load_latest_checkpoint(root) -> Optional[tuple[Path, Dict[str, torch.Tensor], dict]]:
+def load_latest_checkpoint(root) -> Optional[tuple[Path, Optional[Dict[str, torch.Tensor]], dict]]:
     """(path, policy_state, trainer_state) of the newest checkpoint under ``root`` that loads, or None. A newer
     one that does not load (a corrupt or half-copied file) is skipped with a warning naming it, so ``--resume``
-    continues from the last good state instead of failing."""
+    continues from the last good state instead of failing. (The trainer's resume also loads the DCP shards
+    and falls back the same way: ``GRPOTrainer.resume``.)"""
     for _, path in reversed(list_checkpoints(root)):
         try:
             policy_state, trainer_state, _ = load_checkpoint(path)
@@ -104,38 +116,99 @@ def _tensors_for_safetensors(state: Dict[str, torch.Tensor]) -> Dict[str, torch.
     return out
 
 
-def save_checkpoint(root, step: int, policy_state: Dict[str, torch.Tensor], trainer_state: dict,
-                    meta: Optional[dict] = None, keep_last: Optional[int] = None) -> Path:
-    """Write checkpoint ``step`` atomically under ``root`` and prune to ``keep_last``; returns its path."""
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if _distributed() else 0
+
+
+def _broadcast(obj):
+    import torch.distributed as dist
+
+    if not _distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if _distributed():
+        dist.barrier()
+
+
+def save_checkpoint(root, step: int, policy_state: Optional[Dict[str, torch.Tensor]], trainer_state: dict,
+                    meta: Optional[dict] = None, keep_last: Optional[int] = None, *,
+                    sharded: Optional[dict] = None) -> Path:
+    """Write checkpoint ``step`` atomically under ``root`` and prune to ``keep_last``; returns its path.
+
+    In a job of several ranks every rank calls it: ``sharded`` (a DCP state dict, e.g. {"model": ..., "optim":
+    ...}) is written by all of them with ``torch.distributed.checkpoint.save``; rank 0 alone writes
+    ``policy_state`` (None: no policy.safetensors), ``trainer_state`` and meta.json, then renames."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(_TMP_PREFIX + "*"):  # left behind by a killed process
-        shutil.rmtree(stale, ignore_errors=True)
+    main = _rank() == 0
     final = root / step_dir_name(step)
-    tmp = root / f"{_TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = None
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(_TMP_PREFIX + "*"):  # left behind by a killed process
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = root / f"{_TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+    tmp = _broadcast(tmp)
     try:
-        save_file(_tensors_for_safetensors(policy_state), str(tmp / "policy.safetensors"))
-        torch.save(trainer_state, tmp / "trainer.pt")
-        info = {"format": FORMAT, "step": int(step), "time": time.time(), **(meta or {})}
-        (tmp / "meta.json").write_text(json.dumps(info, indent=1, default=str))
-        for name in ("policy.safetensors", "trainer.pt", "meta.json"):
-            _fsync_file(tmp / name)
-        _fsync_dir(tmp)
-        old = None
-        if final.exists():  # re-saving a step (e.g. after a resume): swap, then drop the old one
-            old = root / f"{_TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}"
-            os.rename(final, old)
-        os.rename(tmp, final)
-        _fsync_dir(root)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if sharded is not None:
+            import torch.distributed.checkpoint as dcp
+
+            with _one_process_quiet():
+                dcp.save(sharded, checkpoint_id=str(tmp / DCP_DIR), no_dist=not _distributed())
+        _barrier()  # every rank's shards are on disk
+        if main:
+            _finish_checkpoint(tmp, final, root, step, policy_state, trainer_state, meta)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if keep_last is not None:
+    _barrier()  # no rank goes on (or prunes) before the checkpoint is in place
+    if keep_last is not None and main:
         prune_checkpoints(root, keep_last)
+    _barrier()
     return final
+
+
+def _finish_checkpoint(tmp: Path, final: Path, root: Path, step: int, policy_state, trainer_state, meta) -> None:
+    names = []
+    if policy_state is not None:
+        save_file(_tensors_for_safetensors(policy_state), str(tmp / "policy.safetensors"))
+        names.append("policy.safetensors")
+    torch.save(trainer_state, tmp / "trainer.pt")
+    world = 1
+    if _distributed():
+        import torch.distributed as dist
+
+        world = dist.get_world_size()
+    fmt = FORMAT if (tmp / DCP_DIR).is_dir() else FORMATS[0]
+    info = {"format": fmt, "step": int(step), "time": time.time(), "world_size": world, **(meta or {})}
+    (tmp / "meta.json").write_text(json.dumps(info, indent=1, default=str))
+    for name in (*names, "trainer.pt", "meta.json"):
+        _fsync_file(tmp / name)
+    _fsync_dir(tmp)
+    old = None
+    if final.exists():  # re-saving a step (e.g. after a resume): swap, then drop the old one
+        old = root / f"{_TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(final, old)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def prune_checkpoints(root, keep_last: int) -> None:
@@ -145,18 +218,46 @@ def prune_checkpoints(root, keep_last: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def load_checkpoint(path, map_location="cpu") -> tuple[Dict[str, torch.Tensor], dict, dict]:
-    """-> (policy_state, trainer_state, meta) of the checkpoint directory ``path``."""
+def load_checkpoint(path, map_location="cpu") -> tuple[Optional[Dict[str, torch.Tensor]], dict, dict]:
+    """-> (policy_state or None without policy.safetensors, trainer_state, meta) of the checkpoint directory
+    ``path``; the DCP shards (``is_sharded``) load with ``load_sharded``."""
     path = Path(path)
     meta_path = path / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{path}: not a checkpoint (no meta.json)")
     meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    policy_state = load_file(str(path / "policy.safetensors"), device="cpu")
+    if meta.get("format") not in FORMATS:
+        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected one of {list(FORMATS)}")
+    if meta["format"] == FORMAT and not (path / DCP_DIR / ".metadata").is_file():
+        raise FileNotFoundError(f"{path}: no {DCP_DIR}/.metadata (an incomplete sharded checkpoint)")
+    weights = path / "policy.safetensors"
+    policy_state = load_file(str(weights), device="cpu") if weights.is_file() else None
+    if policy_state is None and meta["format"] != FORMAT:
+        raise FileNotFoundError(f"{path}: no policy.safetensors")
     trainer_state = torch.load(path / "trainer.pt", map_location=map_location, weights_only=True)
     return policy_state, trainer_state, meta
+
+
+def is_sharded(path) -> bool:
+    return (Path(path) / DCP_DIR / ".metadata").is_file()
+
+
+def load_sharded(path, state: dict) -> None:
+    """Fill the DCP state dict ``state`` (as given to save_checkpoint's ``sharded``; every rank of the job,
+    each with its own shards of the tensors) in place from checkpoint ``path``: any saved world size and
+    strategy reshards to the current one. Keys of ``state`` may be a subset of the saved ones."""
+    import torch.distributed.checkpoint as dcp
+
+    with _one_process_quiet():
+        dcp.load(state, checkpoint_id=str(Path(path) / DCP_DIR), no_dist=not _distributed())
+
+
+@contextlib.contextmanager
+def _one_process_quiet():
+    """DCP warns that it assumes one process when there is no process group: that is what we mean."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 # ---- RNG states -------------------------------------------------------------------------------------

@@ -71,6 +71,16 @@ class PromptSampler:
     def next(self) -> Prompts:
         return collate([self.dataset[i] for i in self.next_indices()], self.context_frames, self.n_frames)
 
+    def next_shard(self, rank: int, world_size: int) -> Prompts:
+        """Rank ``rank``'s share of the next batch: prompts [rank B/N, (rank+1) B/N) of what ``next`` would return
+        (every rank keeps its own copy of the sampler, in the same state; only the share is loaded)."""
+        indices = self.next_indices()
+        if len(indices) % world_size:
+            raise ValueError(f"a batch of {len(indices)} prompts does not split over {world_size} ranks")
+        per = len(indices) // world_size
+        return collate([self.dataset[i] for i in indices[rank * per:(rank + 1) * per]], self.context_frames,
+                       self.n_frames)
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "size": len(self.dataset)}
 
