@@ -226,8 +226,14 @@ class DataParallel:
         if strategy == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
-            # device_ids=None: the inputs (a rollout and row indices) are already on the device.
-            self.ddp = DistributedDataParallel(self.module, broadcast_buffers=False, gradient_as_bucket_view=True)
+            import inspect
+
+            # device_ids=None: the inputs (a rollout and row indices) are already on the device. No buffer
+            # broadcast at every forward (the models' buffers are constants; broadcast_buffers before torch 2.12).
+            no_sync = ({"forward_sync_buffers": False}
+                       if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                       else {"broadcast_buffers": False})
+            self.ddp = DistributedDataParallel(self.module, gradient_as_bucket_view=True, **no_sync)
         else:
             self._shard(model, bf16)
 

@@ -311,7 +311,7 @@ class GRPOTrainer:
             else:
                 rew, adv = idm_advantage(logits, rollout.actions, group_size=g, mode=cfg.reward.mode,
                                          scale=scale, estimator=cfg.advantage.estimator, eps=cfg.advantage.eps)
-        with timer.phase("comm"):
+        with timer.phase("comm") if self.parallel.distributed else contextlib.nullcontext():
             adv, stats = self._global_rollout_stats(rollout, rew, adv, batch_std)
         prompts = len(rollout) // g * self.parallel.world_size
         orders = minibatch_orders(cfg.seed, self.step_count, cfg.train.inner_epochs, prompts, g,
