@@ -27,6 +27,7 @@ setup(
         "safetensors",
         "nvtx",
         "pyyaml",
+        "pydantic>=2.6",
         "tqdm",
         "crafter",
         "imageio",

@@ -1,5 +1,5 @@
 """`rlir train --config FILE [--resume] [--out DIR] [key=value ...]`: GRPO post-training of a world model
-with the IDM reward (RLIR). See rlir/grpo/config.py for every key; overrides use dotted keys, e.g.
+with the IDM reward (RLIR). ``rlir train --help-config`` lists every key; overrides use dotted keys, e.g.
 ``rollout.group_size=16 optim.lr=2e-5``. The run directory gets config.yaml, metrics.jsonl, tb/ (TensorBoard)
 and checkpoints/step_*/; --resume continues exactly from the newest checkpoint there.
 
@@ -13,6 +13,8 @@ import argparse
 import os
 import sys
 
+from rlir.schema import print_action
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="GRPO post-training with the inverse-dynamics reward",
@@ -21,7 +23,15 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default=None, help="run directory (default: the config's `out`)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run directory")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=10")
+    parser.add_argument("--help-config", action=print_action(_key_reference),
+                        help="print every config key with its type, default and meaning, and exit")
     parser.set_defaults(func=run)
+
+
+def _key_reference() -> str:
+    from rlir.grpo.config import help_config
+
+    return help_config()
 
 
 def _lost_rank(error: BaseException) -> bool:

@@ -3,11 +3,16 @@
 models.source = pretrained loads ``save_pretrained`` directories (cast to fp32: the trained weights are the
 fp32 master copy; bf16 compute comes from autocast). models.source = random builds tiny models from
 ``seed`` (deterministically, without touching the global RNG), so the reference model of a resumed run is
-the same initialisation. Sizes shared between models are checked here, before any training work, and a
-mismatch raises ConfigError naming the key to change.
+the same initialisation.
+
+Every check that needs to know the models lives here: ``check_models`` (what the model classes accept, the
+class and length of a saved world model, the policy's KL), which loading a config runs so that a bad config
+fails before any work, and the sizes the built models must share (``build_models``). Each raises ConfigError
+naming the key to change.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import warnings
@@ -27,11 +32,16 @@ from rlir.models.tokenizer import VQTokenizer
 from .ar_policy import ARPolicy
 from .config import ConfigError, GRPOConfig
 from .diffusion_policy import DiffusionPolicy
-from .policy import Prompts
+from .policy import Policy, Prompts
 from .prompts import PromptSampler, SyntheticClips, fixed_prompts
 
 
 WORLD_MODEL_CLASSES = {"ar": ARWorldModel, "diffusion": DiTWorldModel}
+POLICY_CLASSES = {"ar": ARPolicy, "diffusion": DiffusionPolicy}
+# Arguments of the random models that the builder derives so that the models agree; giving one is an error.
+DERIVED_ARGUMENTS = {"tokenizer": {"image_size"}, "idm": {"head_sizes", "frame_size"},
+                     "ar": {"codebook_size", "tokens_per_frame", "action_head_sizes"},
+                     "diffusion": {"action_head_sizes", "in_channels", "frame_size"}}
 
 
 @dataclass
@@ -93,6 +103,54 @@ def load_strict(cls, path, key: str):
     return model
 
 
+def check_models(cfg: GRPOConfig, check_paths: bool = True) -> None:
+    """What the config asks of the models, checked without building them: the policy of models.kind has the
+    KL loss.kl names; random models take the arguments given; a saved world model (with ``check_paths``) is a
+    directory of the class models.kind needs; the clips fit the world model's max_frames."""
+    m = cfg.models
+    policy = POLICY_CLASSES[m.kind]
+    if cfg.loss.kl == "closed_form" and policy.logprobs_and_kl is Policy.logprobs_and_kl:
+        raise ConfigError("loss.kl", f"closed_form needs the policy's exact KL, which {policy.__name__} "
+                          f"(models.kind {m.kind}) does not have: use k3")
+    if m.source == "random":
+        r = m.random
+        classes = {"tokenizer": VQTokenizer, "world_model": WORLD_MODEL_CLASSES[m.kind], "idm": InverseDynamicsModel}
+        for name, cls in classes.items():
+            params = inspect.signature(cls.__init__).parameters
+            derived = DERIVED_ARGUMENTS[m.kind if name == "world_model" else name]
+            for key in getattr(r, name):
+                if key in derived:
+                    raise ConfigError(f"models.random.{name}.{key}", "is derived from the other models; remove it")
+                if key not in params or key == "self":
+                    known = [p for p in params if p != "self" and p not in derived]
+                    raise ConfigError(f"models.random.{name}.{key}",
+                                      f"unknown {cls.__name__} argument (known: {', '.join(known)})")
+        patch = r.tokenizer.get("patch_size", inspect.signature(VQTokenizer).parameters["patch_size"].default)
+        if not isinstance(patch, int) or r.image_size % patch:
+            raise ConfigError("models.random.image_size", f"{r.image_size} must be a multiple of "
+                              f"models.random.tokenizer.patch_size ({patch!r})")
+        max_frames = r.world_model.get("max_frames", inspect.signature(classes["world_model"]).parameters[
+            "max_frames"].default)
+        where = "models.random.world_model.max_frames"
+    elif check_paths:
+        for name in ("world_model", "tokenizer", "idm", "eval_idm"):
+            value = getattr(m, name)
+            if value is not None and not (Path(value) / "config.json").is_file():
+                raise ConfigError(f"models.{name}", f"{value}: not a saved model directory (no config.json)")
+        saved = json.loads((Path(m.world_model) / "config.json").read_text())
+        wanted = WORLD_MODEL_CLASSES[m.kind].__name__
+        if saved.get("_class_name") != wanted:
+            raise ConfigError("models.kind", f"{m.kind} needs a {wanted}, models.world_model {m.world_model} "
+                              f"holds a {saved.get('_class_name')}")
+        max_frames, where = saved.get("max_frames"), "the world model's max_frames"
+    else:
+        return
+    need = cfg.data.context_frames + cfg.rollout.n_frames
+    if isinstance(max_frames, int) and need > max_frames:
+        raise ConfigError("rollout.n_frames", f"data.context_frames + rollout.n_frames = {need} exceeds "
+                          f"{where} ({max_frames})")
+
+
 def build_models(cfg: GRPOConfig, device: torch.device):
     """-> (world_model, tokenizer, idm, eval_idm, reference_factory), all on ``device``."""
     m = cfg.models
@@ -112,7 +170,6 @@ def build_models(cfg: GRPOConfig, device: torch.device):
         def reference_factory() -> nn.Module:
             return load_strict(world_model_class, m.world_model, "models.world_model")
 
-    wm = world_model.config
     if m.kind == "diffusion":
         _check_diffusion_frames(world_model, tokenizer)
     else:
@@ -124,10 +181,6 @@ def build_models(cfg: GRPOConfig, device: torch.device):
             raise ConfigError(key, f"action heads {list(model.head_sizes)} != the world model's "
                               f"{list(world_model.head_sizes)}")
         # Frame sizes may differ: the IDM resizes the world model's frames to its own input size.
-    need = cfg.data.context_frames + cfg.rollout.n_frames
-    if need > wm.max_frames:
-        raise ConfigError("rollout.n_frames", f"data.context_frames + rollout.n_frames = {need} exceeds the world "
-                          f"model's max_frames ({wm.max_frames})")
     moved = [x.to(device) if x is not None else None for x in (world_model, tokenizer, idm, eval_idm)]
     return (*moved, reference_factory)
 
@@ -202,6 +255,7 @@ def freeze_all_but(model: nn.Module, patterns) -> None:
 
 
 def build_run(cfg: GRPOConfig, device: torch.device) -> Run:
+    check_models(cfg)  # (loading the config ran it too; a config built some other way may not have)
     world_model, tokenizer, idm, eval_idm, reference_factory = build_models(cfg, device)
     if cfg.optim.trainable is not None:
         freeze_all_but(world_model, cfg.optim.trainable)

@@ -26,7 +26,19 @@ from .conftest import TINY_CONFIG
     (["data.source=recording", "data.path=/nonexistent"], "data.path"),
     (["device=tpu"], "device"),
     (["optim.betas=[0.9]"], "optim.betas"),
+    (["optim.betas=[0.9,1.0]"], "optim.betas[1]"),
     (["train"], "train"),
+    (["optim.lr=true"], "optim.lr"),
+    (["optim.lr=.inf"], "optim.lr"),
+    (["optim.trainable=['(']"], "optim.trainable[0]"),
+    (["rollout.sde.stochastic=window", "rollout.sde.window=[9,1]"], "rollout.sde.window"),
+    (["models.random.action_head_sizes=[5,1]"], "models.random.action_head_sizes[1]"),
+    (["models.random.tokenizer.patch_size=5"], "models.random.image_size"),
+    (["loss.beta=0.1", "loss.kl=closed_form"], "loss.kl"),
+    (["train.bf16=true"], "train.bf16"),
+    (["rollout.top_p=0"], "rollout.top_p"),
+    (["parallel.strategy=zero3"], "parallel.strategy"),
+    (["models=[1]"], "models"),
 ])
 def test_bad_values_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as info:
@@ -41,6 +53,41 @@ def test_good_overrides_and_yaml_floats():
     assert cfg.train.bf16 == "false"
     assert config_from_dict({"optim": {"lr": "2e-5"}, "models": {"source": "random"},
                              "data": {"source": "synthetic"}}).optim.lr == 2e-5
+
+
+def test_errors_are_one_line_starting_with_the_key():
+    with pytest.raises(ConfigError) as info:
+        load_config(TINY_CONFIG, ["optim.lrr=1e-3"])
+    assert str(info.value) == ("optim.lrr: unknown key (known: lr, schedule, warmup_steps, min_lr_ratio, weight_decay, "
+                               "betas, adam_eps, max_grad_norm, trainable)")
+    with pytest.raises(ConfigError) as info:
+        load_config(TINY_CONFIG, ["loss.loss_agg=mean"])
+    assert str(info.value) == ("loss.loss_agg: must be one of 'token-mean', 'seq-mean-token-mean' or 'seq-sum-norm', "
+                               "got 'mean'")
+
+
+def test_help_config_is_generated_from_the_schema(capsys):
+    from rlir.grpo.config import GRPOConfig
+
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help-config"])  # no --config needed, as for --help
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+
+    def leaves(cls, prefix=""):
+        for name, field in cls.model_fields.items():
+            if hasattr(field.annotation, "model_fields"):
+                yield from leaves(field.annotation, f"{prefix}{name}.")
+            else:
+                yield prefix + name
+
+    keys = list(leaves(GRPOConfig))
+    assert len(keys) > 60 and "parallel.strategy" in keys
+    for key in keys:
+        assert f"\n  {key}: " in "\n" + text, key
+    assert "  optim.lr: number > 0.0 = 1.0e-05" in text
+    assert "  loss.loss_agg: token-mean|seq-mean-token-mean|seq-sum-norm = token-mean" in text
+    assert "  optim.betas: list (2 items) of number >= 0.0, < 1.0 = [0.9, 0.999]" in text
 
 
 def test_cli_fails_before_any_work(monkeypatch, tmp_path, capsys):
