@@ -18,7 +18,7 @@ def test_total_size_within_budget():
     assert 0 < total <= BUDGET_BYTES
 
 
-@pytest.mark.parametrize("name", ["tokenizer", "idm", "eval_idm", "ar_world_model"])
+@pytest.mark.parametrize("name", ["tokenizer", "idm", "eval_idm", "ar_world_model", "dit_world_model"])
 def test_weights_are_safetensors_in_half_precision(name):
     from safetensors import safe_open
 
@@ -36,12 +36,14 @@ def test_models_load_and_compose():
     assert world_model.config.tokens_per_frame == tokenizer.tokens_per_frame
     assert list(world_model.config.action_head_sizes) == list(idm.config.head_sizes) == [17]
 
-    frame = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    assert tokenizer.frame_size == (72, 72) and tokenizer.code_grid == (9, 9)  # one 8x8 code a Crafter tile
+    assert world_model.config.frame_grid == [9, 9] and world_model.config.previous_frame_input
+    frame = torch.randint(0, 256, (1, 3, 72, 72), dtype=torch.uint8)
     codes = tokenizer.encode(frame).reshape(1, -1)
     actions = torch.randint(0, 17, (1, 2, 1))
     tokens, logprobs = generate(world_model, codes, actions, num_samples=2, generator=torch.Generator().manual_seed(0))
-    assert tokens.shape == (2, 2, 64) and torch.isfinite(logprobs).all() and (logprobs <= 0).all()
-    frames = VQTokenizer.to_uint8(tokenizer.decode(tokens.reshape(2, 2, 8, 8)))
-    video = torch.cat([frame.expand(2, 1, 3, 64, 64), frames], dim=1)
+    assert tokens.shape == (2, 2, 81) and torch.isfinite(logprobs).all() and (logprobs <= 0).all()
+    frames = VQTokenizer.to_uint8(tokenizer.decode(tokens.reshape(2, 2, 9, 9)))
+    video = torch.cat([frame.expand(2, 1, 3, 72, 72), frames], dim=1)
     logits = idm(video)
     assert len(logits) == 1 and logits[0].shape == (2, 2, 17)
