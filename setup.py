@@ -16,7 +16,7 @@ setup(
     # kernels/ and profiling/ live at the repository root but install as rlir.kernels / rlir.profiling,
     # so no top-level `kernels` or `profiling` package ever lands in site-packages.
     package_dir={"rlir": "rlir", "rlir.kernels": "kernels", "rlir.profiling": "profiling", **DATA_PACKAGES},
-    package_data={"rlir.configs": ["*.yaml"],
+    package_data={"rlir.configs": ["*.yaml", "pretrain/*.yaml"],
                   "rlir.checkpoints": ["crafter/make.sh", "crafter/*/config.json", "crafter/*/metrics.json",
                                        "crafter/*/*.safetensors"]},
     install_requires=[

@@ -32,7 +32,7 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, message: str):
         super().__init__(f"{key}: {message}")
-        self.key = key
+        self.key, self.message = key, message
 
 
 class Schema(BaseModel):
@@ -54,16 +54,13 @@ Number = Annotated[float, Field(strict=False), BeforeValidator(_number)]
 # ---- validation -------------------------------------------------------------------------------------------
 
 _MESSAGES = {
-    "int_type": "must be an integer", "int_from_float": "must be an integer", "int_parsing": "must be an integer",
-    "float_type": "must be a number", "float_parsing": "must be a number", "finite_number": "must be finite",
-    "bool_type": "must be true or false", "bool_parsing": "must be true or false",
-    "string_type": "must be a string", "list_type": "must be a list", "dict_type": "must be a mapping",
-    "model_type": "must be a mapping of keys", "model_attributes_type": "must be a mapping of keys",
-    "greater_than": "must be > {gt}", "greater_than_equal": "must be >= {ge}", "less_than": "must be < {lt}",
-    "less_than_equal": "must be <= {le}", "literal_error": "must be one of {expected}",
-    "string_pattern_mismatch": "must match {pattern}", "too_short": "must have >= {min_length} items",
+    "finite_number": "must be finite", "bool_type": "must be true or false", "string_type": "must be a string",
+    "list_type": "must be a list", "dict_type": "must be a mapping", "model_type": "must be a mapping of keys",
+    "model_attributes_type": "must be a mapping of keys", "too_short": "must have >= {min_length} items",
     "too_long": "must have <= {max_length} items",
 }
+_NUMBER_ERRORS = {"int_type", "int_from_float", "int_parsing", "float_type", "float_parsing", "greater_than",
+                  "greater_than_equal", "less_than", "less_than_equal"}
 
 
 def _dotted(loc: Iterable) -> str:
@@ -71,18 +68,6 @@ def _dotted(loc: Iterable) -> str:
     for part in loc:
         key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
     return key
-
-
-def _model_at(cls: type, loc: tuple) -> Optional[type]:
-    """The Schema class reached from ``cls`` by the field names in ``loc`` (list indices skipped), or None."""
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = cls.model_fields.get(part) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
-        if field is None:
-            return None
-        cls = _schema_class(field.annotation)
-    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
 
 
 def _schema_class(annotation) -> Optional[type]:
@@ -93,6 +78,53 @@ def _schema_class(annotation) -> Optional[type]:
     return None
 
 
+def _unwrap(annotation, metadata=()):
+    """(the type, its metadata) of ``Annotated[X, ...]`` / ``Optional[X]``."""
+    while True:
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+        if origin is Annotated:
+            annotation, metadata = args[0], (*metadata, *args[1:])
+        elif origin is typing.Union and type(None) in args and len(args) == 2:
+            annotation = next(a for a in args if a is not type(None))
+        else:
+            return annotation, metadata
+
+
+def _lookup(cls: type, loc: tuple):
+    """What ``loc`` points at from the schema ``cls``: (model class, type, metadata); list indices step into the
+    list's item type."""
+    model, annotation, metadata = cls, cls, ()
+    for part in loc:
+        if isinstance(part, int):
+            annotation, metadata = _unwrap(typing.get_args(annotation)[0] if typing.get_args(annotation) else Any)
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return None, None, ()
+        annotation, metadata = _unwrap(field.annotation, tuple(field.metadata))
+        model = _schema_class(annotation)
+    return model, annotation, metadata
+
+
+def _flat(metadata) -> list:
+    return [m for item in metadata for m in (*_flat(getattr(item, "metadata", ())), item)]
+
+
+def _number_phrase(annotation, metadata) -> str:
+    """``must be an int >= 1``, ``must be a positive number``, ``must be in (0, 1)`` from a field's bounds."""
+    kind = "an int" if annotation is int else "a number"
+    found = {attr: getattr(m, attr) for m in _flat(metadata) for _, attr, _ in _BOUNDS if hasattr(m, attr)}
+    low = next(((a, found[a]) for a in ("ge", "gt") if a in found), None)
+    high = next(((a, found[a]) for a in ("le", "lt") if a in found), None)
+    if low and high:
+        return f"must be in {'[' if low[0] == 'ge' else '('}{low[1]:g}, {high[1]:g}{']' if high[0] == 'le' else ')'}"
+    if low == ("gt", 0) and kind == "a number":
+        return "must be a positive number"
+    words = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    bound = low or high
+    return f"must be {kind} {words[bound[0]]} {bound[1]:g}" if bound else f"must be {kind}"
+
+
 def config_error(cls: type, error: ValidationError) -> ConfigError:
     """The first error of a ValidationError of ``cls`` as one ConfigError naming its dotted key."""
     first = error.errors()[0]
@@ -101,18 +133,25 @@ def config_error(cls: type, error: ValidationError) -> ConfigError:
     if isinstance(cause, ConfigError):  # raised by a validator, with a key relative to its model (or field)
         prefix = _dotted(loc)
         key = prefix + cause.key if cause.key.startswith("[") else ".".join(filter(None, (prefix, cause.key)))
-        return ConfigError(key, str(cause).split(": ", 1)[1])
+        return ConfigError(key, cause.message)
+    key = _dotted(loc) or "<root>"
+    model, annotation, metadata = _lookup(cls, loc)
     if kind == "extra_forbidden":
-        model = _model_at(cls, loc[:-1])
-        known = f" (known: {', '.join(model.model_fields)})" if model is not None else ""
-        return ConfigError(_dotted(loc), "unknown key" + known)
+        model = _lookup(cls, loc[:-1])[0]
+        return ConfigError(key, "unknown key" + (f" (known: {', '.join(model.model_fields)})" if model else ""))
+    if kind == "missing":
+        return ConfigError(key, "is required")
     if kind == "value_error" and cause is not None:
         message = str(cause)
+    elif kind == "literal_error":
+        message = f"must be one of {list(typing.get_args(annotation))}"
+    elif kind in _NUMBER_ERRORS:
+        message = _number_phrase(annotation, metadata)
     elif kind in _MESSAGES:
         message = _MESSAGES[kind].format(**ctx)
     else:
         message = first["msg"][0].lower() + first["msg"][1:]
-    return ConfigError(_dotted(loc) or "<root>", f"{message}, got {first['input']!r}")
+    return ConfigError(key, f"{message}, got {first['input']!r}")
 
 
 def validate(cls: type, data: Any):

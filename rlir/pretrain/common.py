@@ -1,5 +1,5 @@
-"""Training plumbing shared by the `rlir pretrain` targets: argument checks, batches, the lr schedule,
-metrics lines and atomic output directories."""
+"""Training plumbing shared by the `rlir pretrain` targets: frame sizes, the tokenizer, batches, the lr schedule,
+metrics lines and atomic output directories (their settings are rlir.pretrain.config's schemas)."""
 from __future__ import annotations
 
 import json
@@ -17,16 +17,6 @@ import torch
 SAVE_DTYPES = {"fp32": "float", "bf16": "bfloat16", "fp16": "half"}
 
 
-def check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def add_frame_size_argument(parser) -> None:
-    parser.add_argument("--frame-size", type=int, nargs="+", default=None, metavar="SIZE",
-                        help="frame size the model reads: one int (square) or HEIGHT WIDTH (default: the recording's)")
-
-
 def resolve_frame_size(frame_size, recording) -> tuple[int, int]:
     """--frame-size (None, [S], [H, W], an int or a pair) -> (height, width); None means the recording's own."""
     if frame_size is None:
@@ -40,15 +30,13 @@ def resolve_frame_size(frame_size, recording) -> tuple[int, int]:
     return int(sizes[0]), int(sizes[1])
 
 
-def check_common_args(lr, dtype: str, heldout_fraction) -> None:
-    """The arguments every pretraining target takes: a positive lr, a SAVE_DTYPES key, a fraction in (0, 1)."""
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if dtype not in SAVE_DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(SAVE_DTYPES)}, got {dtype!r}")
-    if isinstance(heldout_fraction, bool) or not isinstance(heldout_fraction, (int, float)) \
-            or not 0 < heldout_fraction < 1:
-        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction!r}")
+def load_tokenizer(path):
+    """The frozen fp32 VQTokenizer saved in ``path`` (``rlir pretrain tokenizer``)."""
+    from rlir.models.tokenizer import VQTokenizer
+
+    if not (Path(path) / "config.json").is_file():
+        raise ValueError(f"tokenizer: {path} holds no config.json; train one with `rlir pretrain tokenizer`")
+    return VQTokenizer.from_pretrained(path, torch_dtype=torch.float32).eval()
 
 
 def check_output_directory(out: Path, overwrite: bool) -> None:
@@ -104,15 +92,6 @@ def atomic_directory(final: Path, overwrite: bool = False) -> Iterator[Path]:
 def append_jsonl(path: Path, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
-
-
-def check_clip_lengths(clip_frames: int, eval_frames: int, max_frames: int) -> None:
-    """World-model clips must fit the model: training clips and 1 context + eval_frames generated frames."""
-    if clip_frames > max_frames:
-        raise ValueError(f"clip_frames ({clip_frames}) must be <= max_frames ({max_frames})")
-    if eval_frames >= max_frames:
-        raise ValueError(f"eval_frames ({eval_frames}) must be < max_frames ({max_frames}): one context frame "
-                         f"plus the generated frames must fit")
 
 
 def clip_windows(store, recording, train_ids: list[str], heldout_ids: list[str], clip_frames: int,

@@ -33,12 +33,13 @@ import torch
 from tqdm.auto import tqdm
 
 from rlir.data import Recording, resize_frames, split_episodes
-from rlir.models.dit_world_model import FRAME_SPACES, DiTWorldModel, latents_from_tokenizer
+from rlir.models.dit_world_model import DiTWorldModel, latents_from_tokenizer
 from rlir.models.flow_sampling import generate
 from rlir.models.tokenizer import VQTokenizer
 from rlir.optim import adamw_decaying_matrices
-from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_clip_lengths, check_common_args,
-                                  check_int, check_output_directory, clip_windows, learning_rate, shuffled_batches)
+from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_output_directory, clip_windows,
+                                  learning_rate, load_tokenizer, shuffled_batches)
+from rlir.pretrain.config import DiffusionWorldModelPretrain, set_threads, settings
 from rlir.pretrain.world_model_eval import _psnr_summary, real_frames, save_videos
 
 GRAD_CLIP = 1.0
@@ -85,14 +86,6 @@ class FrameStore:
         else:
             frames = (frames - model.config.latent_shift) * model.config.latent_scale
         return frames, torch.stack([self.actions[e][s:s + length - 1] for e, s in windows])
-
-
-def _load_tokenizer(path) -> VQTokenizer:
-    if path is None:
-        raise ValueError("tokenizer: --frame-space tokenizer_latents needs --tokenizer (rlir pretrain tokenizer)")
-    if not (Path(path) / "config.json").is_file():
-        raise ValueError(f"tokenizer: {path} holds no config.json; train one with `rlir pretrain tokenizer`")
-    return VQTokenizer.from_pretrained(path, torch_dtype=torch.float32).eval()
 
 
 def _model_config(frame_space: str, patch_size: int, recording: Recording, tokenizer, store: FrameStore,
@@ -149,37 +142,26 @@ def generation_quality(model: DiTWorldModel, tokenizer, frames: torch.Tensor, ac
     return metrics, {"real": frames, "ode": torch.cat((frames[:, :1], generated), dim=1)}
 
 
-def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None,
-          frame_space: str = "tokenizer_latents", patch_size: Optional[int] = None, steps: int = 3000,
-          batch: int = 8, lr: float = 1e-3, clip_frames: int = 4, context_frames: int = 1, max_frames: int = 16,
-          layers: int = 4, d_model: int = 192, heads: int = 6, seed: int = 0, dtype: str = "bf16",
-          heldout_fraction: float = 0.1, eval_prompts: int = 32, eval_frames: int = 15, eval_every: int = 500,
-          log_every: int = 10, sample_steps: int = 8, overwrite: bool = False, progress: bool = True,
-          previous_frame_neighbourhood: bool = False) -> dict:
+def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None, *, progress: bool = True,
+          **options) -> dict:
     """Train a DiTWorldModel on the train episodes of ``data``, save its EMA weights into ``out`` and return
-    the held-out metrics written to ``out``/metrics.json (see the module docstring)."""
-    if frame_space not in FRAME_SPACES:
-        raise ValueError(f"frame_space must be one of {list(FRAME_SPACES)}, got {frame_space!r}")
-    patch_size = DEFAULT_PATCH[frame_space] if patch_size is None else patch_size
-    for name, value, minimum in (("steps", steps, 1), ("batch", batch, 1), ("clip_frames", clip_frames, 2),
-                                 ("context_frames", context_frames, 1), ("max_frames", max_frames, 2),
-                                 ("seed", seed, 0), ("eval_prompts", eval_prompts, 1), ("eval_frames", eval_frames, 1),
-                                 ("eval_every", eval_every, 0), ("log_every", log_every, 1),
-                                 ("sample_steps", sample_steps, 1), ("patch_size", patch_size, 1)):
-        check_int(name, value, minimum)
-    if context_frames >= clip_frames:
-        raise ValueError(f"context_frames ({context_frames}) must be < clip_frames ({clip_frames})")
-    check_clip_lengths(clip_frames, eval_frames, max_frames)
-    check_common_args(lr, dtype, heldout_fraction)
+    the held-out metrics written to ``out``/metrics.json (see the module docstring). ``options``: the settings
+    of ``DiffusionWorldModelPretrain``."""
+    s = settings(DiffusionWorldModelPretrain, data=data, out=out, tokenizer=tokenizer, **options)
+    set_threads(s.threads)
+    frame_space, steps, batch, lr, clip_frames, context_frames, eval_frames, seed, dtype = (
+        s.frame_space, s.steps, s.batch, s.lr, s.clip_frames, s.context_frames, s.eval_frames, s.seed, s.dtype)
+    patch_size = DEFAULT_PATCH[frame_space] if s.patch_size is None else s.patch_size
+    progress = progress and not s.quiet
     out = Path(out)
-    check_output_directory(out, overwrite)
-    shape = dict(n_layers=layers, d_model=d_model, n_heads=heads, max_frames=max_frames,
-                 previous_frame_neighbourhood=bool(previous_frame_neighbourhood))
+    check_output_directory(out, s.overwrite)
+    shape = dict(n_layers=s.layers, d_model=s.d_model, n_heads=s.heads, max_frames=s.max_frames,
+                 previous_frame_neighbourhood=s.previous_frame_neighbourhood)
     DiTWorldModel(in_channels=1, frame_size=patch_size, patch_size=patch_size, **shape)  # bad shapes raise now
 
     recording = Recording(data)
-    vq = _load_tokenizer(tokenizer) if frame_space == "tokenizer_latents" else None
-    train_ids, heldout_ids = split_episodes(recording.episode_ids, heldout_fraction)
+    vq = load_tokenizer(tokenizer) if frame_space == "tokenizer_latents" else None
+    train_ids, heldout_ids = split_episodes(recording.episode_ids, s.heldout_fraction)
     if not heldout_ids:
         raise ValueError(f"data: {recording.root} has {len(recording)} episode(s); holding out a fraction needs "
                          f"at least 2")
@@ -187,7 +169,7 @@ def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None
     store = FrameStore.build(recording, recording.episode_ids, frame_space, vq)
     encode_seconds = time.perf_counter() - started
     train_windows, heldout_windows, prompt_windows = clip_windows(store, recording, train_ids, heldout_ids,
-                                                                  clip_frames, eval_frames + 1, eval_prompts)
+                                                                  clip_frames, eval_frames + 1, s.eval_prompts)
 
     torch.manual_seed(seed)
     model = DiTWorldModel(**_model_config(frame_space, patch_size, recording, vq, store, train_ids, shape))
@@ -197,7 +179,7 @@ def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None
     noise_generator = torch.Generator().manual_seed(seed + 1)
     heldout_frames, heldout_actions = store.clips(heldout_windows, clip_frames, model)
 
-    with atomic_directory(out, overwrite) as staging:
+    with atomic_directory(out, s.overwrite) as staging:
         started = time.perf_counter()
         bar = tqdm(range(1, steps + 1), desc="pretrain world-model (diffusion)", unit="step", disable=not progress)
         for step in bar:
@@ -211,14 +193,14 @@ def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
             optimizer.step()
             _update_ema(ema, model, step)
-            if step % log_every == 0 or step == steps:
+            if step % s.log_every == 0 or step == steps:
                 seconds = time.perf_counter() - started
                 append_jsonl(staging / "metrics.jsonl", {
                     "step": step, "loss": loss.item(), "grad_norm": grad_norm.item(),
                     "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
                     "frames_per_second": step * batch * (clip_frames - context_frames) / seconds})
                 bar.set_postfix(loss=f"{loss.item():.4f}")
-            if eval_every and step % eval_every == 0 and step < steps:
+            if s.eval_every and step % s.eval_every == 0 and step < steps:
                 value = heldout_loss(ema, heldout_frames, heldout_actions, context_frames)
                 append_jsonl(staging / "metrics.jsonl", {"step": step, "heldout_loss": value})
                 bar.set_postfix(loss=f"{loss.item():.4f}", heldout=f"{value:.4f}")
@@ -231,7 +213,7 @@ def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None
         size = vq.frame_size if vq is not None else recording.frame_size
         prompts = real_frames(recording, prompt_windows, eval_frames + 1, size)
         prompt_actions = torch.stack([store.actions[e][s:s + eval_frames] for e, s in prompt_windows])
-        generation, videos = generation_quality(saved, vq, prompts, prompt_actions, sample_steps, seed)
+        generation, videos = generation_quality(saved, vq, prompts, prompt_actions, s.sample_steps, seed)
         save_videos(staging / "generations.png", videos)
         metrics = {
             "kind": "diffusion",

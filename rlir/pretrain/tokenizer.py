@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -27,86 +26,48 @@ from tqdm.auto import tqdm
 from rlir.data import Recording, resize_frames, split_episodes
 from rlir.metrics.image import psnr
 from rlir.models.tokenizer import VQTokenizer
-from rlir.pretrain.common import (SAVE_DTYPES, add_frame_size_argument, append_jsonl, atomic_directory,
-                                  check_common_args, check_int, check_output_directory, learning_rate,
+from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_output_directory, learning_rate,
                                   resolve_frame_size, shuffled_batches)
+from rlir.pretrain.config import TokenizerPretrain, add_flags, set_threads, settings
+from rlir.pretrain.config import run as run_target
 
 GRID_FRAMES = 8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="recording directory (holds manifest.json)")
-    parser.add_argument("--out", required=True, help="output directory for the model, metrics and a PNG")
-    parser.add_argument("--steps", type=int, default=3000, help="optimiser steps (default: 3000)")
-    parser.add_argument("--batch", type=int, default=32, help="frames per step (default: 32)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: 3e-3)")
-    parser.add_argument("--codebook-size", type=int, default=512, help="number of codes (default: 512)")
-    parser.add_argument("--patch-size", type=int, default=8, help="pixels per code, each side (default: 8)")
-    add_frame_size_argument(parser)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch order (default: 0)")
-    parser.add_argument("--dtype", choices=sorted(SAVE_DTYPES), default="bf16",
-                        help="dtype of the saved weights; training is fp32 (default: bf16)")
-    parser.add_argument("--heldout-fraction", type=float, default=0.1,
-                        help="fraction of episodes held out for evaluation (default: 0.1)")
-    parser.add_argument("--log-every", type=int, default=25, help="steps between metrics.jsonl lines (default: 25)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's choice); 1 is fastest on a shared machine")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_flags(parser, [TokenizerPretrain], __doc__.split("\n\n")[0])
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ValueError(f"threads must be an int >= 1, got {args.threads}")
-            torch.set_num_threads(args.threads)
-        metrics = train(
-            args.data, args.out, steps=args.steps, batch=args.batch, lr=args.lr, codebook_size=args.codebook_size,
-            seed=args.seed, dtype=args.dtype, heldout_fraction=args.heldout_fraction, log_every=args.log_every,
-            frame_size=args.frame_size, patch_size=args.patch_size,
-            overwrite=args.overwrite, progress=not args.quiet,
-        )
-    except ValueError as error:  # bad arguments, or a broken recording (RecordingError names the file)
-        print(f"rlir pretrain tokenizer: error: {error}", file=sys.stderr)
-        return 1
-    print(f"{args.out}: held-out PSNR {metrics['heldout_psnr_db']:.2f} dB over {metrics['heldout_frames']} frames, "
-          f"{metrics['codes_used']}/{metrics['codebook_size']} codes used (perplexity {metrics['perplexity']:.0f}), "
-          f"checkpoint {metrics['checkpoint_bytes'] / 1e6:.2f} MB, trained in {metrics['train_seconds']:.0f} s")
-    return 0
+    return run_target("tokenizer", args, {None: TokenizerPretrain}, _train_and_report)
 
 
-def train(
-    data: Path | str,
-    out: Path | str,
-    steps: int = 3000,
-    batch: int = 32,
-    lr: float = 3e-3,
-    codebook_size: int = 512,
-    seed: int = 0,
-    dtype: str = "bf16",
-    heldout_fraction: float = 0.1,
-    log_every: int = 25,
-    overwrite: bool = False,
-    progress: bool = True,
-    frame_size=None,
-    patch_size: int = 8,
-) -> dict:
+def _train_and_report(cfg: TokenizerPretrain) -> None:
+    metrics = train(**cfg.model_dump())
+    print(f"{cfg.out}: held-out PSNR {metrics['heldout_psnr_db']:.2f} dB over {metrics['heldout_frames']} "
+          f"frames, {metrics['codes_used']}/{metrics['codebook_size']} codes used (perplexity "
+          f"{metrics['perplexity']:.0f}), checkpoint {metrics['checkpoint_bytes'] / 1e6:.2f} MB, trained in "
+          f"{metrics['train_seconds']:.0f} s")
+
+
+def train(data: Path | str, out: Path | str, *, progress: bool = True, **options) -> dict:
     """Train a VQTokenizer on the train episodes of the recording ``data``, save it into ``out`` and
-    return the held-out metrics written to ``out``/metrics.json (see the module docstring). Frames are
-    resized to ``frame_size`` ((height, width) or one int; None: the recording's own size)."""
-    for name, value, minimum in (("steps", steps, 1), ("batch", batch, 1), ("codebook_size", codebook_size, 2),
-                                 ("seed", seed, 0), ("log_every", log_every, 1)):
-        check_int(name, value, minimum)
-    check_common_args(lr, dtype, heldout_fraction)
+    return the held-out metrics written to ``out``/metrics.json (see the module docstring). ``options``: the
+    settings of ``TokenizerPretrain`` (steps, batch, lr, codebook_size, patch_size, frame_size: one int or
+    (height, width), None for the recording's own size, ...)."""
+    s = settings(TokenizerPretrain, data=data, out=out, **options)
+    set_threads(s.threads)
+    steps, batch, lr, codebook_size, patch_size, seed, dtype = s.steps, s.batch, s.lr, s.codebook_size, \
+        s.patch_size, s.seed, s.dtype
+    progress = progress and not s.quiet
     out = Path(out)
-    check_output_directory(out, overwrite)
+    check_output_directory(out, s.overwrite)
 
     recording = Recording(data)
-    size = resolve_frame_size(frame_size, recording)
+    size = resolve_frame_size(s.frame_size, recording)
     torch.manual_seed(seed)
     model = VQTokenizer(image_size=list(size), codebook_size=codebook_size, patch_size=patch_size)
-    train_ids, heldout_ids = split_episodes(recording.episode_ids, heldout_fraction)
+    train_ids, heldout_ids = split_episodes(recording.episode_ids, s.heldout_fraction)
     if not heldout_ids:
         raise ValueError(f"data: {recording.root} has {len(recording)} episode(s); holding out a fraction "
                          f"needs at least 2")
@@ -115,7 +76,7 @@ def train(
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     batches = shuffled_batches(len(train_frames), batch, torch.Generator().manual_seed(seed))
-    with atomic_directory(out, overwrite) as staging:
+    with atomic_directory(out, s.overwrite) as staging:
         started = time.perf_counter()
         model.train()
         bar = tqdm(range(1, steps + 1), desc="pretrain tokenizer", unit="step", disable=not progress)
@@ -129,7 +90,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if step % log_every == 0 or step == steps:
+            if step % s.log_every == 0 or step == steps:
                 record = {"step": step, "loss": loss.item(), "recon_mse": recon_loss.item(), "vq_loss": vq_loss.item(),
                           "train_psnr_db": 10 * math.log10(1 / max(recon_loss.item(), 1e-10)),
                           **code_statistics(codes, codebook_size), "restarts": model.quantizer.restarts,

@@ -62,8 +62,11 @@ def test_errors_are_one_line_starting_with_the_key():
                                "betas, adam_eps, max_grad_norm, trainable)")
     with pytest.raises(ConfigError) as info:
         load_config(TINY_CONFIG, ["loss.loss_agg=mean"])
-    assert str(info.value) == ("loss.loss_agg: must be one of 'token-mean', 'seq-mean-token-mean' or 'seq-sum-norm', "
+    assert str(info.value) == ("loss.loss_agg: must be one of ['token-mean', 'seq-mean-token-mean', 'seq-sum-norm'], "
                                "got 'mean'")
+    with pytest.raises(ConfigError) as info:
+        load_config(TINY_CONFIG, ["data.heldout_fraction=1"])
+    assert str(info.value) == "data.heldout_fraction: must be in [0, 1), got 1"
 
 
 def test_help_config_is_generated_from_the_schema(capsys):
