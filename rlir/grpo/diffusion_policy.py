@@ -31,8 +31,8 @@ from rlir.models.flow_sampling import generate, transition_logprobs
 
 from .policy import ModelPolicy, Prompts, Rollout, last_context_frame
 
-# ODE steps a frame when evaluating. On the first (64x64) Crafter DiT, 64 prompts x 15 frames, 4 / 8 / 16 / 32
-# steps gave eval-IDM action-following 0.326 / 0.352 / 0.372 / 0.377: 16 is nearly converged.
+# Euler ODE steps a frame when evaluating: enough that more steps no longer change the measured action-following
+# (docs/experiments.md has the comparison).
 EVAL_ODE_STEPS = 16
 
 

@@ -17,8 +17,8 @@ generator), so values at different steps compare. Generation quality is the PSNR
 of held-out prompts against the real frames, beside copying the context frame and the frame space's own
 round trip (the ceiling).
 
-The defaults (tokenizer latents in 2x2 patches, the previous frame as input, 4-frame clips) come from the
-comparison in the ``rlir.models.dit_world_model`` docstring.
+The defaults (tokenizer latents in 2x2 patches, 4-frame clips) are the winners of the comparisons logged in
+docs/experiments.md; the shipped 72x72 DiT overrides the patch size (configs/pretrain/crafter_dit_world_model.yaml).
 """
 from __future__ import annotations
 
