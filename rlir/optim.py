@@ -1,7 +1,9 @@
-"""The one AdamW setup the trainers share: weight decay on matrices only (not on norms, biases or gains)."""
+"""The optimiser setup the trainers share: AdamW with weight decay on matrices only (not on norms, biases or
+gains), its fused kernel where the parameters allow it, and a warmup-then-constant-or-cosine schedule."""
 from __future__ import annotations
 
-from typing import Iterable, Tuple
+import math
+from typing import Callable, Iterable, List, Tuple
 
 import torch
 
@@ -18,3 +20,37 @@ def adamw_decaying_matrices(params: Iterable[torch.nn.Parameter], *, lr: float, 
     if not groups:
         raise ValueError("no trainable parameters")
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+
+
+def warmup_schedule(warmup: int, total: int, schedule: str = "constant", floor: float = 0.0) -> Callable[[int], float]:
+    """The learning-rate factor after ``u`` of ``total`` updates (a LambdaLR lambda): linear warmup over
+    ``warmup`` updates, then 1 ("constant") or a cosine down to ``floor`` at the last update ("cosine")."""
+
+    def factor(u: int) -> float:
+        if u < warmup:
+            return (u + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (u - warmup) / max(1, total - warmup - 1))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def fused_adamw_supported(params: List[torch.Tensor]) -> bool:
+    """Whether AdamW's fused kernel takes these parameters (floating point, on a device it supports)."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    devices = _get_fused_kernels_supported_devices()
+    return bool(params) and all(p.device.type in devices and p.is_floating_point() for p in params)
+
+
+def use_fused_adamw(optimizer: torch.optim.Optimizer) -> None:
+    """Switch an AdamW to its fused kernel (which takes ``found_inf``: a non-finite gradient skips the update on
+    the device), with its step counters on the parameters' device as that kernel keeps them."""
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = True, None
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if state and "step" in state:
+                state["step"] = state["step"].to(p.device, torch.float32)

@@ -43,7 +43,7 @@ import torch.nn as nn
 from rlir.kernels.group_advantage import _batch_std
 from rlir.kernels import (aggregate_tokens, group_advantage, grpo_loss, idm_advantage, idm_reward, loss_normaliser,
                           trusted_inputs)
-from rlir.optim import adamw_decaying_matrices
+from rlir.optim import adamw_decaying_matrices, fused_adamw_supported, use_fused_adamw, warmup_schedule
 from rlir.rewards import idm_logits
 from rlir.profiling import PhaseTimer, peak_memory, reset_peak_memory
 from rlir.profiling.memory import max_rss_bytes
@@ -74,19 +74,8 @@ def lr_lambda(cfg: GRPOConfig) -> Callable[[int], float]:
     """LR factor after ``u`` optimizer updates: linear warmup over warmup_steps GRPO steps, then constant or
     cosine down to min_lr_ratio at the last update."""
     ups = cfg.updates_per_step
-    warm = cfg.optim.warmup_steps * ups
-    total = cfg.train.steps * ups
-    schedule, floor = cfg.optim.schedule, cfg.optim.min_lr_ratio
-
-    def factor(u: int) -> float:
-        if u < warm:
-            return (u + 1) / warm
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (u - warm) / max(1, total - warm - 1))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
+    return warmup_schedule(cfg.optim.warmup_steps * ups, cfg.train.steps * ups, cfg.optim.schedule,
+                           cfg.optim.min_lr_ratio)
 
 
 class Deferred:
@@ -95,24 +84,6 @@ class Deferred:
 
     def __init__(self, fn: Callable, args: tuple):
         self.fn, self.args = fn, args
-
-
-def _fused_adamw_supported(params: List[torch.Tensor]) -> bool:
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
-    devices = _get_fused_kernels_supported_devices()
-    return bool(params) and all(p.device.type in devices and p.is_floating_point() for p in params)
-
-
-def _use_fused_adamw(optimizer: torch.optim.Optimizer) -> None:
-    """Switch an AdamW to its fused kernel (which takes ``found_inf``, see GRPOTrainer._optimizer_step), with
-    its step counters on the parameters' device as that kernel keeps them."""
-    for group in optimizer.param_groups:
-        group["fused"], group["foreach"] = True, None
-        for p in group["params"]:
-            state = optimizer.state.get(p)
-            if state and "step" in state:
-                state["step"] = state["step"].to(p.device, torch.float32)
 
 
 class GRPOTrainer:
@@ -164,9 +135,9 @@ class GRPOTrainer:
                                                  betas=cfg.optim.betas, eps=cfg.optim.adam_eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.fused_adamw = _fused_adamw_supported(self.params)
+        self.fused_adamw = fused_adamw_supported(self.params)
         if self.fused_adamw:
-            _use_fused_adamw(self.optimizer)
+            use_fused_adamw(self.optimizer)
 
         self.logger: Optional[MetricsLogger] = None
         self.open_logger(resume_step)
@@ -660,7 +631,7 @@ class GRPOTrainer:
 
     def _restore_trainer_state(self, state: dict) -> int:
         if self.fused_adamw:  # a checkpoint from before the fused optimizer carries fused=None and CPU steps
-            _use_fused_adamw(self.optimizer)
+            use_fused_adamw(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         self.prompts.load_state_dict(state["sampler"])
