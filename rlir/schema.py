@@ -78,7 +78,7 @@ def _schema_class(annotation) -> Optional[type]:
     return None
 
 
-def _unwrap(annotation, metadata=()):
+def unwrap_type(annotation, metadata=()):
     """(the type, its metadata) of ``Annotated[X, ...]`` / ``Optional[X]``."""
     while True:
         origin, args = typing.get_origin(annotation), typing.get_args(annotation)
@@ -96,12 +96,12 @@ def _lookup(cls: type, loc: tuple):
     model, annotation, metadata = cls, cls, ()
     for part in loc:
         if isinstance(part, int):
-            annotation, metadata = _unwrap(typing.get_args(annotation)[0] if typing.get_args(annotation) else Any)
+            annotation, metadata = unwrap_type(typing.get_args(annotation)[0] if typing.get_args(annotation) else Any)
             continue
         field = model.model_fields.get(part) if model is not None else None
         if field is None:
             return None, None, ()
-        annotation, metadata = _unwrap(field.annotation, tuple(field.metadata))
+        annotation, metadata = unwrap_type(field.annotation, tuple(field.metadata))
         model = _schema_class(annotation)
     return model, annotation, metadata
 
@@ -135,7 +135,7 @@ def config_error(cls: type, error: ValidationError) -> ConfigError:
         key = prefix + cause.key if cause.key.startswith("[") else ".".join(filter(None, (prefix, cause.key)))
         return ConfigError(key, cause.message)
     key = _dotted(loc) or "<root>"
-    model, annotation, metadata = _lookup(cls, loc)
+    _, annotation, metadata = _lookup(cls, loc)
     if kind == "extra_forbidden":
         model = _lookup(cls, loc[:-1])[0]
         return ConfigError(key, "unknown key" + (f" (known: {', '.join(model.model_fields)})" if model else ""))
@@ -259,7 +259,7 @@ def describe_type(annotation, metadata=()) -> str:
     if origin is Literal:
         text = "|".join(str(a) for a in args)
     else:
-        names = {bool: "true|false", int: "int", float: "number", str: "string", dict: "mapping"}
+        names = {bool: "true|false", int: "int", float: "number", str: "string"}
         text = names.get(annotation, getattr(annotation, "__name__", str(annotation)))
     return f"{text} {', '.join(bounds)}" if bounds else text
 

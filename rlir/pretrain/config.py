@@ -22,7 +22,7 @@ from typing import Annotated, Callable, Literal, Optional, Sequence
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from rlir.schema import ConfigError, Number, Schema, describe_type, read_yaml, validate
+from rlir.schema import ConfigError, Number, Schema, describe_type, read_yaml, unwrap_type, validate
 
 
 def _path(value):
@@ -204,10 +204,7 @@ def add_flags(parser: argparse.ArgumentParser, schemas: Sequence[type], descript
                                 help=f"{owners[0][1].description} (default: {_label(schemas[0])})")
             continue
         field = owners[0][1]
-        annotation = typing.get_args(field.annotation)[0] if typing.get_origin(field.annotation) is typing.Union \
-            else field.annotation
-        while typing.get_origin(annotation) is Annotated:
-            annotation = typing.get_args(annotation)[0]
+        annotation = unwrap_type(field.annotation)[0]
         kwargs: dict = {"default": argparse.SUPPRESS}
         if annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction

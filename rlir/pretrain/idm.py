@@ -65,8 +65,9 @@ def train(data: str | Path, out: str | Path, **options) -> dict:
     space = recording.action_space
 
     torch.manual_seed(seed)
-    model = InverseDynamicsModel(head_sizes=space.head_sizes, frame_size=list(resolve_frame_size(s.frame_size, recording)),
-                                 window=window, width=s.width, depth=s.depth, heads=s.heads, channels=s.channels)
+    model = InverseDynamicsModel(head_sizes=space.head_sizes, window=window, width=s.width, depth=s.depth,
+                                 heads=s.heads, channels=s.channels,
+                                 frame_size=list(resolve_frame_size(s.frame_size, recording)))
     weights = _class_weights(recording, clips.episode_ids, s.class_weights)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=s.weight_decay)
     warmup = max(1, steps // 20)
