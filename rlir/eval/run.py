@@ -70,6 +70,11 @@ def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None,
 
     if frames < 1 or prompts < 1:
         raise EvalError("--frames and --prompts must be >= 1")
+    from rlir.grpo.distributed import evaluate_sharded, init_distributed, quiet_unless_main
+
+    # Under torchrun: every rank generates its share of the prompts, rank 0 reports (rlir.grpo.distributed).
+    parallel, _ = init_distributed("cpu")
+    quiet_unless_main(parallel)
     models, paths = resolve_models(run, world_model, baseline, tokenizer=tokenizer, idm=idm, eval_idm=eval_idm)
     out = Path(out) if out is not None else (Path(run) / "eval" if run is not None else None)
     vq = load_strict(VQTokenizer, paths["tokenizer"], "--tokenizer").eval()
@@ -86,8 +91,9 @@ def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None,
     info_models = {}
     for label, path in models.items():
         model, info = load_world_model(path)
-        metrics, videos[label] = evaluate_world_model(model, vq, idms, held_out, recording.action_space,
-                                                      temperature=temperature, seed=seed)
+        evaluate = evaluate_sharded(parallel) if parallel.distributed else evaluate_world_model
+        metrics, videos[label] = evaluate(model, vq, idms, held_out, recording.action_space,
+                                          temperature=temperature, seed=seed)
         if action_sensitivity:
             from rlir.eval.action_sensitivity import action_sensitivity as sensitivity
 
@@ -105,7 +111,7 @@ def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None,
     report = build_report(results, info=info)
     for key, title in HEADLINE:
         print(f"{title:54s} " + "  ".join(f"{k} {v:.4f}" for k, v in report["metrics"][key].items() if v is not None))
-    if out is None:
+    if out is None or not parallel.is_main:
         return report
     out.mkdir(parents=True, exist_ok=True)
     names = [action_names(recording.action_space, a) for a in held_out.actions[:grid]]

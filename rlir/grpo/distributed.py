@@ -149,9 +149,25 @@ def init_distributed(device_name: str = "auto",
         from datetime import timedelta
 
         kwargs["timeout"] = timedelta(seconds=timeout_s)
+    store = _attempt_store()
+    if store is not None:
+        kwargs.update(store=store, rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                             device_id=device if device.type == "cuda" else None, **kwargs)
     return Parallel.current(), device
+
+
+def _attempt_store():
+    """torchrun's own TCPStore (the agent's, which its workers share) under a prefix of the restart attempt, or
+    None when torchrun did not offer its store. Without the prefix, the workers torchrun --max-restarts starts
+    again read the keys their killed predecessors wrote (gloo's and NCCL's peer addresses) and fail to connect
+    (pytorch/pytorch#135712; seen here with gloo on torch 2.13 about every other restart)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    base = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"]),
+                         is_master=False)
+    return dist.PrefixStore(f"rlir/attempt_{attempt}", base)
 
 
 def close_distributed() -> None:
@@ -365,3 +381,25 @@ def sharded_generate(parallel: Parallel, generate, first_frames: torch.Tensor, a
     else:  # fewer prompts than ranks: the shapes only
         local = generate(first_frames[:1], actions[:1], seed=seed)[:0]
     return gather_rows_uneven(parallel, local)
+
+
+def evaluate_sharded(parallel: Parallel):
+    """``rlir.eval.evaluate.evaluate_world_model`` with the generation split over ranks: each rank generates its
+    share of the held-out prompts (its own seed, seed + rank), every rank gets all the videos and computes the
+    same metrics from them (the IDM scoring is small next to generation)."""
+    from rlir.eval.action_following import generate_videos
+    from rlir.eval.evaluate import idm_metrics
+    from rlir.metrics.image import psnr, ssim
+
+    def evaluate(world_model, tokenizer, idms, prompts, action_space, *, temperature: float = 1.0, seed: int = 0):
+        def generate(first_frames, actions, seed):
+            return generate_videos(world_model, tokenizer, first_frames, actions, temperature=temperature, seed=seed)
+
+        videos = sharded_generate(parallel, generate, prompts.real[:, 0], prompts.actions, seed)
+        metrics = idm_metrics(idms, videos, prompts, action_space)
+        real, fake = prompts.real[:, 1:].flatten(0, 1), videos[:, 1:].flatten(0, 1)
+        metrics["psnr_db"] = psnr(real, fake).mean().item()
+        metrics["ssim"] = ssim(real, fake).mean().item()
+        return metrics, videos
+
+    return evaluate

@@ -10,6 +10,7 @@ SPEC.json: [{"config": path, "out": dir, "overrides": ["key=value", ...], "resum
 --kill-rank R --kill-step K: rank R SIGKILLs itself in the middle of step K (after its rollout, before its
 updates) on the job's first attempt only (TORCHELASTIC_RESTART_COUNT 0), as a crashed or OOM-killed rank.
 """
+import faulthandler
 import json
 import os
 import signal
@@ -68,6 +69,7 @@ def cli(argv: list) -> int:
 
 
 if __name__ == "__main__":
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints where a stuck rank is
     if sys.argv[1] == "runs":
         sys.exit(runs(sys.argv[2]))
     sys.exit(cli(sys.argv[2:]))
