@@ -89,3 +89,15 @@ def assert_close_weights(a, b, tol=1e-5):
 
 def tiny_dict(kind):
     return yaml.safe_load(TINY[kind].read_text())
+
+
+LOGGED_RUN = [*QUIET, "train.steps=2", "train.checkpoint_interval=0", "log.stdout=true", "log.tensorboard=true"]
+
+
+@pytest.fixture(scope="session")
+def two_rank_run(tmp_path_factory):
+    """`torchrun --nproc_per_node 2 -m rlir train` on the tiny AR config (FSDP, the default): (run dir, output)."""
+    out = tmp_path_factory.mktemp("two_rank_run") / "run"
+    done = torchrun(["-m", "rlir", "train", "--config", TINY["ar"], "--out", out, *LOGGED_RUN])
+    assert done.returncode == 0, done.stdout[-6000:]
+    return out, done.stdout
