@@ -48,6 +48,7 @@ def _lost_rank(error: BaseException) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from rlir.grpo.config import ConfigError, load_config
+    from rlir.grpo.distributed import under_torchrun
 
     overrides = list(args.overrides)
     if args.out is not None:
@@ -58,12 +59,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"rlir train: error: {error}", file=sys.stderr)
         return 2
 
-    from rlir.grpo.distributed import close_distributed, init_distributed, quiet_unless_main
+    from rlir.grpo.distributed import check_divisible, close_distributed, init_distributed, quiet_unless_main
 
     try:
         parallel, _ = init_distributed(cfg.device)
+        check_divisible(cfg, parallel)  # before any model is built
     except ConfigError as error:
-        print(f"rlir train: error: {error}", file=sys.stderr)
+        if not under_torchrun() or int(os.environ.get("RANK", "0")) == 0:
+            print(f"rlir train: error: {error}", file=sys.stderr)
+        close_distributed()
         return 2
     where = f"rank {parallel.rank}/{parallel.world_size}: " if parallel.distributed else ""
     quiet_unless_main(parallel)
