@@ -1,5 +1,6 @@
 """`rlir export` turns a checkpoint's DCP shards (from any number of ranks) into a save_pretrained directory,
 and a checkpoint from before DCP (format 1: optimizer in trainer.pt) still resumes in one process."""
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -25,6 +26,7 @@ def test_export_reads_the_shards_of_a_one_process_run(tmp_path):
     assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
 
 
+@pytest.mark.slow  # the 2-process run
 def test_export_of_a_two_rank_fsdp_run_equals_rank_zeros_gathered_weights(two_rank_run, tmp_path):
     run, _ = two_rank_run
     step = ckpt.latest_checkpoint(run / "checkpoints")

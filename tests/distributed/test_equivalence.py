@@ -7,6 +7,8 @@ import pytest
 from .conftest import QUIET, TINY, assert_close_metrics, assert_close_weights, final_weights, metrics, one_process, \
     run_jobs
 
+pytestmark = pytest.mark.slow  # torchrun jobs of 2 processes: 10-30 s on 2 CPU cores
+
 STEPS = ["train.steps=3", "train.checkpoint_interval=0"]
 VARIANTS = {  # name: (model kind, overrides); each runs under ddp and fsdp
     "ar-token-mean": ("ar", ["loss.loss_agg=token-mean"]),

@@ -8,6 +8,8 @@ from rlir.cli import main
 
 from .conftest import torchrun
 
+pytestmark = pytest.mark.slow  # torchrun jobs of 2 processes: 10-30 s on 2 CPU cores
+
 
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory):

@@ -2,8 +2,12 @@
 --max-restarts the job starts again, resumes from the newest checkpoint and ends as an uninterrupted run."""
 import time
 
+import pytest
+
 from .conftest import QUIET, TINY, WORKER, assert_close_metrics, assert_close_weights, final_weights, metrics, \
     one_process, torchrun
+
+pytestmark = pytest.mark.slow  # torchrun jobs of 2 processes: 10-30 s on 2 CPU cores
 
 RUN = [*QUIET, "train.steps=4", "train.checkpoint_interval=1", "train.eval_interval=0"]
 

@@ -2,7 +2,11 @@
 writes the run's files, with the metrics of the whole job (every rank's videos), not of one rank."""
 import json
 
+import pytest
+
 from .conftest import LOGGED_RUN, TINY, assert_close_metrics, metrics, one_process
+
+pytestmark = pytest.mark.slow  # torchrun jobs of 2 processes: 10-30 s on 2 CPU cores
 
 
 def test_only_rank_zero_logs_global_metrics(two_rank_run, tmp_path):

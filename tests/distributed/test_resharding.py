@@ -1,8 +1,12 @@
 """Checkpoints reshard: a run saved by 2 ranks resumes in 1 process, one saved by 1 process resumes on 2
 ranks, one saved under DDP resumes under FSDP, and the later steps equal those of an uninterrupted run (DCP
 shards of the world model and AdamW state, plus the sampler, schedule and step)."""
+import pytest
+
 from .conftest import QUIET, TINY, assert_close_metrics, assert_close_weights, final_weights, metrics, one_process, \
     run_jobs
+
+pytestmark = pytest.mark.slow  # torchrun jobs of 2 processes: 10-30 s on 2 CPU cores
 
 RUN = [*QUIET, "train.steps=4", "train.checkpoint_interval=2", "train.keep_last=5"]
 
