@@ -36,6 +36,7 @@ root's parameters on that forward. Any ``ModelPolicy`` (a policy with an ``nn.Mo
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 from dataclasses import dataclass
@@ -241,8 +242,6 @@ class DataParallel:
                               f"(a ModelPolicy); {type(policy).__name__} has none")
         if strategy == "ddp":
             from torch.nn.parallel import DistributedDataParallel
-
-            import inspect
 
             # device_ids=None: the inputs (a rollout and row indices) are already on the device. No buffer
             # broadcast at every forward (the models' buffers are constants; broadcast_buffers before torch 2.12).
