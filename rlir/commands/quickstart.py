@@ -8,8 +8,8 @@
 3. evaluates the shipped model (before) against the post-trained one (after) on held-out prompts
    (``rlir eval --run``) and writes report.md / report.json / the video grid / the training curves.
 
-Sized for the 15-minute budget of a 2-core CPU (measured: 9.7 minutes with the recording); on a GPU
-(device: auto) the same run is faster.
+Sized for a 15-minute budget on a 2-core CPU (the README has the measured time); on a GPU (device: auto) the
+same run is faster.
 """
 from __future__ import annotations
 
