@@ -137,7 +137,7 @@ def _generate(model, context, context_actions, actions, g, temperature, top_k, t
         history = torch.empty(b * g, length, dtype=torch.long, device=prompt.device)
         history[:, :prompt.shape[1]] = prompt.repeat_interleave(g, dim=0)
 
-        def step(feed, k):
+        def step(feed):
             start = cache.length
             history[:, start:start + feed.shape[1]] = feed
             return model.forward_tokens(feed, cache, history)[:, -1]
@@ -149,14 +149,21 @@ def _generate(model, context, context_actions, actions, g, temperature, top_k, t
         seq = prompt.repeat_interleave(g, dim=0)
         last_hidden = model.forward_tokens(seq)[:, -1]
 
-        def step(feed, k):
+        def step(feed):
             nonlocal seq
             seq = torch.cat((seq, feed), dim=1)
             return model.forward_tokens(seq)[:, -1]
 
-    tokens = torch.empty(b * g, n_steps, f, dtype=torch.long, device=prompt.device)
-    logprobs = torch.empty(b * g, n_steps, f, dtype=torch.float32, device=prompt.device)
-    logits = model.output(last_hidden)
+    return _decode_loop(model.output(last_hidden), lambda feed: model.output(step(feed)), action_ids, n_steps, f,
+                        temperature, top_k, top_p, generator)
+
+
+def _decode_loop(logits, next_logits, action_ids, n_steps, f, temperature, top_k, top_p, generator):
+    """Sample n_steps frames of f codes from the first code's ``logits``; ``next_logits(feed)`` runs one decode
+    step (a code, or the frame's last code with the next action's tokens) and returns the next logits."""
+    n_rows = logits.shape[0]
+    tokens = torch.empty(n_rows, n_steps, f, dtype=torch.long, device=logits.device)
+    logprobs = torch.empty(n_rows, n_steps, f, dtype=torch.float32, device=logits.device)
     for k in range(n_steps):
         for j in range(f):
             ids, logp = sample_tokens(logits, temperature, top_k, top_p, generator)
@@ -167,7 +174,7 @@ def _generate(model, context, context_actions, actions, g, temperature, top_k, t
                 feed = torch.cat((ids[:, None], action_ids[:, k + 1]), dim=1)
             else:
                 break
-            logits = model.output(step(feed, k))
+            logits = next_logits(feed)
     return tokens, logprobs
 
 
@@ -198,7 +205,7 @@ def _decode_compiled(model, mode, cache, history, start, last_hidden, action_ids
     """The decode loop of ``_generate`` with the step compiled: the same feeds, RNG draws and outputs. On CUDA
     the static step (``model.decode_step``; positions are slices of one device arange, so no host-to-device
     copy a step), elsewhere the prefix step with a symbolic start."""
-    n_rows, length = history.shape
+    length = history.shape[1]
     device = history.device
     static = _static_step(device)
     step_fn = compiled_step(model, _decode_step if static else _prefix_decode_step, mode, device, dynamic=not static)
@@ -206,23 +213,16 @@ def _decode_compiled(model, mode, cache, history, start, last_hidden, action_ids
     history, cache_k, cache_v = buffers[0], buffers[1:1 + len(cache.k)], buffers[1 + len(cache.k):]
     positions = torch.arange(length, device=device)
     cuda_graphs = uses_cuda_graphs(mode, device)
-    tokens = torch.empty(n_rows, n_steps, f, dtype=torch.long, device=device)
-    logprobs = torch.empty(n_rows, n_steps, f, dtype=torch.float32, device=device)
-    logits = model.output(last_hidden)
-    for k in range(n_steps):
-        for j in range(f):
-            ids, logp = sample_tokens(logits, temperature, top_k, top_p, generator)
-            tokens[:, k, j], logprobs[:, k, j] = ids, logp
-            if j < f - 1:
-                feed = ids[:, None]
-            elif k < n_steps - 1:
-                feed = torch.cat((ids[:, None], action_ids[:, k + 1]), dim=1)
-            else:
-                break
-            s = feed.shape[1]
-            history[:, start:start + s] = feed
-            if cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            logits = step_fn(model, feed, cache_k, cache_v, history, positions[start:start + s] if static else start)
-            start += s
-    return tokens, logprobs
+
+    def next_logits(feed):
+        nonlocal start
+        s = feed.shape[1]
+        history[:, start:start + s] = feed
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        logits = step_fn(model, feed, cache_k, cache_v, history, positions[start:start + s] if static else start)
+        start += s
+        return logits
+
+    return _decode_loop(model.output(last_hidden), next_logits, action_ids, n_steps, f, temperature, top_k, top_p,
+                        generator)
