@@ -25,6 +25,11 @@ What a rollout sampled is the policy's own dataclass, ``Rollout.sample``, row-al
 trainer never looks inside it, only the policy's decode and logprobs do (``ARSample`` for the AR policy, the
 DiT sampler's ``FlowSample`` itself for the diffusion policy).
 
+The trainer passes ``rollout`` a ``rlir.models.generators.GroupGenerators``: ``generator.groups[b]`` draws the
+noise of prompt b's G rows and ``generator.shared`` anything the batch shares, so a prompt's samples do not depend
+on the rest of its batch or on the number of processes. A policy that draws from one ``torch.Generator`` can use
+``generator.shared`` (its samples then depend on the batch composition).
+
 Worked example (``to_uint8`` from rlir.grpo.ar_policy): a user's own frame-level world model, ``MyModel.sample(context, actions, generator) ->
 (frames float [N, n, 3, h, w] in [0, 1], logp [N, n])`` and ``MyModel.score(context, actions, frames) ->
 logp [N, n]`` (e.g. a per-frame Gaussian)::
