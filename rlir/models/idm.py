@@ -18,6 +18,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from rlir.models.attention import attention
+from rlir.models.tokenizer import frame_size_pair
 
 
 def _check_int(name: str, value, minimum: int = 1) -> int:
@@ -95,10 +96,7 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
                  channels: Sequence[int] = (16, 32, 32)):
         super().__init__()
         self.head_sizes = _int_list("head_sizes", head_sizes, minimum=2)
-        sizes = [frame_size] * 2 if isinstance(frame_size, int) and not isinstance(frame_size, bool) else frame_size
-        if not isinstance(sizes, (list, tuple)) or len(sizes) != 2:
-            raise ValueError(f"frame_size must be an int or [height, width], got {frame_size!r}")
-        self.frame_size = tuple(_int_list("frame_size", sizes))
+        self.frame_size = frame_size_pair("frame_size", frame_size)
         _check_int("window", window, minimum=2)
         _check_int("width", width)
         _check_int("depth", depth, minimum=0)

@@ -19,15 +19,13 @@ SAVE_DTYPES = {"fp32": "float", "bf16": "bfloat16", "fp16": "half"}
 
 def resolve_frame_size(frame_size, recording) -> tuple[int, int]:
     """--frame-size (None, [S], [H, W], an int or a pair) -> (height, width); None means the recording's own."""
+    from rlir.models.tokenizer import frame_size_pair
+
     if frame_size is None:
         return tuple(recording.frame_size)
     if isinstance(frame_size, (list, tuple)) and len(frame_size) == 1:
         frame_size = frame_size[0]
-    sizes = [frame_size, frame_size] if isinstance(frame_size, int) else frame_size
-    if not isinstance(sizes, (list, tuple)) or len(sizes) != 2 or any(
-            isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes):
-        raise ValueError(f"frame_size must be one positive int or HEIGHT WIDTH, got {frame_size!r}")
-    return int(sizes[0]), int(sizes[1])
+    return frame_size_pair("frame_size", frame_size)
 
 
 def load_tokenizer(path):
