@@ -25,7 +25,7 @@ from rlir.models.compiled import compile_mode
 from rlir.models.sampling import generate
 from rlir.models.tokenizer import VQTokenizer
 
-from .policy import ModelPolicy, Prompts, Rollout, last_context_frame
+from .policy import ModelPolicy, Prompts, Rollout, after_context
 
 
 to_uint8 = VQTokenizer.to_uint8  # float frames in [0, 1] -> uint8; policy.py's worked example uses it
@@ -120,7 +120,7 @@ class ARPolicy(ModelPolicy):
         codes = rollout.sample.tokens  # [N, n, F]
         # Only decode() and code_grid are asked of the tokenizer, so user tokenizers need nothing more.
         frames = to_uint8(self.tokenizer.decode(codes.reshape(*codes.shape[:2], *self.tokenizer.code_grid)))
-        return torch.cat((last_context_frame(rollout).to(frames.device), frames), dim=1)
+        return after_context(rollout.prompts, rollout.num_samples, frames)
 
     def score(self, model: nn.Module, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
         s = rollout.sample

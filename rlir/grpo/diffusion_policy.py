@@ -29,7 +29,7 @@ from rlir.kernels.flow_sde_step import SIGMA_MAX
 from rlir.models.compiled import compile_mode
 from rlir.models.flow_sampling import generate, transition_logprobs
 
-from .policy import ModelPolicy, Prompts, Rollout, last_context_frame
+from .policy import ModelPolicy, Prompts, Rollout, after_context
 
 # Euler ODE steps a frame when evaluating: enough that more steps no longer change the measured action-following
 # (docs/experiments.md has the comparison).
@@ -84,7 +84,7 @@ class DiffusionPolicy(ModelPolicy):
     @torch.no_grad()
     def decode(self, rollout: Rollout) -> torch.Tensor:
         frames = self.model.decode_frames(rollout.sample.frames, self.tokenizer)
-        return torch.cat((last_context_frame(rollout).to(frames.device), frames), dim=1)
+        return after_context(rollout.prompts, rollout.num_samples, frames)
 
     @torch.no_grad()
     def generate(self, prompts: Prompts, num_samples: int = 1, *, sampler: Optional[str] = None,
@@ -100,8 +100,7 @@ class DiffusionPolicy(ModelPolicy):
                           num_steps=EVAL_ODE_STEPS, shift=self.shift, sampler="ode", generator=generator,
                           compile=self.compile)
         frames = self.model.decode_frames(sample.frames, self.tokenizer)
-        context = prompts.context[:, -1:].repeat_interleave(num_samples, 0)
-        return torch.cat((context.to(frames.device), frames), dim=1)
+        return after_context(prompts, num_samples, frames)
 
     def score(self, model: nn.Module, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
         scores = transition_logprobs(model, rollout.sample, indices)

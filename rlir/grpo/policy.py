@@ -144,9 +144,11 @@ class Rollout:
         return self.old_logp.shape[1]
 
 
-def last_context_frame(rollout: Rollout) -> torch.Tensor:
-    """uint8 [N, 1, 3, h, w]: each row's last real context frame, the first frame of its decoded video."""
-    return rollout.prompts.context[:, -1:].repeat_interleave(rollout.num_samples, 0)
+def after_context(prompts: Prompts, num_samples: int, frames: torch.Tensor) -> torch.Tensor:
+    """uint8 videos [N, n+1, 3, h, w]: each row's last real context frame, then its generated ``frames``
+    [N, n, 3, h, w] (rows b*G + g, G = ``num_samples``)."""
+    context = prompts.context[:, -1:].repeat_interleave(num_samples, 0)
+    return torch.cat((context.to(frames.device), frames), dim=1)
 
 
 class Policy(ABC):
