@@ -24,8 +24,10 @@ def test_a_killed_rank_ends_the_job_with_a_clear_error(tmp_path):
     assert done.returncode != 0
     assert time.monotonic() - start < 120  # ended, did not hang until a collective timeout
     out = done.stdout
-    root_cause = out[out.index("Root Cause"):]
-    assert "rank      : 1" in root_cause and "SIGKILL" in root_cause, out[-3000:]
+    # torchrun's summary lists every failed rank; which one it calls the "root cause" is a race when the
+    # survivor exits in the same instant, so look for the killed rank's own block anywhere in the summary.
+    blocks = out[out.index("Failures:"):].split("[")
+    assert any("rank      : 1" in b and "SIGKILL" in b for b in blocks), out[-3000:]
     # Steps 1-2 were logged and checkpointed before the kill; step 3 never completed.
     assert [r["step"] for r in metrics(tmp_path / "run")] == [1, 2]
     assert (tmp_path / "run" / "checkpoints" / "step_00000002" / "meta.json").is_file()
