@@ -1,9 +1,10 @@
 """The optimiser setup the trainers share: AdamW with weight decay on matrices only (not on norms, biases or
-gains), its fused kernel where the parameters allow it, and a warmup-then-constant-or-cosine schedule."""
+gains), its fused kernel where the parameters allow it, a warmup-then-constant-or-cosine schedule, and the
+clipped step that skips a non-finite gradient."""
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, List, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -54,3 +55,22 @@ def use_fused_adamw(optimizer: torch.optim.Optimizer) -> None:
             state = optimizer.state.get(p)
             if state and "step" in state:
                 state["step"] = state["step"].to(p.device, torch.float32)
+
+
+def clip_and_step(optimizer: torch.optim.Optimizer, params: List[torch.Tensor], max_norm: Optional[float],
+                  fused: bool) -> torch.Tensor:
+    """Clip the gradient norm of ``params`` to ``max_norm`` (None: no clipping), then step unless that norm is
+    non-finite; returns the norm (under FSDP its local value: the norm is a replicated DTensor). The fused AdamW
+    kernel (``fused``) skips the update on the device when its ``found_inf`` is 1 (as under a GradScaler), so
+    this reads nothing back; other optimizers fall back to a host check."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
+    local = norm.to_local() if hasattr(norm, "to_local") else norm
+    if fused:
+        optimizer.found_inf = (~torch.isfinite(norm)).float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif math.isfinite(local.item()):
+        optimizer.step()
+    return local

@@ -7,7 +7,9 @@
 Pieces: ``config`` (GRPOConfig, load_config), ``policy`` (the Policy interface, Prompts, Rollout),
 ``ar_policy`` (ARPolicy: ARWorldModel + VQTokenizer, its ARSample), ``diffusion_policy`` (DiffusionPolicy:
 DiTWorldModel with the SDE sampler's step log-probs), ``prompts`` (resumable PromptSampler),
-``trainer`` (GRPOTrainer), ``checkpoint`` (atomic save, exact resume), ``logging`` (jsonl + TensorBoard).
+``trainer`` (GRPOTrainer: the loop), ``metrics`` (a step's metrics, read back once), ``evaluation``
+(in-training evaluation), ``distributed`` (torchrun, DDP / FSDP), ``checkpoint`` (atomic save, exact resume),
+``logging`` (jsonl + TensorBoard).
 """
 from .ar_policy import ARPolicy, ARSample
 from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint

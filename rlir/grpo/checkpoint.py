@@ -19,6 +19,9 @@ the other ranks) and renamed into place only once every file of every rank is wr
 or an exception mid-write leaves the previous checkpoints untouched and no partial ``step_*`` directory; a
 rename is atomic on POSIX file systems. With several nodes, ``checkpoints/`` must be on a file system they
 share. After a successful save only the newest ``keep_last`` checkpoints are kept.
+
+``save_trainer``, ``load_trainer`` and ``resume_trainer`` save and restore a GRPOTrainer (its methods call them);
+``resume_trainer`` falls back to the newest checkpoint that loads.
 """
 from __future__ import annotations
 
@@ -32,11 +35,18 @@ import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from rlir.optim import use_fused_adamw
+
+from .distributed import Parallel
+
+if TYPE_CHECKING:
+    from .trainer import GRPOTrainer
 
 FORMAT = "rlir-grpo-checkpoint/2"
 FORMATS = ("rlir-grpo-checkpoint/1", FORMAT)
@@ -65,21 +75,6 @@ def list_checkpoints(root) -> list[tuple[int, Path]]:
 def latest_checkpoint(root) -> Optional[Path]:
     found = list_checkpoints(root)
     return found[-1][1] if found else None
-
-
-def load_latest_checkpoint(root) -> Optional[tuple[Path, Optional[Dict[str, torch.Tensor]], dict]]:
-    """(path, policy_state, trainer_state) of the newest checkpoint under ``root`` that loads, or None. A newer
-    one that does not load (a corrupt or half-copied file) is skipped with a warning naming it, so ``--resume``
-    continues from the last good state instead of failing. (The trainer's resume also loads the DCP shards
-    and falls back the same way: ``GRPOTrainer.resume``.)"""
-    for _, path in reversed(list_checkpoints(root)):
-        try:
-            policy_state, trainer_state, _ = load_checkpoint(path)
-        except Exception as error:  # noqa: BLE001 - any unreadable file: JSON, safetensors, torch, missing
-            warnings.warn(f"{path}: cannot be loaded ({type(error).__name__}: {error}); trying an older checkpoint")
-            continue
-        return path, policy_state, trainer_state
-    return None
 
 
 def _fsync_file(path: Path) -> None:
@@ -116,35 +111,6 @@ def _tensors_for_safetensors(state: Dict[str, torch.Tensor]) -> Dict[str, torch.
     return out
 
 
-def _distributed() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if _distributed() else 0
-
-
-def _broadcast(obj):
-    import torch.distributed as dist
-
-    if not _distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if _distributed():
-        dist.barrier()
-
-
 def save_checkpoint(root, step: int, policy_state: Optional[Dict[str, torch.Tensor]], trainer_state: dict,
                     meta: Optional[dict] = None, keep_last: Optional[int] = None, *,
                     sharded: Optional[dict] = None) -> Path:
@@ -154,7 +120,8 @@ def save_checkpoint(root, step: int, policy_state: Optional[Dict[str, torch.Tens
     ...}) is written by all of them with ``torch.distributed.checkpoint.save``; rank 0 alone writes
     ``policy_state`` (None: no policy.safetensors), ``trainer_state`` and meta.json, then renames."""
     root = Path(root)
-    main = _rank() == 0
+    parallel = Parallel.current()
+    main = parallel.is_main
     final = root / step_dir_name(step)
     tmp = None
     if main:
@@ -163,38 +130,34 @@ def save_checkpoint(root, step: int, policy_state: Optional[Dict[str, torch.Tens
             shutil.rmtree(stale, ignore_errors=True)
         tmp = root / f"{_TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
-    tmp = _broadcast(tmp)
+    tmp = parallel.broadcast_object(tmp)
     try:
         if sharded is not None:
             import torch.distributed.checkpoint as dcp
 
             with _one_process_quiet():
-                dcp.save(sharded, checkpoint_id=str(tmp / DCP_DIR), no_dist=not _distributed())
-        _barrier()  # every rank's shards are on disk
+                dcp.save(sharded, checkpoint_id=str(tmp / DCP_DIR), no_dist=not parallel.distributed)
+        parallel.barrier()  # every rank's shards are on disk
         if main:
-            _finish_checkpoint(tmp, final, root, step, policy_state, trainer_state, meta)
+            _finish_checkpoint(tmp, final, root, step, policy_state, trainer_state, meta, parallel.world_size)
     except BaseException:
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _barrier()  # no rank goes on (or prunes) before the checkpoint is in place
+    parallel.barrier()  # no rank goes on (or prunes) before the checkpoint is in place
     if keep_last is not None and main:
         prune_checkpoints(root, keep_last)
-    _barrier()
+    parallel.barrier()
     return final
 
 
-def _finish_checkpoint(tmp: Path, final: Path, root: Path, step: int, policy_state, trainer_state, meta) -> None:
+def _finish_checkpoint(tmp: Path, final: Path, root: Path, step: int, policy_state, trainer_state, meta,
+                       world: int) -> None:
     names = []
     if policy_state is not None:
         save_file(_tensors_for_safetensors(policy_state), str(tmp / "policy.safetensors"))
         names.append("policy.safetensors")
     torch.save(trainer_state, tmp / "trainer.pt")
-    world = 1
-    if _distributed():
-        import torch.distributed as dist
-
-        world = dist.get_world_size()
     fmt = FORMAT if (tmp / DCP_DIR).is_dir() else FORMATS[0]
     info = {"format": fmt, "step": int(step), "time": time.time(), "world_size": world, **(meta or {})}
     (tmp / "meta.json").write_text(json.dumps(info, indent=1, default=str))
@@ -249,7 +212,7 @@ def load_sharded(path, state: dict) -> None:
     import torch.distributed.checkpoint as dcp
 
     with _one_process_quiet():
-        dcp.load(state, checkpoint_id=str(Path(path) / DCP_DIR), no_dist=not _distributed())
+        dcp.load(state, checkpoint_id=str(Path(path) / DCP_DIR), no_dist=not Parallel.current().distributed)
 
 
 @contextlib.contextmanager
@@ -258,6 +221,86 @@ def _one_process_quiet():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
         yield
+
+
+# ---- a GRPOTrainer's state ------------------------------------------------------------------------------
+
+def trainer_state(trainer: "GRPOTrainer") -> dict:
+    """What trainer.pt holds: step, lr schedule, the global RNGs and the sampler's position. (Every random
+    stream of a step is derived from (seed, step), so no generator state is needed; the world model and
+    the optimizer are the DCP shards, or ``optimizer`` here for a policy without an nn.Module.)"""
+    state = {
+        "step": trainer.step_count,
+        "scheduler": trainer.scheduler.state_dict(),
+        "rng": rng_state(),
+        "sampler": trainer.prompts.state_dict(),
+    }
+    if trainer.scoring.module is None:
+        state["optimizer"] = trainer.optimizer.state_dict()
+    return state
+
+
+def _sharded_state(trainer: "GRPOTrainer") -> dict:
+    """The DCP state dict of the world model and AdamW state: every rank's shards under FSDP, keys
+    ``model.<name>`` under every strategy (so a checkpoint resumes with any number of ranks and strategy)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model, optim = get_state_dict(trainer.scoring.module, trainer.optimizer)
+    return {"model": model, "optim": optim}
+
+
+def save_trainer(trainer: "GRPOTrainer", root) -> Path:
+    """Checkpoint ``trainer`` at its step under ``root``. Every rank calls this (a collective under torchrun):
+    the DCP shards from every rank, the rest from rank 0."""
+    cfg = trainer.cfg
+    meta = {"config": cfg.to_dict()}
+    if trainer.scoring.module is None:  # a policy without an nn.Module model: format 1, one process
+        return save_checkpoint(root, trainer.step_count, trainer.policy.state_dict(), trainer_state(trainer),
+                               meta=meta, keep_last=cfg.train.keep_last)
+    weights = trainer.scoring.full_state_dict() if cfg.parallel.consolidated_weights else None
+    return save_checkpoint(root, trainer.step_count, weights, trainer_state(trainer), meta=meta,
+                           keep_last=cfg.train.keep_last, sharded=_sharded_state(trainer))
+
+
+def load_trainer(trainer: "GRPOTrainer", path) -> int:
+    """Restore the world model, optimizer, scheduler, RNG states, sampler position and step of ``trainer``
+    from checkpoint ``path`` (a collective under torchrun); returns the step."""
+    policy_state, state, _ = load_checkpoint(path)
+    if is_sharded(path):
+        if trainer.scoring.module is None:
+            raise ValueError(f"{path}: a sharded checkpoint needs a policy with an nn.Module model")
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        sharded = _sharded_state(trainer)
+        load_sharded(path, sharded)
+        set_state_dict(trainer.scoring.module, trainer.optimizer, model_state_dict=sharded["model"],
+                       optim_state_dict=sharded["optim"])
+    elif trainer.parallel.distributed:
+        raise ValueError(f"{path}: a format-1 checkpoint (no DCP shards) resumes in one process only")
+    else:
+        trainer.policy.load_state_dict(policy_state)
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    if trainer.fused_adamw:  # a checkpoint from before the fused optimizer carries fused=None and CPU steps
+        use_fused_adamw(trainer.optimizer)
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    trainer.prompts.load_state_dict(state["sampler"])
+    trainer.step_count = int(state["step"])
+    return trainer.step_count
+
+
+def resume_trainer(trainer: "GRPOTrainer", root) -> int:
+    """Load the newest checkpoint under ``root`` that loads into ``trainer`` (a newer one that does not, a
+    corrupt or half-copied file, is skipped with a warning naming it); returns its step. FileNotFoundError
+    if none does."""
+    for _, path in reversed(list_checkpoints(root)):
+        try:
+            return load_trainer(trainer, path)
+        except Exception as error:  # noqa: BLE001 - any unreadable file: JSON, DCP, safetensors, torch
+            if trainer.parallel.is_main:
+                warnings.warn(f"{path}: cannot be loaded ({type(error).__name__}: {error}); trying an older "
+                              f"checkpoint")
+    raise FileNotFoundError(f"--resume: no loadable checkpoint under {root}")
 
 
 # ---- RNG states -------------------------------------------------------------------------------------

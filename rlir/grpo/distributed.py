@@ -46,6 +46,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from rlir.kernels.group_advantage import _batch_std
 from rlir.models.generators import derive_seed
 
 from .config import ConfigError
@@ -117,6 +118,16 @@ def _all_gather_single(out: torch.Tensor, t: torch.Tensor) -> None:
     gather(out, t)
 
 
+def resolve_device(name: str) -> torch.device:
+    """The device a config names; ``auto`` is CUDA when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", f"{name} requested but CUDA is not available")
+    return device
+
+
 def under_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 
@@ -128,19 +139,12 @@ def init_distributed(device_name: str = "auto",
     (Parallel(), None) outside torchrun. Each rank takes cuda:LOCAL_RANK (``device`` auto or cuda)."""
     if not under_torchrun():
         return Parallel(), None
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if device_name == "cpu":
-        device = torch.device("cpu")
-    elif device_name in ("auto", "cuda"):
-        if torch.cuda.is_available():
-            device = torch.device("cuda", local_rank)
-        elif device_name == "cuda":
-            raise ConfigError("device", "cuda requested but CUDA is not available")
-        else:
-            device = torch.device("cpu")
-    else:
+    if device_name not in ("auto", "cuda", "cpu"):
         raise ConfigError("device", f"under torchrun each rank takes cuda:LOCAL_RANK: use auto, cuda or cpu, "
                           f"not {device_name}")
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     if dist.is_initialized():
         return Parallel.current(), device
     if device.type == "cuda":
@@ -355,6 +359,27 @@ def check_divisible(cfg, parallel: Parallel) -> None:
     if cfg.minibatch_size % n:
         raise ConfigError("train.micro_batch_size", f"a minibatch of micro_batch_size x grad_accumulation = "
                           f"{cfg.minibatch_size} videos does not split over {n} ranks")
+
+
+# ---- a step's statistics over every rank -------------------------------------------------------------------
+
+def global_rollout_stats(parallel: Parallel, rollout, rew, adv: torch.Tensor, advantage, batch_std: bool):
+    """-> (this rank's advantages, the step's statistics over every rank): rewards and advantages gathered
+    (small: one value per video, or per slot with frame credit), NLL and head-accuracy sums all-reduced. With
+    ``batch_std`` the advantages are divided by the std of all ranks' rewards (``advantage``: the config's
+    section), as group_advantage's scale="batch" does in one process."""
+    reward = parallel.all_gather_rows(rew.reward.float())
+    if batch_std:
+        values = parallel.all_gather_rows(rew.frame_match.float()) if advantage.credit == "frame" else reward
+        denom = _batch_std(values.reshape(-1)) + advantage.eps
+        adv = torch.where(denom > 0, adv / torch.where(denom > 0, denom, 1.0), 0.0)
+    frames = float(rollout.actions.shape[0] * rollout.actions.shape[1])
+    sums = torch.cat([torch.stack([(rollout.old_logp * rollout.mask).sum().double(), rollout.mask.sum().double()]),
+                      rew.head_accuracy.double() * frames])
+    sums = parallel.all_reduce(sums)
+    heads = sums[2:] / (frames * parallel.world_size)
+    return adv, {"reward": reward, "adv": parallel.all_gather_rows(adv), "nll": sums[0], "tokens": sums[1],
+                 "head_acc": heads}
 
 
 # ---- evaluation across ranks -------------------------------------------------------------------------------

@@ -114,6 +114,11 @@ class Prompts:
         ca = None if self.context_actions is None else self.context_actions.to(device)
         return replace(self, context=self.context.to(device), actions=self.actions.to(device), context_actions=ca)
 
+    def rows(self, start: int, stop: int) -> "Prompts":
+        """Prompts start..stop-1."""
+        ca = None if self.context_actions is None else self.context_actions[start:stop]
+        return Prompts(self.context[start:stop], self.actions[start:stop], ca)
+
 
 @dataclass
 class Rollout:

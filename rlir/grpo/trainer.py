@@ -31,7 +31,6 @@ with the same global batch (rlir.grpo.distributed says how; tests/distributed ch
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import warnings
 from pathlib import Path
@@ -40,34 +39,23 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from rlir.kernels.group_advantage import _batch_std
 from rlir.kernels import (aggregate_tokens, group_advantage, grpo_loss, idm_advantage, idm_reward, loss_normaliser,
                           trusted_inputs)
-from rlir.optim import adamw_decaying_matrices, fused_adamw_supported, use_fused_adamw, warmup_schedule
+from rlir.models.generators import GroupGenerators
+from rlir.optim import (adamw_decaying_matrices, clip_and_step, fused_adamw_supported, use_fused_adamw,
+                        warmup_schedule)
+from rlir.profiling import PhaseTimer, reset_peak_memory
 from rlir.rewards import idm_logits
-from rlir.profiling import PhaseTimer, peak_memory, reset_peak_memory
-from rlir.profiling.memory import max_rss_bytes
-
-from rlir.models.generators import EVAL, GroupGenerators
 
 from . import checkpoint as ckpt
 from .config import ConfigError, GRPOConfig, save_config
-from .distributed import DataParallel, Parallel, check_divisible, minibatch_orders
+from .distributed import (DataParallel, Parallel, check_divisible, global_rollout_stats, minibatch_orders,
+                          resolve_device)
+from .evaluation import held_out_reward
 from .logging import MetricsLogger, format_line
+from .metrics import rollout_metrics, throughput_metrics, to_host, update_metrics
 from .policy import Policy, Prompts, Rollout
 from .prompts import PromptSampler
-
-# Metrics that measure the machine, not the optimisation (left out when comparing runs).
-MACHINE_METRIC_PREFIXES = ("time/", "perf/", "mem/")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", f"{name} requested but CUDA is not available")
-    return device
 
 
 def lr_lambda(cfg: GRPOConfig) -> Callable[[int], float]:
@@ -76,14 +64,6 @@ def lr_lambda(cfg: GRPOConfig) -> Callable[[int], float]:
     ups = cfg.updates_per_step
     return warmup_schedule(cfg.optim.warmup_steps * ups, cfg.train.steps * ups, cfg.optim.schedule,
                            cfg.optim.min_lr_ratio)
-
-
-class Deferred:
-    """A metric finished on the host after the step's one read: ``fn(*args)`` with every tensor in ``args``
-    replaced by its value (floats; lists for 1-d tensors). ``fn`` returns a value, or a dict of metrics."""
-
-    def __init__(self, fn: Callable, args: tuple):
-        self.fn, self.args = fn, args
 
 
 class GRPOTrainer:
@@ -174,47 +154,40 @@ class GRPOTrainer:
         trainer.open_logger(resume_step)
         return trainer
 
-    # ---- helpers --------------------------------------------------------------------------------------
+    # ---- the loop -------------------------------------------------------------------------------------
 
-    def autocast(self):
-        if self.bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def train(self, steps: Optional[int] = None) -> List[Dict[str, float]]:
+        """Run until train.steps (or ``steps`` more steps); returns the metrics of the steps run."""
+        cfg = self.cfg
+        end = cfg.train.steps if steps is None else min(cfg.train.steps, self.step_count + steps)
+        if self.step_count == 0 and cfg.train.eval_interval and cfg.eval.at_start and self.eval_prompts is not None:
+            em = self.evaluate()
+            self._log(0, em, "eval step 0 | " + " ".join(f"{k} {v:.4f}" for k, v in em.items()))
+        ran = []
+        saved_at = None
+        while self.step_count < end:
+            m = self.step()
+            k = self.step_count
+            if cfg.train.eval_interval and k % cfg.train.eval_interval == 0:
+                m.update(self.evaluate())
+            self.history.append(m)
+            ran.append(m)
+            if k % cfg.train.log_interval == 0 or k == end:
+                self._log(k, m, format_line(k, cfg.train.steps, m, self._last_phases))
+            if self.out_dir is not None and cfg.train.checkpoint_interval and k % cfg.train.checkpoint_interval == 0:
+                self.save_checkpoint()
+                saved_at = k
+        if self.out_dir is not None and ran and saved_at != self.step_count:
+            self.save_checkpoint()
+        return ran
 
-    def rollout_generators(self, local_prompts: int) -> GroupGenerators:
-        """This step's generators for this rank's prompts: prompt b of the global batch draws from (seed, step, b)."""
-        first = self.parallel.rank * local_prompts
-        return GroupGenerators.seeded(self.cfg.seed, self.step_count, range(first, first + local_prompts), self.device)
+    def _log(self, step: int, m: Dict[str, float], line: str) -> None:
+        if self.logger is not None:
+            self.logger.log(step, m, line)
 
-    def _micro_batches(self, order: torch.Tensor):
-        """This rank's rows of each minibatch (its share: minibatch_size / N), in micro-batches."""
-        mbs, micro = self.cfg.minibatch_size // self.parallel.world_size, self.cfg.train.micro_batch_size
-        for start in range(0, len(order), mbs):
-            mb = order[start:start + mbs]
-            yield [mb[i:i + micro] for i in range(0, len(mb), micro)]
-
-    def _no_grad_logprobs(self, fn, rollout: Rollout, order: torch.Tensor) -> torch.Tensor:
-        """fn(rollout, idx) over micro-batches in the order of the first update, scattered back to rows."""
-        out = torch.empty_like(rollout.old_logp)
-        with torch.no_grad(), self.autocast(), self.scoring.gathered():
-            for micro_batches in self._micro_batches(order):
-                for idx in micro_batches:
-                    out[idx] = fn(rollout, idx).float()
-        return out
-
-    def frame_advantages(self, frame_match: torch.Tensor, rollout: Rollout,
-                         scale: Optional[str] = None) -> torch.Tensor:
-        """Per-frame credit: frame k of every video is compared with frame k of the other G - 1 samples of
-        its prompt (same commanded action), and each log-prob slot gets its frame's advantage -> [N, S]."""
-        if rollout.slot_frame is None:
-            raise ConfigError("advantage.credit", f"'frame' needs Rollout.slot_frame, which "
-                              f"{type(self.policy).__name__}.rollout does not set")
-        a = self.cfg.advantage
-        n_rows, n = frame_match.shape
-        by_frame = frame_match.float().t().reshape(-1)  # frame-major: groups of G stay contiguous
-        adv = group_advantage(by_frame, group_size=rollout.num_samples, scale=scale or a.scale,
-                              estimator=a.estimator, eps=a.eps)
-        return adv.view(n, n_rows).t()[:, rollout.slot_frame.to(frame_match.device)].contiguous()
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
 
     # ---- one GRPO step --------------------------------------------------------------------------------
 
@@ -223,21 +196,21 @@ class GRPOTrainer:
         everything after it runs inside ``trusted_inputs()`` and keeps its metrics on the device, read back
         with one ``tolist`` at the end: a step has the same few host syncs whatever the micro-batch size,
         number of frames, denoising steps or inner epochs (tests/grpo/test_host_syncs.py counts them)."""
-        cfg = self.cfg
-        g = cfg.rollout.group_size
+        g, par = self.cfg.rollout.group_size, self.parallel
         timer = PhaseTimer()
         if self.device.type == "cuda":
             reset_peak_memory(self.device)
         start = time.perf_counter()
 
-        par = self.parallel
         with timer.phase("data"):
             prompts = self.prompts.next_shard(par.rank, par.world_size) if par.distributed else self.prompts.next()
         self.policy.eval()
         with timer.phase("rollout"), torch.no_grad(), self.autocast(), self.scoring.gathered():
+            # HOST SYNC: the rollout checks the prompts' values once (its public boundary)
             rollout = self.policy.rollout(prompts, g, generator=self.rollout_generators(len(prompts)))
         with trusted_inputs():
-            m = self._to_host(self._trusted_step(rollout, timer))
+            m = self._trusted_step(rollout, timer)
+        m = to_host(m)  # HOST SYNC: every metric of the step read back at once
         for _ in range(int(m["optim/skipped_updates"]) if par.is_main else 0):
             warnings.warn(f"step {self.step_count + 1}: non-finite gradient norm; update skipped")
 
@@ -245,26 +218,14 @@ class GRPOTrainer:
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start
         self.step_count += 1
-        n_rows = len(rollout) * par.world_size  # every rank's videos
-        n_frames, slots = rollout.actions.shape[1], rollout.slots
-        phases = timer.breakdown()
-        m["time/step"] = elapsed
-        for name, seconds in phases.items():
-            m[f"time/{name}"] = seconds
-        m["perf/videos_per_s"] = n_rows / elapsed
-        m["perf/frames_per_s"] = n_rows * n_frames / elapsed
-        m["perf/tokens_per_s"] = n_rows * slots / elapsed
-        m["perf/rollout_tokens_per_s"] = n_rows * slots / max(phases.get("rollout", 0.0), 1e-9)
-        if self.device.type == "cuda":
-            m["mem/peak_gib"] = peak_memory(self.device) / 2**30
-        else:
-            m["mem/max_rss_gib"] = max_rss_bytes() / 2**30
-        self._last_phases = phases
+        self._last_phases = timer.breakdown()
+        m.update(throughput_metrics(elapsed, self._last_phases, len(rollout) * par.world_size,
+                                    rollout.actions.shape[1], rollout.slots, self.device))
         return m
 
     def _trusted_step(self, rollout: Rollout, timer: PhaseTimer) -> Dict[str, Any]:
         """decode -> reward -> advantage -> (old / reference log-probs) -> updates, on validated inputs; the
-        metrics stay tensors (see ``_to_host``)."""
+        metrics stay tensors (``rlir.grpo.metrics.to_host`` reads them back)."""
         cfg = self.cfg
         g = cfg.rollout.group_size
         with timer.phase("decode"), torch.no_grad(), self.autocast():
@@ -272,7 +233,7 @@ class GRPOTrainer:
         with timer.phase("reward"), self.autocast():
             logits = idm_logits(self.idm, frames, cfg.reward.idm_batch_size)
         # advantage.scale batch over several ranks: the group advantages unscaled here, then divided by the std
-        # of every rank's rewards (_global_rollout_stats).
+        # of every rank's rewards (global_rollout_stats).
         batch_std = cfg.advantage.scale == "batch" and self.parallel.distributed
         scale = "none" if batch_std else cfg.advantage.scale
         with timer.phase("advantage"):
@@ -283,7 +244,7 @@ class GRPOTrainer:
                 rew, adv = idm_advantage(logits, rollout.actions, group_size=g, mode=cfg.reward.mode,
                                          scale=scale, estimator=cfg.advantage.estimator, eps=cfg.advantage.eps)
         with timer.phase("comm") if self.parallel.distributed else contextlib.nullcontext():
-            adv, stats = self._global_rollout_stats(rollout, rew, adv, batch_std)
+            adv, stats = global_rollout_stats(self.parallel, rollout, rew, adv, cfg.advantage, batch_std)
         prompts = len(rollout) // g * self.parallel.world_size
         orders = minibatch_orders(cfg.seed, self.step_count, cfg.train.inner_epochs, prompts, g,
                                   cfg.videos_per_step // cfg.minibatch_size, self.parallel)
@@ -299,95 +260,15 @@ class GRPOTrainer:
             with timer.phase("logprob_ref"):
                 ref = self._no_grad_logprobs(self.policy.reference_logprobs, rollout, orders[0])
 
-        m = self._rollout_metrics(rollout, stats)
-        m.update(self._update(rollout, old, ref, adv, orders, timer))
+        m = rollout_metrics(stats, g, self.head_names)
+        m["update"] = self._update(rollout, old, ref, adv, orders, timer)
         return m
 
-    def _global_rollout_stats(self, rollout: Rollout, rew, adv: torch.Tensor, batch_std: bool):
-        """-> (this rank's advantages, the step's statistics over every rank): rewards and advantages
-        gathered (small: one value per video, or per slot with frame credit), NLL and head-accuracy sums
-        all-reduced. With ``batch_std`` the advantages are divided by the std of all ranks' rewards, as
-        group_advantage's scale="batch" does in one process."""
-        par, a = self.parallel, self.cfg.advantage
-        reward = par.all_gather_rows(rew.reward.float())
-        if batch_std:
-            values = par.all_gather_rows(rew.frame_match.float()) if a.credit == "frame" else reward
-            denom = _batch_std(values.reshape(-1)) + a.eps
-            adv = torch.where(denom > 0, adv / torch.where(denom > 0, denom, 1.0), 0.0)
-        frames = float(rollout.actions.shape[0] * rollout.actions.shape[1])
-        sums = torch.cat([torch.stack([(rollout.old_logp * rollout.mask).sum().double(),
-                                       rollout.mask.sum().double()]),
-                          rew.head_accuracy.double() * frames])
-        sums = par.all_reduce(sums)
-        heads = sums[2:] / (frames * par.world_size)
-        return adv, {"reward": reward, "adv": par.all_gather_rows(adv), "nll": sums[0], "tokens": sums[1],
-                     "head_acc": heads}
-
-    @staticmethod
-    def _to_host(metrics: Dict[str, Any]) -> Dict[str, float]:
-        """Every tensor in ``metrics`` (0-d or 1-d; also inside lists and callables' arguments) read back with
-        one ``tolist``, as float64 (fp32 values convert exactly), then each ``Deferred`` finished on the host."""
-        tensors: List[torch.Tensor] = []
-
-        def collect(value):
-            if isinstance(value, torch.Tensor):
-                tensors.append(value.detach().reshape(-1))
-            elif isinstance(value, (list, tuple)):
-                for v in value:
-                    collect(v)
-            elif isinstance(value, Deferred):
-                collect(value.args)
-
-        for value in metrics.values():
-            collect(value)
-        flat = torch.cat([t.to(tensors[0].device, torch.float64) for t in tensors]).tolist() if tensors else []
-        position = 0
-
-        def rebuild(value):
-            nonlocal position
-            if isinstance(value, torch.Tensor):
-                n = value.numel()
-                out = flat[position:position + n]
-                position += n
-                return out[0] if value.ndim == 0 else out
-            if isinstance(value, (list, tuple)):
-                return type(value)(rebuild(v) for v in value)
-            if isinstance(value, Deferred):
-                return value.fn(*rebuild(value.args))
-            return value
-
-        out: Dict[str, float] = {}
-        for key, value in metrics.items():
-            value = rebuild(value)
-            if isinstance(value, dict):
-                out.update(value)
-            else:
-                out[key] = value
-        return out
-
-    def _rollout_metrics(self, rollout: Rollout, stats: Dict[str, torch.Tensor]) -> Dict[str, Any]:
-        """Reward and advantage metrics of the whole step (every rank's videos; see _global_rollout_stats)."""
-        g = rollout.num_samples
-        r, adv = stats["reward"], stats["adv"]
-        names = self.head_names or [f"head{i}" for i in range(len(stats["head_acc"]))]
-        return {
-            "reward/mean": r.nanmean(),
-            "reward/std": r.std() if r.numel() > 1 else 0.0,
-            "reward/min": r.min(),
-            "reward/max": r.max(),
-            "adv/mean": adv.mean(),
-            "adv/std": adv.std() if adv.numel() > 1 else 0.0,
-            "adv/abs_max": adv.abs().max(),
-            "adv/zero_group_frac": (r.view(-1, g).amax(1) == r.view(-1, g).amin(1)).float().mean(),
-            "rollout/nll_per_token": Deferred(lambda nll, count: -nll / max(1, int(count)),
-                                              (stats["nll"], stats["tokens"])),
-            "reward/head_acc": Deferred(lambda acc: {f"reward/head_acc/{n}": a for n, a in zip(names, acc)},
-                                        (stats["head_acc"],)),
-        }
-
     def _update(self, rollout: Rollout, old: torch.Tensor, ref: Optional[torch.Tensor], adv: torch.Tensor,
-                orders: List[torch.Tensor], timer: PhaseTimer) -> Dict[str, Any]:
-        cfg, lc, par = self.cfg, self.cfg.loss, self.parallel
+                orders: List[torch.Tensor], timer: PhaseTimer):
+        """inner_epochs passes of clipped policy-gradient updates, one optimizer step a minibatch; -> the
+        loss/ and optim/ metrics (a Deferred, on the device)."""
+        lc, par = self.cfg.loss, self.parallel
         self.policy.train()
         mask = rollout.mask
         minibatches = [mb for order in orders for mb in self._micro_batches(order)]
@@ -430,216 +311,84 @@ class GRPOTrainer:
                         deviation = ((logp.detach().float() - old[idx]).abs() * mask[idx]).max()
                 micro_records.append((loss.detach(), mask[idx].sum(), lm, deviation))
             with timer.phase("optim"):
-                max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else float("inf")
-                norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
                 lrs.append(self.optimizer.param_groups[0]["lr"])
-                self._optimizer_step(norm)
+                norm = clip_and_step(self.optimizer, self.params, self.cfg.optim.max_grad_norm, self.fused_adamw)
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            # FSDP: the norm is a replicated DTensor (the global norm); its local value is the number.
-            records.append((norm.to_local() if hasattr(norm, "to_local") else norm, micro_records))
-        keys = list(records[0][1][0][2])
-
-        # Sums over micro-batches (float64, on the device) and, over ranks, one all-reduce each for sums and max.
-        micro = [r for _, mr in records for r in mr]
-        tokens = torch.stack([t for _, t, _, _ in micro]).double()
-        lm_sums = (torch.stack([torch.stack([lm[key] for key in keys]) for _, _, lm, _ in micro]).double()
-                   * tokens[:, None]).sum(0)
-        losses = torch.stack([torch.stack([loss for loss, _, _, _ in mr]).double().sum() for _, mr in records])
-        sums = torch.cat([losses, tokens.sum()[None], lm_sums])
-        first_dev = torch.stack([d for _, _, _, d in micro if d is not None]).max().double()
-        if par.distributed:
-            with timer.phase("comm"):
-                sums, first_dev = par.all_reduce(sums), par.all_reduce(first_dev, "max")
-        n_mb = len(records)
-
-        def finish(sums, first_dev, norms):
-            token_total = sums[n_mb]
-            m = {f"loss/{k}": v / max(token_total, 1.0) for k, v in zip(keys, sums[n_mb + 1:])}
-            m["loss/loss"] = sum(sums[:n_mb]) / n_mb
-            m["loss/first_update_logratio_max"] = first_dev
-            m["optim/lr"] = lrs[0]
-            m["optim/grad_norm"] = sum(norms) / len(norms)
-            m["optim/grad_norm_max"] = max(norms)
-            m["optim/updates"] = float(len(norms))
-            m["optim/skipped_updates"] = float(sum(not math.isfinite(n) for n in norms))  # step() warns
-            return m
-
-        return {"update": Deferred(finish, (sums, first_dev, [norm for norm, _ in records]))}
-
-    def _optimizer_step(self, norm: torch.Tensor) -> None:
-        """AdamW step unless the gradient norm is non-finite. The fused AdamW kernel skips the update on the
-        device when its ``found_inf`` is 1 (as under a GradScaler), so this reads nothing back; other
-        optimizers fall back to a host check."""
-        if self.fused_adamw:
-            self.optimizer.found_inf = (~torch.isfinite(norm)).float()
-            try:
-                self.optimizer.step()
-            finally:
-                del self.optimizer.found_inf
-        elif math.isfinite((norm.to_local() if hasattr(norm, "to_local") else norm).item()):
-            self.optimizer.step()
+            records.append((norm, micro_records))
+        return update_metrics(records, lrs, par, timer)
 
     # ---- evaluation -----------------------------------------------------------------------------------
 
     @torch.no_grad()
     def evaluate(self) -> Dict[str, float]:
-        """Reward on the fixed held-out prompts, generated by the policy's evaluation sampler (the one
-        ``rlir eval`` uses) from fixed generators, one per prompt (the training RNG streams are not touched, so
-        evaluating never changes a run). Over N ranks each generates its share of the prompts, and the
-        metrics are reduced: they do not depend on N."""
+        """Reward of the policy's evaluation sampler (the one ``rlir eval`` uses) on the fixed held-out prompts,
+        with both IDMs (``rlir.grpo.evaluation``); it never changes a run."""
         if self.eval_prompts is None:
             return {}
-        cfg, par = self.cfg, self.parallel
         start = time.perf_counter()
         self.policy.eval()
-        lo, hi = par.shard(len(self.eval_prompts))
-        prompts = _prompt_rows(self.eval_prompts, lo, hi)
-        m = {}
         with self.autocast(), self.scoring.gathered():
-            frames = None
-            if hi > lo:
-                gen = GroupGenerators.seeded(cfg.seed, 0, range(lo, hi), self.device, stream=EVAL)
-                frames = self.policy.generate(prompts, cfg.eval.num_samples, sampler="eval", generator=gen)
-                actions = prompts.actions.to(frames.device).repeat_interleave(cfg.eval.num_samples, 0)
-            for prefix, idm in (("eval", self.idm), ("eval_idm", self.eval_idm)):
-                if idm is None:
-                    continue
-                heads = len(self.head_names) if self.head_names else len(getattr(idm, "head_sizes", [0]))
-                if frames is not None:
-                    out = idm_reward(idm_logits(idm, frames, cfg.reward.idm_batch_size), actions,
-                                     mode=cfg.reward.mode)
-                    r = out.reward.double()
-                    n = float(actions.shape[0] * actions.shape[1])
-                    sums = torch.cat([torch.stack([r.nansum(), (~r.isnan()).sum().double(), r.new_tensor(n)]),
-                                      out.head_accuracy.double() * n])
-                else:  # a rank without prompts: zeros of the same shape
-                    sums = torch.zeros(3 + heads, dtype=torch.float64, device=self.device)
-                sums = par.all_reduce(sums).tolist()
-                m[f"{prefix}/reward_mean"] = sums[0] / sums[1] if sums[1] else float("nan")
-                names = self.head_names or [f"head{i}" for i in range(len(sums) - 3)]
-                for name, acc in zip(names, sums[3:]):
-                    m[f"{prefix}/head_acc/{name}"] = acc / sums[2] if sums[2] else float("nan")
+            m = held_out_reward(self.cfg, self.policy, self.eval_prompts,
+                                {"eval": self.idm, "eval_idm": self.eval_idm}, self.parallel, self.device,
+                                self.head_names)
         m["time/eval"] = time.perf_counter() - start
         return m
 
-    # ---- the loop -------------------------------------------------------------------------------------
+    # ---- helpers --------------------------------------------------------------------------------------
 
-    def train(self, steps: Optional[int] = None) -> List[Dict[str, float]]:
-        """Run until train.steps (or ``steps`` more steps); returns the metrics of the steps run."""
-        cfg = self.cfg
-        end = cfg.train.steps if steps is None else min(cfg.train.steps, self.step_count + steps)
-        if self.step_count == 0 and cfg.train.eval_interval and cfg.eval.at_start and self.eval_prompts is not None:
-            em = self.evaluate()
-            self._log(0, em, "eval step 0 | " + " ".join(f"{k} {v:.4f}" for k, v in em.items()))
-        ran = []
-        saved_at = None
-        while self.step_count < end:
-            m = self.step()
-            k = self.step_count
-            if cfg.train.eval_interval and k % cfg.train.eval_interval == 0:
-                m.update(self.evaluate())
-            self.history.append(m)
-            ran.append(m)
-            if k % cfg.train.log_interval == 0 or k == end:
-                self._log(k, m, format_line(k, cfg.train.steps, m, self._last_phases))
-            if self.out_dir is not None and cfg.train.checkpoint_interval and k % cfg.train.checkpoint_interval == 0:
-                self.save_checkpoint()
-                saved_at = k
-        if self.out_dir is not None and ran and saved_at != self.step_count:
-            self.save_checkpoint()
-        return ran
+    def autocast(self):
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
-    def _log(self, step: int, m: Dict[str, float], line: str) -> None:
-        if self.logger is not None:
-            self.logger.log(step, m, line)
+    def rollout_generators(self, local_prompts: int) -> GroupGenerators:
+        """This step's generators for this rank's prompts: prompt b of the global batch draws from (seed, step, b)."""
+        first = self.parallel.rank * local_prompts
+        return GroupGenerators.seeded(self.cfg.seed, self.step_count, range(first, first + local_prompts), self.device)
 
-    def close(self) -> None:
-        if self.logger is not None:
-            self.logger.close()
+    def _micro_batches(self, order: torch.Tensor):
+        """This rank's rows of each minibatch (its share: minibatch_size / N), in micro-batches."""
+        mbs, micro = self.cfg.minibatch_size // self.parallel.world_size, self.cfg.train.micro_batch_size
+        for start in range(0, len(order), mbs):
+            mb = order[start:start + mbs]
+            yield [mb[i:i + micro] for i in range(0, len(mb), micro)]
 
-    # ---- checkpoints ----------------------------------------------------------------------------------
+    def _no_grad_logprobs(self, fn, rollout: Rollout, order: torch.Tensor) -> torch.Tensor:
+        """fn(rollout, idx) over micro-batches in the order of the first update, scattered back to rows."""
+        out = torch.empty_like(rollout.old_logp)
+        with torch.no_grad(), self.autocast(), self.scoring.gathered():
+            for micro_batches in self._micro_batches(order):
+                for idx in micro_batches:
+                    out[idx] = fn(rollout, idx).float()
+        return out
+
+    def frame_advantages(self, frame_match: torch.Tensor, rollout: Rollout,
+                         scale: Optional[str] = None) -> torch.Tensor:
+        """Per-frame credit: frame k of every video is compared with frame k of the other G - 1 samples of
+        its prompt (same commanded action), and each log-prob slot gets its frame's advantage -> [N, S]."""
+        if rollout.slot_frame is None:
+            raise ConfigError("advantage.credit", f"'frame' needs Rollout.slot_frame, which "
+                              f"{type(self.policy).__name__}.rollout does not set")
+        a = self.cfg.advantage
+        n_rows, n = frame_match.shape
+        by_frame = frame_match.float().t().reshape(-1)  # frame-major: groups of G stay contiguous
+        adv = group_advantage(by_frame, group_size=rollout.num_samples, scale=scale or a.scale,
+                              estimator=a.estimator, eps=a.eps)
+        return adv.view(n, n_rows).t()[:, rollout.slot_frame.to(frame_match.device)].contiguous()
+
+    # ---- checkpoints (rlir.grpo.checkpoint) -----------------------------------------------------------------
 
     def trainer_state(self) -> dict:
-        """What trainer.pt holds: step, lr schedule, the global RNGs and the sampler's position. (Every random
-        stream of a step is derived from (seed, step), so no generator state is needed; the world model and
-        the optimizer are the DCP shards, or ``optimizer`` here for a policy without an nn.Module.)"""
-        state = {
-            "step": self.step_count,
-            "scheduler": self.scheduler.state_dict(),
-            "rng": ckpt.rng_state(),
-            "sampler": self.prompts.state_dict(),
-        }
-        if self.scoring.module is None:
-            state["optimizer"] = self.optimizer.state_dict()
-        return state
-
-    def sharded_state(self) -> dict:
-        """The DCP state dict of the world model and AdamW state: every rank's shards under FSDP, keys
-        ``model.<name>`` under every strategy (so a checkpoint resumes with any number of ranks and strategy)."""
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        model, optim = get_state_dict(self.scoring.module, self.optimizer)
-        return {"model": model, "optim": optim}
+        return ckpt.trainer_state(self)
 
     def save_checkpoint(self, root=None) -> Path:
-        """Every rank calls this (a collective under torchrun): the DCP shards from every rank, the rest from rank 0."""
-        root = Path(root) if root is not None else self.out_dir / "checkpoints"
-        meta = {"config": self.cfg.to_dict()}
-        if self.scoring.module is None:  # a policy without an nn.Module model: format 1, one process
-            return ckpt.save_checkpoint(root, self.step_count, self.policy.state_dict(), self.trainer_state(),
-                                        meta=meta, keep_last=self.cfg.train.keep_last)
-        weights = self.scoring.full_state_dict() if self.cfg.parallel.consolidated_weights else None
-        return ckpt.save_checkpoint(root, self.step_count, weights, self.trainer_state(), meta=meta,
-                                    keep_last=self.cfg.train.keep_last, sharded=self.sharded_state())
+        """Every rank calls this (a collective under torchrun); ``root`` defaults to out_dir/checkpoints."""
+        return ckpt.save_trainer(self, root if root is not None else self.out_dir / "checkpoints")
 
     def load_checkpoint(self, path) -> int:
-        """Restore world model, optimizer, scheduler, RNG states, sampler position and step from ``path`` (a
-        collective under torchrun); returns the step."""
-        policy_state, state, meta = ckpt.load_checkpoint(path)
-        if ckpt.is_sharded(path):
-            if self.scoring.module is None:
-                raise ValueError(f"{path}: a sharded checkpoint needs a policy with an nn.Module model")
-            from torch.distributed.checkpoint.state_dict import set_state_dict
-
-            sharded = self.sharded_state()
-            ckpt.load_sharded(path, sharded)
-            set_state_dict(self.scoring.module, self.optimizer, model_state_dict=sharded["model"],
-                           optim_state_dict=sharded["optim"])
-            return self._restore_trainer_state(state)
-        if self.parallel.distributed:
-            raise ValueError(f"{path}: a format-1 checkpoint (no DCP shards) resumes in one process only")
-        return self.restore(policy_state, state)
+        return ckpt.load_trainer(self, path)
 
     def resume(self, root) -> int:
-        """Load the newest checkpoint under ``root`` that loads (a newer one that does not is skipped with a
-        warning naming it); returns its step. FileNotFoundError if none does."""
-        for _, path in reversed(ckpt.list_checkpoints(root)):
-            try:
-                return self.load_checkpoint(path)
-            except Exception as error:  # noqa: BLE001 - any unreadable file: JSON, DCP, safetensors, torch
-                if self.parallel.is_main:
-                    warnings.warn(f"{path}: cannot be loaded ({type(error).__name__}: {error}); trying an older "
-                                  f"checkpoint")
-        raise FileNotFoundError(f"--resume: no loadable checkpoint under {root}")
-
-    def restore(self, policy_state: Dict[str, torch.Tensor], state: dict) -> int:
-        """Restore from a loaded format-1 checkpoint (``rlir.grpo.checkpoint.load_checkpoint``); returns the step."""
-        self.policy.load_state_dict(policy_state)
-        self.optimizer.load_state_dict(state["optimizer"])
-        return self._restore_trainer_state(state)
-
-    def _restore_trainer_state(self, state: dict) -> int:
-        if self.fused_adamw:  # a checkpoint from before the fused optimizer carries fused=None and CPU steps
-            use_fused_adamw(self.optimizer)
-        self.scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
-        self.prompts.load_state_dict(state["sampler"])
-        self.step_count = int(state["step"])
-        return self.step_count
-
-
-def _prompt_rows(prompts: Prompts, lo: int, hi: int) -> Prompts:
-    """Prompts lo..hi-1."""
-    ca = None if prompts.context_actions is None else prompts.context_actions[lo:hi]
-    return Prompts(prompts.context[lo:hi], prompts.actions[lo:hi], ca)
+        """Load the newest checkpoint under ``root`` that loads; returns its step."""
+        return ckpt.resume_trainer(self, root)

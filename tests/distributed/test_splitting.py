@@ -21,13 +21,11 @@ def _policy(kind, overrides=()):
 
 @pytest.mark.parametrize("kind,overrides", [("ar", []), ("diffusion", ["rollout.sde.stochastic=fraction"])])
 def test_a_prompt_samples_the_same_alone_or_in_a_batch(kind, overrides):
-    from rlir.grpo.trainer import _prompt_rows as rows
-
     policy, prompts = _policy(kind, ["rollout.prompts_per_step=4", *overrides])
     g = 3
     with torch.no_grad():
         batch = policy.rollout(prompts, g, generator=GroupGenerators.seeded(0, 5, range(4), "cpu"))
-        halves = [policy.rollout(rows(prompts, lo, lo + 2), g,
+        halves = [policy.rollout(prompts.rows(lo, lo + 2), g,
                                  generator=GroupGenerators.seeded(0, 5, range(lo, lo + 2), "cpu"))
                   for lo in (0, 2)]
     whole = policy.decode(batch)

@@ -3,7 +3,7 @@ import torch
 
 from rlir.grpo import GRPOTrainer, config_from_dict
 from rlir.grpo.logging import read_metrics
-from rlir.grpo.trainer import MACHINE_METRIC_PREFIXES
+from rlir.grpo.metrics import MACHINE_METRIC_PREFIXES
 
 
 def _optimisation_metrics(records):
