@@ -1,4 +1,5 @@
-"""Named phases: each one is an NVTX range (visible in Nsight Systems) and a timer.
+"""Named phases: each one is an NVTX range (visible in Nsight Systems), a ``torch.profiler.record_function`` range
+while torch.profiler records (visible in ``rlir profile``'s Chrome trace) and a timer.
 
 How a phase is timed (``PhaseTimer(sync=None)``, the default):
 - on CPU, and on CUDA while ``torch.profiler`` is recording (``rlir profile``) or with ``RLIR_SYNC_PHASES=1``:
@@ -57,7 +58,10 @@ class PhaseTimer:
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        with nvtx_range(name):
+        # The record_function range only while a profiler records: it costs an op record on every call otherwise.
+        recording = torch.profiler.record_function(name) if torch.autograd._profiler_enabled() \
+            else contextlib.nullcontext()
+        with nvtx_range(name), recording:
             if not self.cuda or self._synchronising():
                 if self.cuda:
                     torch.cuda.synchronize()
