@@ -19,7 +19,7 @@ from typing import Dict, Optional, Union
 import torch
 
 from rlir.grpo.builders import make_policy
-from rlir.grpo.policy import Prompts
+from rlir.grpo.policy import Policy, Prompts
 from rlir.kernels import idm_reward
 from rlir.metrics import classification_report
 from rlir.models.ar_world_model import ARWorldModel
@@ -32,6 +32,14 @@ from rlir.rewards import idm_logits
 WorldModel = Union[ARWorldModel, DiTWorldModel]
 
 
+def evaluation_policy(world_model: WorldModel, tokenizer: Optional[VQTokenizer], **options) -> Policy:
+    """``make_policy`` for generating only (``options`` go to the policy): top_k's off-policy warning concerns
+    training, not evaluation."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return make_policy(world_model, tokenizer, **options)
+
+
 @torch.no_grad()
 def generate_videos(world_model: WorldModel, tokenizer: VQTokenizer, first_frames: torch.Tensor,
                     actions: torch.Tensor, *, temperature: float = 1.0, top_k: Optional[int] = None,
@@ -41,9 +49,7 @@ def generate_videos(world_model: WorldModel, tokenizer: VQTokenizer, first_frame
     the same path as training's in-run evaluation (the AR model samples at ``temperature``/``top_k``; the
     DiT integrates the ODE)."""
     options = {} if isinstance(world_model, DiTWorldModel) else {"temperature": temperature, "top_k": top_k}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # top_k's off-policy warning concerns training, not evaluation
-        policy = make_policy(world_model, tokenizer, **options)
+    policy = evaluation_policy(world_model, tokenizer, **options)
     generator = torch.Generator(policy.device).manual_seed(seed)
     return torch.cat([policy.generate(Prompts(first_frames[i:i + batch, None], actions[i:i + batch]),
                                       sampler="eval", generator=generator).cpu()

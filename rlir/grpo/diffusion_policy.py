@@ -8,8 +8,8 @@ S = n frames x Ks stochastic steps, slot (k, i) = frame k, stochastic step i. Th
 (trajectories, sigmas, which steps were stochastic) is the rollout's ``sample`` as it is.
 decode: the generated frames back to uint8, after the last real context frame.
 generate(..., sampler="ode" or "eval"): the deterministic ODE sampler (diffusers' FlowMatchEulerDiscreteScheduler,
-``EVAL_ODE_STEPS`` Euler steps a frame), the documented evaluation sampler: it measures the model, not the
-exploration noise GRPO adds.
+``eval_steps`` Euler steps a frame, ``EVAL_ODE_STEPS`` by default), the documented evaluation sampler: it measures
+the model, not the exploration noise GRPO adds.
 logprobs: ``transition_logprobs``: the recorded transitions rescored under the current weights in one
 teacher-forced forward (differentiable), equal to the recorded ones before the first update.
 reference_logprobs: the same transitions under a frozen copy of the initial weights, so loss.beta > 0 adds
@@ -39,21 +39,23 @@ EVAL_ODE_STEPS = 16
 class DiffusionPolicy(ModelPolicy):
     """model: DiTWorldModel (trained); tokenizer: the VQ tokenizer for frame_space "tokenizer_latents" (None for
     pixels); num_steps, shift: the denoising schedule; noise_level: the SDE's a; stochastic: "all", a fraction,
-    or a window (start, length) of the steps (see rlir.models.flow_sampling); reference_factory: returns a model
-    with the initial weights (called once, lazily, only for the KL term); compile: run each denoising step
-    compiled (``rlir.models.flow_sampling.generate``'s ``compile``; CUDA graphs on CUDA)."""
+    or a window (start, length) of the steps (see rlir.models.flow_sampling); eval_steps: the ODE steps a frame
+    of the evaluation sampler; reference_factory: returns a model with the initial weights (called once, lazily,
+    only for the KL term); compile: run each denoising step compiled (``rlir.models.flow_sampling.generate``'s
+    ``compile``; CUDA graphs on CUDA)."""
 
     eval_sampler = "ode"
 
     def __init__(self, model: nn.Module, tokenizer: Optional[nn.Module] = None, *, num_steps: int = 8,
                  shift: float = 1.0, noise_level: float = 0.7, stochastic="all", sigma_max: float = SIGMA_MAX,
-                 reference_factory: Optional[Callable[[], nn.Module]] = None, compile=False):
+                 eval_steps: int = EVAL_ODE_STEPS, reference_factory: Optional[Callable[[], nn.Module]] = None,
+                 compile=False):
         super().__init__(model, reference_factory)
         compile_mode(compile)  # validates
         self.compile = compile
         self.tokenizer = tokenizer.eval().requires_grad_(False) if tokenizer is not None else None
         self.num_steps, self.shift, self.noise_level = num_steps, shift, noise_level
-        self.stochastic, self.sigma_max = stochastic, sigma_max
+        self.stochastic, self.sigma_max, self.eval_steps = stochastic, sigma_max, eval_steps
         if noise_level <= 0:
             raise ValueError(f"noise_level must be > 0 for GRPO (at 0 the sampler is deterministic and has no "
                              f"log-probs), got {noise_level!r}")
@@ -97,7 +99,7 @@ class DiffusionPolicy(ModelPolicy):
         prompts = prompts.to(self.device)
         sample = generate(self.model, self.encode(prompts.context), prompts.actions,
                           context_actions=prompts.context_actions, num_samples=num_samples,
-                          num_steps=EVAL_ODE_STEPS, shift=self.shift, sampler="ode", generator=generator,
+                          num_steps=self.eval_steps, shift=self.shift, sampler="ode", generator=generator,
                           compile=self.compile)
         frames = self.model.decode_frames(sample.frames, self.tokenizer)
         return after_context(prompts, num_samples, frames)

@@ -13,9 +13,10 @@ clipping, and an exponential moving average of the weights, which is what is eva
     generations.png      held-out prompts: real, then ODE-sampled continuations, one row each
 
 The held-out loss is the flow-matching loss of every held-out clip with fixed noise and sigmas (a seeded
-generator), so values at different steps compare. Generation quality is the PSNR of ODE-sampled continuations
-of held-out prompts against the real frames, beside copying the context frame and the frame space's own
-round trip (the ceiling).
+generator), so values at different steps compare. Generation quality (``rlir.pretrain.world_model_eval``) is the
+PSNR of continuations of held-out prompts from the policy's evaluation sampler (the ODE, ``--sample-steps`` Euler
+steps a frame) against the real frames, beside copying the context frame and the frame space's own round trip
+(the ceiling).
 
 The defaults (tokenizer latents in 2x2 patches, 4-frame clips) are the winners of the comparisons logged in
 docs/experiments.md; the shipped 72x72 DiT overrides the patch size (configs/pretrain/crafter_dit_world_model.yaml).
@@ -33,19 +34,20 @@ import torch
 from tqdm.auto import tqdm
 
 from rlir.data import Recording, resize_frames, split_episodes
+from rlir.eval.action_following import evaluation_policy
 from rlir.models.dit_world_model import DiTWorldModel, latents_from_tokenizer
-from rlir.models.flow_sampling import generate
 from rlir.models.tokenizer import VQTokenizer
 from rlir.optim import adamw_decaying_matrices
 from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_output_directory, clip_windows,
                                   learning_rate, load_tokenizer, shuffled_batches)
 from rlir.pretrain.config import DiffusionWorldModelPretrain, set_threads, settings
-from rlir.pretrain.world_model_eval import _psnr_summary, real_frames, save_videos
+from rlir.pretrain.world_model_eval import generation_quality, real_frames, save_videos
 
 GRAD_CLIP = 1.0
 WEIGHT_DECAY = 0.0
 EMA_DECAY = 0.999
 VALIDATION_SEED = 1234
+GENERATION_BATCH = 16  # held-out prompts per generate call, which bounds the sampler's memory
 DEFAULT_PATCH = {"tokenizer_latents": 2, "pixels": 8}
 
 
@@ -121,27 +123,6 @@ def heldout_loss(model: DiTWorldModel, frames: torch.Tensor, actions: torch.Tens
     return total / len(frames)
 
 
-@torch.no_grad()
-def generation_quality(model: DiTWorldModel, tokenizer, frames: torch.Tensor, actions: torch.Tensor,
-                       sample_steps: int, seed: int = 0, batch: int = 16) -> tuple[dict, dict[str, torch.Tensor]]:
-    """ODE-generate frames 1..T-1 of each prompt from its real frame 0 (uint8 frames [K, T, 3, H, W], actions
-    [K, T-1, H]) and compare with the real ones. Returns (metrics, videos "real" and "ode", uint8)."""
-    generator = torch.Generator().manual_seed(seed)
-    generated = []
-    for i in range(0, len(frames), batch):
-        context = model.encode_frames(frames[i:i + batch, :1], tokenizer)
-        sample = generate(model, context, actions[i:i + batch], num_steps=sample_steps, generator=generator)
-        generated.append(model.decode_frames(sample.frames, tokenizer))
-    generated = torch.cat(generated)
-    real = frames[:, 1:]
-    metrics = {"prompts": len(frames), "context_frames": 1, "generated_frames": real.shape[1],
-               "sample_steps": sample_steps, "ode": _psnr_summary(real, generated),
-               "copy_context": _psnr_summary(real, frames[:, :1].expand_as(real)),
-               "frame_space_ceiling": _psnr_summary(real, model.decode_frames(model.encode_frames(real, tokenizer),
-                                                                             tokenizer))}
-    return metrics, {"real": frames, "ode": torch.cat((frames[:, :1], generated), dim=1)}
-
-
 def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None, *, progress: bool = True,
           **options) -> dict:
     """Train a DiTWorldModel on the train episodes of ``data``, save its EMA weights into ``out`` and return
@@ -213,7 +194,11 @@ def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None
         size = vq.frame_size if vq is not None else recording.frame_size
         prompts = real_frames(recording, prompt_windows, eval_frames + 1, size)
         prompt_actions = torch.stack([store.actions[e][s:s + eval_frames] for e, s in prompt_windows])
-        generation, videos = generation_quality(saved, vq, prompts, prompt_actions, s.sample_steps, seed)
+        ceiling = saved.decode_frames(saved.encode_frames(prompts[:, 1:], vq), vq)
+        generation, videos = generation_quality({"ode": evaluation_policy(saved, vq, eval_steps=s.sample_steps)},
+                                                prompts, prompt_actions, ("frame_space_ceiling", ceiling), seed=seed,
+                                                batch=GENERATION_BATCH)
+        generation["sample_steps"] = s.sample_steps
         save_videos(staging / "generations.png", videos)
         metrics = {
             "kind": "diffusion",

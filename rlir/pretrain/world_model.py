@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlir.data import Recording, split_episodes
+from rlir.eval.action_following import evaluation_policy
 from rlir.models.ar_world_model import ARWorldModel
 from rlir.optim import adamw_decaying_matrices
 from rlir.pretrain.tokenized import TokenizedRecording
@@ -149,9 +150,11 @@ def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, *, pr
         getattr(model, SAVE_DTYPES[dtype])().save_pretrained(staging)
         saved = ARWorldModel.from_pretrained(staging, torch_dtype=torch.float32).eval()
         prompt_codes, prompt_actions = tokenized.clips(prompt_windows, eval_frames + 1)
-        generation, videos = generation_quality(saved, vq, prompt_codes, prompt_actions,
-                                                real_frames(recording, prompt_windows, eval_frames + 1, vq.frame_size),
-                                                seed)
+        policies = {"greedy": evaluation_policy(saved, vq, top_k=1),
+                    "sampled": evaluation_policy(saved, vq, temperature=1.0)}
+        generation, videos = generation_quality(
+            policies, real_frames(recording, prompt_windows, eval_frames + 1, vq.frame_size), prompt_actions,
+            ("tokenizer_ceiling", vq.decode_tokens(prompt_codes[:, 1:])), codes=prompt_codes, seed=seed)
         save_videos(staging / "generations.png", videos)
         metrics = {
             "kind": "ar",

@@ -1,23 +1,25 @@
-"""Held-out evaluation of a token world model: teacher-forced NLL, and PSNR of decoded generations.
+"""Held-out evaluation of a pretrained world model: teacher-forced NLL (token models), and PSNR of generations.
 
-Generation quality: from each prompt's first real frame, the model generates the next frames under the
-real (commanded) actions, greedily (top_k=1) and by sampling at temperature 1; the tokenizer decodes them
-and each is compared with the real continuation by PSNR. Two references frame it: repeating the context
-frame (what a model that ignores actions and dynamics scores) and the tokenizer's own reconstruction of
-the real continuation (the ceiling any model over these codes can reach).
+Generation quality (both world models): from each prompt's first real frame, the model generates the next
+frames under the real (commanded) actions through ``Policy.generate`` with the evaluation sampler, the path
+training and ``rlir eval`` take (the AR model greedily and by sampling at temperature 1; the DiT with the ODE
+sampler), and each is compared with the real continuation by PSNR. Two references frame it: repeating the
+context frame (what a model that ignores actions and dynamics scores) and the real continuation through the
+model's frame space (the tokenizer's reconstruction: the ceiling any model over that space can reach).
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Mapping, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from rlir.data import Recording, resize_frames
+from rlir.grpo.policy import Policy, Prompts
 from rlir.models.ar_world_model import ARWorldModel
-from rlir.models.tokenizer import VQTokenizer
 from rlir.metrics.image import psnr
 
 
@@ -47,29 +49,44 @@ def _psnr_summary(real: torch.Tensor, generated: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def generation_quality(model: ARWorldModel, tokenizer: VQTokenizer, codes: torch.Tensor, actions: torch.Tensor,
-                       frames: torch.Tensor, seed: int = 0) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Generate frames 1..T-1 of each prompt from its frame 0 codes (codes [K, T, F], actions [K, T-1, H])
-    and compare the decoded frames with the real ones (uint8 frames [K, T, 3, S, S]).
+def generation_quality(policies: Mapping[str, Policy], frames: torch.Tensor, actions: torch.Tensor,
+                       ceiling: tuple[str, torch.Tensor], *, codes: Optional[torch.Tensor] = None, seed: int = 0,
+                       batch: Optional[int] = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Each of ``policies`` generates frames 1..T-1 of every prompt from its real frame 0 (uint8 frames
+    [K, T, 3, S, S], actions [K, T-1, H]) with ``Policy.generate(..., sampler="eval")``, ``batch`` prompts a call
+    (None: all at once) from one generator seeded with ``seed``; each is compared with the real frames by
+    PSNR, beside copying the context frame and ``ceiling``: (name, the real frames 1..T-1 through the model's
+    frame space). ``codes``: the real clips' codes [K, T, F] of a token model, whose samples' code accuracy
+    is then reported too.
 
-    Returns (metrics, videos): videos "real", "greedy", "sampled" are uint8 [K, T, 3, S, S] (frame 0 real).
+    Returns (metrics, videos): videos "real" and one per policy, uint8 [K, T, 3, S, S] (frame 0 real).
     """
     real = frames[:, 1:]
+    batch = batch or len(frames)
+    metrics = {"prompts": len(frames), "context_frames": 1, "generated_frames": real.shape[1]}
     videos = {"real": frames}
-    metrics = {"prompts": len(codes), "context_frames": 1, "generated_frames": codes.shape[1] - 1}
-    for name, options in (("greedy", {"top_k": 1}), ("sampled", {"temperature": 1.0})):
-        tokens, _ = model.generate(codes[:, :1], actions, generator=torch.Generator().manual_seed(seed), **options)
-        generated = tokenizer.decode_tokens(tokens)
-        videos[name] = torch.cat((frames[:, :1], generated), dim=1)
-        metrics[name] = _psnr_summary(real, generated)
-        metrics[name]["code_accuracy"] = (tokens == codes[:, 1:]).float().mean().item()
+    for name, policy in policies.items():
+        generator = torch.Generator(policy.device).manual_seed(seed)
+        generated, tokens = [], []
+        for i in range(0, len(frames), batch):
+            prompts = Prompts(frames[i:i + batch, :1], actions[i:i + batch])
+            if codes is None:
+                generated.append(policy.generate(prompts, sampler="eval", generator=generator).cpu())
+            else:
+                video, rollout = policy.generate(prompts, sampler="eval", generator=generator, return_rollout=True)
+                generated.append(video.cpu())
+                tokens.append(rollout.sample.tokens.cpu())
+        videos[name] = torch.cat(generated)
+        metrics[name] = _psnr_summary(real, videos[name][:, 1:])
+        if codes is not None:
+            metrics[name]["code_accuracy"] = (torch.cat(tokens) == codes[:, 1:]).float().mean().item()
     metrics["copy_context"] = _psnr_summary(real, frames[:, :1].expand_as(real))
-    metrics["tokenizer_ceiling"] = _psnr_summary(real, tokenizer.decode_tokens(codes[:, 1:]))
+    metrics[ceiling[0]] = _psnr_summary(real, ceiling[1])
     return metrics, videos
 
 
 def save_videos(path: Path, videos: dict[str, torch.Tensor], prompts: int = 4, scale: int = 2, gap: int = 2) -> None:
-    """A PNG with, for each of the first ``prompts`` prompts, one row per video (real, greedy, sampled)."""
+    """A PNG with, for each of the first ``prompts`` prompts, one row per video (the real one, then each generation)."""
     from PIL import Image
 
     rows = []
