@@ -1,5 +1,5 @@
 """`rlir pretrain` settings: one schema per target (rlir.pretrain.config), from YAML configs and flags; the
-configs under configs/pretrain/ reproduce the commands of checkpoints/crafter/make.sh."""
+configs under configs/pretrain/ are what checkpoints/crafter/make.sh trains the shipped models with."""
 import re
 import shlex
 from pathlib import Path
@@ -13,6 +13,7 @@ from rlir.pretrain.tokenizer import train as train_tokenizer
 from rlir.pretrain.world_model import KINDS
 
 REPO = Path(__file__).resolve().parents[2]
+MAKE_SH = REPO / "checkpoints" / "crafter" / "make.sh"
 SCHEMAS = {"tokenizer": ({None: TokenizerPretrain}, None), "idm": (ROLES, "role"), "world-model": (KINDS, "kind")}
 
 
@@ -23,24 +24,26 @@ def parsed(argv):
     return from_args(args, schemas, selector)
 
 
-def make_sh_commands():
-    """Every `rlir pretrain` command of checkpoints/crafter/make.sh, with $WORK at its default."""
-    script = (REPO / "checkpoints" / "crafter" / "make.sh").read_text().replace("\\\n", " ")
+def test_make_sh_trains_every_shipped_model_from_a_config_that_validates():
+    script = MAKE_SH.read_text().replace("\\\n", " ")
+    work = re.search(r"^WORK=(\S+)", script, re.M).group(1)
+    recorded = re.search(r"rlir data record .*--out (\S+)", script).group(1).strip('"').replace("$WORK", work)
+    copied = re.search(r"for model in ([\w ]+); do", script).group(1).split()
     commands = [shlex.split(c) for c in re.findall(r"rlir (pretrain [^&;()\n]+)", script)]
-    return [[word.replace("$WORK", "runs/crafter") for word in words] for words in commands]
-
-
-def test_the_configs_reproduce_make_sh():
-    commands = make_sh_commands()
-    assert len(commands) == 5
+    assert [argv[:2] for argv in commands] == [["pretrain", "tokenizer"], ["pretrain", "idm"], ["pretrain", "idm"],
+                                                ["pretrain", "world-model"], ["pretrain", "world-model"]]
+    outs = []
     for argv in commands:
-        from_make = parsed(argv)
-        config = REPO / "configs" / "pretrain" / f"crafter_{Path(from_make.out).name}.yaml"
-        from_config = parsed(["pretrain", argv[1], "--config", str(config)])
-        assert from_config == from_make, config.name
-    configs = sorted(p.name for p in (REPO / "configs" / "pretrain").glob("*.yaml"))
-    assert configs == sorted(f"crafter_{name}.yaml" for name in ("tokenizer", "idm", "eval_idm", "ar_world_model",
-                                                                  "dit_world_model"))
+        assert len(argv) == 4 and argv[2] == "--config", argv  # every setting is in the config
+        assert (REPO / argv[3]).is_file(), argv[3]
+        settings = parsed(argv)  # validates against the target's schema
+        assert Path(settings.data) == Path(recorded), argv[3]
+        if argv[1] == "world-model":
+            assert Path(settings.tokenizer) == outs[0], argv[3]  # the tokenizer trained above
+        outs.append(Path(settings.out))
+    assert [out.name for out in outs] == copied and {out.parent for out in outs} == {Path(work)}
+    named = sorted(Path(argv[3]).name for argv in commands)
+    assert named == sorted(p.name for p in (REPO / "configs" / "pretrain").glob("*.yaml"))
 
 
 def test_flags_override_the_config_and_defaults_follow_kind_and_role():
