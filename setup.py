@@ -42,6 +42,8 @@ setup(
         "trl": ["trl>=1.10", "transformers"],
         "bench": ["liger-kernel", "trl>=1.10"],
         "gpu": ["flash-attn", "xformers"],
+        # scripts/mutation.sh (mutation testing, outside CI; docs/mutation.md)
+        "dev": ["mutmut==3.8.1"],
     },
     entry_points={"console_scripts": ["rlir=rlir.cli:main"]},
 )
