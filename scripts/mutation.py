@@ -112,6 +112,69 @@ def diff_of(work: Path, name: str, env: dict) -> str:
     return out.stdout.strip() or out.stderr.strip()
 
 
+RERUN = """
+import json, os, sys
+import pytest
+names, tests, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+with open(os.devnull, "w") as quiet:  # import torch, rlir and the tests once, before forking
+    stdout, sys.stdout = sys.stdout, quiet
+    pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "--rootdir=.", *tests])
+    sys.stdout = stdout
+done = json.load(open(out)) if os.path.exists(out) else {}
+for name in names:
+    if name in done:
+        continue
+    pid = os.fork()
+    if pid == 0:  # the trampolines read the mutant to activate from MUTANT_UNDER_TEST
+        os.environ["MUTANT_UNDER_TEST"] = name
+        sys.stdout = sys.stderr = open(os.devnull, "w")
+        os._exit(int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "--rootdir=.", *tests])))
+    _, status = os.waitpid(pid, 0)
+    done[name] = os.waitstatus_to_exitcode(status)
+    json.dump(done, open(out, "w"))
+"""
+
+
+def rerun_survivors(work: Path, modules: list[str], args) -> int:
+    """Run the surviving mutants of an earlier run against ``args.tests`` (the tests added for them), one fork
+    per mutant with the mutant active, as mutmut does, but without mutmut's stats and clean runs. A mutant that
+    makes a test fail is killed; the verdicts go into mutmut's .meta files."""
+    if not (work / "mutants").is_dir():
+        sys.exit(f"--rerun-survivors: no earlier run in {work}")
+    survivors = [k for module in modules for k, v in json.loads(
+        (work / "mutants" / (module + ".meta")).read_text())["exit_code_by_key"].items()
+        if STATUS.get(v) not in DETECTED and STATUS.get(v) != "not checked"]
+    if not survivors:
+        sys.exit("no surviving mutant to rerun")
+    for test in args.tests:  # the new or changed tests, and their folder's conftest.py
+        path = Path(test.split("::")[0])
+        for src in ({path, path.parent / "conftest.py"} if path.suffix == ".py" else {path}):
+            if (REPO / src).is_dir():
+                shutil.copytree(REPO / src, work / "mutants" / src, dirs_exist_ok=True)
+            elif (REPO / src).exists():
+                (work / "mutants" / src).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / src, work / "mutants" / src)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=str(work / "mutants") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = work / "rerun.json"
+    out.unlink(missing_ok=True)
+    start = time.time()
+    rc = subprocess.run(["timeout", str(int(args.budget)), "nice", "-n", "15", sys.executable, "-c", RERUN,
+                         json.dumps(survivors), json.dumps(args.tests), str(out)], cwd=work / "mutants", env=env,
+                        ).returncode
+    elapsed = time.time() - start
+    verdicts = json.loads(out.read_text()) if out.exists() else {}
+    for module in modules:
+        meta = work / "mutants" / (module + ".meta")
+        data = json.loads(meta.read_text())
+        for name, code in verdicts.items():
+            if name in data["exit_code_by_key"] and code == 1:  # 1: a test failed; 5 or 0: still survives
+                data["exit_code_by_key"][name] = 1
+        meta.write_text(json.dumps(data))
+    print(f"reran {len(verdicts)} of {len(survivors)} survivors: {sum(c == 1 for c in verdicts.values())} killed")
+    return report(work, modules, args, rc, elapsed, env)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("modules", nargs="+", help="repository paths of the files to mutate, e.g. kernels/grpo_loss.py")
@@ -123,8 +186,8 @@ def main() -> int:
     p.add_argument("--out", help="where the score and survivors go (default <copy>/survivors.txt)")
     p.add_argument("--pytest-arg", action="append", default=[], help="extra pytest argument (repeatable)")
     p.add_argument("--rerun-survivors", action="store_true",
-                   help="in the existing copy: bring --tests over from the working tree again and rerun only the "
-                        "mutants that survived (after adding tests); the other verdicts are kept")
+                   help="in the existing copy: bring --tests (the tests added for the survivors) over from the "
+                        "working tree and run every surviving mutant against them; the other verdicts are kept")
     args = p.parse_args()
 
     slug = re.sub(r"[^A-Za-z0-9]+", "-", Path(args.modules[0]).with_suffix("").as_posix()).strip("-")
@@ -132,31 +195,10 @@ def main() -> int:
     if work == REPO or REPO in work.parents:
         sys.exit("the copy must lie outside the repository")
     modules = [flattened(m) for m in args.modules]
-    rerun: list[str] = []
-    before: dict[str, dict] = {}
     if args.rerun_survivors:
-        if not (work / "mutants").is_dir():
-            sys.exit(f"--rerun-survivors: no earlier run in {work}")
-        for module in modules:
-            meta = work / "mutants" / (module + ".meta")
-            before[module] = json.loads(meta.read_text())
-            rerun += [k for k, v in before[module]["exit_code_by_key"].items() if STATUS.get(v) not in DETECTED]
-        if not rerun:
-            sys.exit("no surviving mutant to rerun")
-        for test in args.tests:  # the new or changed tests, and their folder's conftest.py
-            path = Path(test.split("::")[0])
-            for src in {path, path.parent / "conftest.py"} if path.suffix == ".py" else {path}:
-                for root in (work, work / "mutants"):
-                    if (REPO / src).is_dir():
-                        shutil.copytree(REPO / src, root / src, dirs_exist_ok=True)
-                    elif (REPO / src).exists():
-                        (root / src).parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copy2(REPO / src, root / src)
-        write_config(work, modules, args.tests, args.pytest_arg)
-        shutil.copy2(work / "pyproject.toml", work / "mutants" / "pyproject.toml")
-    else:
-        make_copy(work, args.rev, args.overlay)
-        write_config(work, modules, args.tests, args.pytest_arg)
+        return rerun_survivors(work, modules, args)
+    make_copy(work, args.rev, args.overlay)
+    write_config(work, modules, args.tests, args.pytest_arg)
     # mutants/ must exist before Python starts: a sys.path entry that does not exist yet is cached as having no
     # modules, and the tests would then import the unmutated editable install instead.
     (work / "mutants").mkdir(exist_ok=True)
@@ -166,19 +208,15 @@ def main() -> int:
     if mutmut is None:
         sys.exit("mutmut is not installed: pip install -e '.[dev]'")
     cmd = ["timeout", "--signal=INT", "--kill-after=60", str(int(args.budget)), "nice", "-n", "15", mutmut,
-           "run", "--max-children", "1", *rerun]
+           "run", "--max-children", "1"]
     start = time.time()
     with open(work / "mutmut.log", "a") as log:
         rc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     elapsed = time.time() - start
-    for module, old in before.items():  # a changed test selection makes mutmut forget every verdict: keep the
-        meta = work / "mutants" / (module + ".meta")  # earlier ones of the mutants not rerun
-        new = json.loads(meta.read_text())
-        for key, code in old["exit_code_by_key"].items():
-            if key not in rerun or new["exit_code_by_key"].get(key) is None:
-                new["exit_code_by_key"][key] = code
-        meta.write_text(json.dumps(new))
+    return report(work, modules, args, rc, elapsed, env)
 
+
+def report(work: Path, modules: list[str], args, rc: int, elapsed: float, env: dict) -> int:
     status = read_results(work, modules)
     counts: dict[str, int] = {}
     for s in status.values():
@@ -190,7 +228,8 @@ def main() -> int:
     lines = [f"modules: {' '.join(args.modules)}",
              f"source: {'commit ' + args.rev if args.rev else 'working tree'} of {REPO}",
              f"tests: {' '.join(args.tests)}",
-             f"mutmut exit code {rc} after {elapsed:.0f} s (budget {args.budget:.0f} s)",
+             f"{'survivors rerun against the tests above' if args.rerun_survivors else 'mutmut'}: exit code {rc} "
+             f"after {elapsed:.0f} s (budget {args.budget:.0f} s)",
              f"mutants: {len(status)}; " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
              f"score (detected / checked): {score}", ""]
     for name in survivors:

@@ -4,12 +4,17 @@ Each error names the argument at fault, and two numerical corner cases: a batch 
 rewards (the unbiased n - 1 = 1 divisor) and a group of equal negative rewards whose mean carries rounding
 error (the degenerate-group test must see max == min, not compare against an initial 0).
 """
+import importlib
 import math
+import os
 
 import pytest
 import torch
 
-from rlir.kernels.group_advantage import group_advantage
+from rlir.kernels._common import HAS_TRITON
+from rlir.kernels.group_advantage import group_advantage, group_advantage_reference
+
+ga_module = importlib.import_module("rlir.kernels.group_advantage")
 
 BAD_INPUTS = [
     (dict(rewards=torch.zeros(4, 1), group_size=2), r"^rewards must have 1 dims"),
@@ -17,6 +22,7 @@ BAD_INPUTS = [
     (dict(rewards=torch.zeros(4), group_size=2, group_index=torch.zeros(4, dtype=torch.long)),
      r"^exactly one of group_size or group_index must be given$"),
     (dict(rewards=torch.zeros(4), group_index=torch.zeros(4)), r"^group_index must have dtype in"),
+    (dict(rewards=torch.zeros(4), group_index=torch.zeros(4, 1, dtype=torch.long)), r"^group_index must have 1 dims"),
     (dict(rewards=torch.zeros(4), group_index=torch.zeros(3, dtype=torch.long)),
      r"^group_index must have shape \(4,\), got \(3,\)$"),
     (dict(rewards=torch.zeros(4), group_index=torch.tensor([0, 0, -1, 1])),
@@ -48,3 +54,18 @@ def test_equal_negative_rewards_with_rounding_error_are_degenerate(backend):
     for scale in ("group", "none"):
         assert group_advantage(r, group_size=7, scale=scale, eps=0.0).eq(0).all()
         assert group_advantage(r, group_index=torch.zeros(7, dtype=torch.long), scale=scale, eps=0.0).eq(0).all()
+
+
+@pytest.mark.skipif(not HAS_TRITON or os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
+def test_triton_path_runs_the_kernel_up_to_the_largest_group(monkeypatch):
+    # A group of _MAX_GROUP_BLOCK rewards still fits one program: the Triton path must not hand it to PyTorch.
+    r = torch.randn(ga_module._MAX_GROUP_BLOCK, generator=torch.Generator().manual_seed(0))
+    want = group_advantage_reference(r.double(), group_size=len(r))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the Triton path fell back to the reference")
+
+    monkeypatch.setenv("RLIR_KERNELS", "triton")
+    monkeypatch.setattr(ga_module, "_group_advantage_torch", refuse)
+    torch.testing.assert_close(group_advantage(r, group_size=len(r)).double(), want, rtol=1e-4, atol=1e-5)

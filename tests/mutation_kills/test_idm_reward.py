@@ -62,3 +62,26 @@ def test_one_head_as_a_list(backend):
 def test_zero_frames(backend):
     got = idm_reward([torch.zeros(2, 0, 5)], torch.zeros(2, 0, 1, dtype=torch.long))
     assert got.reward.shape == (2,) and got.reward.isnan().all() and got.frame_match.shape == (2, 0)
+
+
+def _ok():
+    return dict(logits=[torch.zeros(2, 3, 5)], actions=torch.zeros(2, 3, 1, dtype=torch.long))
+
+
+BAD_INPUTS = [
+    (dict(mode="best"), r"^mode must be one of"),
+    (dict(head_sizes=5), r"^head_sizes must be a list of ints, got int$"),
+    (dict(logits=[]), r"^logits must be a non-empty list of \[N, T, C_h\] tensors$"),
+    (dict(logits=[torch.zeros(2, 3)]), r"^logits\[0\] must have 3 dims"),
+    (dict(logits=[torch.zeros(2, 3, 0)]), r"^every logits head needs at least one class, got widths \[0\]$"),
+    (dict(logits=torch.zeros(2, 3, 5, dtype=torch.long)), r"^logits must have dtype in"),
+    (dict(logits=torch.zeros(2, 3)), r"^logits must have 3 dims"),
+    (dict(actions=torch.zeros(2, 3, 1, 1, dtype=torch.long)), r"^actions must have 2 or 3 dims"),
+    (dict(actions=torch.zeros(2, 4, 1, dtype=torch.long)), r"^actions must have shape \(2, 3, 1\), got \(2, 4, 1\)$"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD_INPUTS)
+def test_errors_name_the_argument(backend, override, message):
+    with pytest.raises(ValueError, match=message):
+        idm_reward(**{**_ok(), **override})
