@@ -156,8 +156,9 @@ def rerun_survivors(work: Path, modules: list[str], args) -> int:
                 shutil.copy2(REPO / src, work / "mutants" / src)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONPATH=str(work / "mutants") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = work / "rerun.json"
-    out.unlink(missing_ok=True)
+    out = work / "rerun.json"  # with --continue, the survivors already rerun are not run again
+    if not args.resume:
+        out.unlink(missing_ok=True)
     start = time.time()
     rc = subprocess.run(["timeout", str(int(args.budget)), "nice", "-n", "15", sys.executable, "-c", RERUN,
                          json.dumps(survivors), json.dumps(args.tests), str(out)], cwd=work / "mutants", env=env,
@@ -188,6 +189,8 @@ def main() -> int:
     p.add_argument("--rerun-survivors", action="store_true",
                    help="in the existing copy: bring --tests (the tests added for the survivors) over from the "
                         "working tree and run every surviving mutant against them; the other verdicts are kept")
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="continue an earlier run in the existing copy (mutmut keeps its verdicts and checks the rest)")
     args = p.parse_args()
 
     slug = re.sub(r"[^A-Za-z0-9]+", "-", Path(args.modules[0]).with_suffix("").as_posix()).strip("-")
@@ -197,8 +200,9 @@ def main() -> int:
     modules = [flattened(m) for m in args.modules]
     if args.rerun_survivors:
         return rerun_survivors(work, modules, args)
-    make_copy(work, args.rev, args.overlay)
-    write_config(work, modules, args.tests, args.pytest_arg)
+    if not args.resume:
+        make_copy(work, args.rev, args.overlay)
+        write_config(work, modules, args.tests, args.pytest_arg)
     # mutants/ must exist before Python starts: a sys.path entry that does not exist yet is cached as having no
     # modules, and the tests would then import the unmutated editable install instead.
     (work / "mutants").mkdir(exist_ok=True)

@@ -1,0 +1,100 @@
+"""Cases that kill mutants of kernels/grpo_loss.py which the main kernel tests let through (docs/mutation.md):
+``grpo_loss_from_logits`` passes every option through to ``grpo_loss`` (and uses temperature 1 by default),
+checks its own arguments, and ignores the ids at masked positions even with a one-entry vocabulary; the
+reference computes in fp32 whatever the input dtype and has beta 0 by default; a bool or complex normaliser
+is refused."""
+import pytest
+import torch
+
+from rlir.kernels import grpo_loss, grpo_loss_from_logits, token_logprobs
+from rlir.kernels.grpo_loss import grpo_loss_reference
+
+OPTIONS = dict(eps_low=0.1, eps_high=0.3, delta=1.5, beta=0.04, loss_agg="seq-mean-token-mean", normaliser=7.0)
+
+
+def _batch(vocab=11, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n, t = 4, 6
+    logits = torch.randn(n, t, vocab, generator=g)
+    ids = torch.randint(0, vocab, (n, t), generator=g)
+    mask = torch.ones(n, t, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask[3, 2:] = False
+    ids[~mask] = -100  # padding ids at masked positions
+    logp = token_logprobs(logits, ids.masked_fill(~mask, 0))
+    # Old log-probs far enough from the current ones that the ratio is clipped on both sides and capped by delta.
+    old = logp + torch.randn(n, t, generator=g).clamp(-2, 2)
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    ref = logp + 0.3 * torch.randn(n, t, generator=g)
+    return logits, ids, mask, old, adv, ref
+
+
+@pytest.mark.parametrize("temperature", [None, 0.7])
+def test_from_logits_is_token_logprobs_then_grpo_loss_with_every_option(backend, temperature):
+    logits, ids, mask, old, adv, ref = _batch()
+    kwargs = {} if temperature is None else {"temperature": temperature}
+    z = logits.clone().requires_grad_()
+    loss, metrics, clip = grpo_loss_from_logits(z, ids, old, adv, mask, ref, return_clip=True, **kwargs, **OPTIONS)
+    (grad,) = torch.autograd.grad(loss, z)
+
+    z2 = logits.clone().requires_grad_()
+    logp = token_logprobs(z2, ids.masked_fill(~mask, 0), temperature or 1.0)
+    want, want_metrics, want_clip = grpo_loss(logp, old, adv, mask, ref, return_clip=True, **OPTIONS)
+    (want_grad,) = torch.autograd.grad(want, z2)
+    assert (want_clip == 1).any() and (want_clip == -1).any() and want_metrics["kl"] > 0
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(grad, want_grad)
+    assert torch.equal(clip, want_clip)
+    for key, value in want_metrics.items():
+        torch.testing.assert_close(metrics[key], value)
+
+
+def test_from_logits_with_a_one_entry_vocabulary_ignores_masked_ids(backend):
+    logits, ids, mask, old, adv, _ = _batch(vocab=1)
+    loss, metrics = grpo_loss_from_logits(logits, ids, old, adv, mask)
+    want, _ = grpo_loss(torch.zeros(4, 6), old, adv, mask)
+    torch.testing.assert_close(loss, want)
+
+
+def _args(**override):
+    logits, ids, mask, old, adv, ref = _batch()
+    args = dict(logits=logits, ids=ids, old_logp=old, advantages=adv, mask=mask)
+    args.update(override)
+    return args
+
+
+BAD_INPUTS = [
+    (dict(logits=torch.zeros(4, 6, 11, dtype=torch.long)), r"^logits must have dtype in"),
+    (dict(logits=torch.zeros(4, 6)), r"^logits must have 3 dims"),
+    (dict(ids=torch.zeros(4, 6, 1, dtype=torch.long)), r"^ids must have 2 dims"),
+    (dict(ids=torch.zeros(4, 6)), r"^ids must have dtype in"),
+    (dict(ids=torch.zeros(4, 5, dtype=torch.long)), r"^ids must have shape \(4, 6\), got \(4, 5\)$"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD_INPUTS)
+def test_from_logits_errors_name_the_argument(backend, override, message):
+    with pytest.raises(ValueError, match=message):
+        grpo_loss_from_logits(**_args(**override))
+
+
+@pytest.mark.parametrize("normaliser,message", [
+    (torch.tensor(True), r"^normaliser must be a number or a one-element real tensor"),
+    (torch.tensor(2 + 0j), r"^normaliser must be a number or a one-element real tensor"),
+    (-1.0, r"^normaliser must be > 0, got -1.0$"),
+])
+def test_bad_normaliser(backend, normaliser, message):
+    logits, ids, mask, old, adv, _ = _batch()
+    with pytest.raises(ValueError, match=message):
+        grpo_loss(torch.zeros(4, 6), old, adv, mask, normaliser=normaliser)
+
+
+def test_reference_computes_in_fp32_and_has_beta_zero_by_default():
+    _, _, mask, old, adv, ref = _batch()
+    logp = (old - 0.5 * torch.rand(4, 6, generator=torch.Generator().manual_seed(3))).bfloat16()
+    loss, metrics = grpo_loss_reference(logp, old.bfloat16(), adv, mask, ref)
+    want, want_metrics = grpo_loss_reference(logp.float(), old.bfloat16().float(), adv, mask, ref, beta=0.0)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(metrics["kl"], want_metrics["kl"], rtol=1e-6, atol=1e-7)
+    assert want_metrics["kl"] > 0  # ref is given: only beta decides whether the KL is in the loss
