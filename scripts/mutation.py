@@ -107,9 +107,28 @@ def read_results(work: Path, modules: list[str]) -> dict[str, str]:
     return status
 
 
-def diff_of(work: Path, name: str, env: dict) -> str:
-    out = subprocess.run(["mutmut", "show", name], cwd=work, env=env, capture_output=True, text=True)
-    return out.stdout.strip() or out.stderr.strip()
+DIFFS = """
+import json, sys
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+names, paths = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(json.dumps({n: get_diff_for_mutant(n, path=paths[n]) for n in names}))
+"""
+
+
+def diffs_of(work: Path, names: list[str], modules: list[str], env: dict) -> dict:
+    """The diff of each mutant, from one Python process (``mutmut show`` per mutant costs a start-up each)."""
+    if not names:
+        return {}
+    paths = {}
+    for module in modules:
+        meta = work / "mutants" / (module + ".meta")
+        if meta.exists():
+            paths.update({k: module for k in json.loads(meta.read_text())["exit_code_by_key"]})
+    out = subprocess.run([sys.executable, "-c", DIFFS, json.dumps(names), json.dumps(paths)], cwd=work, env=env,
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return {n: out.stderr.strip()[-500:] for n in names}
+    return json.loads(out.stdout)
 
 
 RERUN = """
@@ -236,8 +255,9 @@ def report(work: Path, modules: list[str], args, rc: int, elapsed: float, env: d
              f"after {elapsed:.0f} s (budget {args.budget:.0f} s)",
              f"mutants: {len(status)}; " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
              f"score (detected / checked): {score}", ""]
+    diffs = diffs_of(work, survivors, modules, env)
     for name in survivors:
-        lines += [f"## {name}: {checked[name]}", diff_of(work, name, env), ""]
+        lines += [f"## {name}: {checked[name]}", diffs.get(name, ""), ""]
     text = "\n".join(lines) + "\n"
     out = Path(args.out) if args.out else work / "survivors.txt"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -98,3 +98,30 @@ def test_reference_computes_in_fp32_and_has_beta_zero_by_default():
     torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(metrics["kl"], want_metrics["kl"], rtol=1e-6, atol=1e-7)
     assert want_metrics["kl"] > 0  # ref is given: only beta decides whether the KL is in the loss
+
+
+def test_reference_reads_bf16_reference_logprobs_in_fp32():
+    _, _, mask, old, adv, ref = _batch()
+    logp = old - 0.1
+    loss, metrics = grpo_loss_reference(logp, old, adv, mask, ref.bfloat16(), beta=0.04)
+    want, want_metrics = grpo_loss_reference(logp, old, adv, mask, ref.bfloat16().float(), beta=0.04)
+    torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(metrics["kl"], want_metrics["kl"], rtol=1e-6, atol=1e-7)
+
+
+def test_reference_with_beta_zero_leaves_an_overflowing_kl_out_of_the_loss():
+    # exp(ref - logp) overflows to inf: with beta = 0 the KL must not enter the loss at all (0 * inf is NaN).
+    # The Triton kernel adds beta * kl whenever ref_logp is given, so it returns NaN here (docs/mutation.md).
+    _, _, mask, old, adv, _ = _batch()
+    loss, metrics = grpo_loss_reference(old - 0.1, old, adv, mask, old + 1000.0, beta=0.0)
+    assert torch.isfinite(loss) and metrics["kl"] == float("inf")
+
+
+def test_a_zero_advantage_is_never_counted_as_clipped(backend):
+    logp = torch.full((2, 3), -2.0)
+    old = torch.zeros(2, 3)  # ratio exp(-2) < 1 - eps_low, and exp(2) > 1 + eps_high with the roles swapped
+    for lp, ol in ((logp, old), (old, logp)):
+        _, metrics = grpo_loss(lp, ol, torch.zeros(2))
+        assert metrics["clip_frac_low"] == 0 and metrics["clip_frac_high"] == 0 and metrics["clip_frac"] == 0
+    _, metrics = grpo_loss(logp, old, torch.tensor([-1.0, 0.0]))
+    assert metrics["clip_frac_low"] == 0.5
