@@ -1,0 +1,146 @@
+"""Cases that kill mutants of rlir/grpo/ar_policy.py and rlir/grpo/policy.py which the GRPO tests let through
+(docs/mutation.md): ARPolicy's defaults, its top_k/top_p warning, the frozen tokenizer, the tokenizer checks,
+the autocast rollout copy, rescoring with two context frames; Prompts.rows with context actions; the base
+Policy's messages; ModelPolicy.load_state_dict."""
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+from rlir.grpo.ar_policy import ARPolicy
+from rlir.grpo.policy import Policy, Prompts
+from rlir.models import ARWorldModel
+
+WARNING = (r"^rollout\.top_k/top_p make the sampler differ from the policy being optimised: tokens come from the "
+           r"truncated distribution while old and new log-probs are under the full softmax, so GRPO's importance "
+           r"ratios are off-policy-biased$")
+
+
+class Tokenizer(nn.Module):
+    """4x4 frames <-> a 2x2 grid of 16 codes (grey level // 16), with one parameter to freeze."""
+
+    def __init__(self, codebook_size=16, code_grid=(2, 2)):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        if codebook_size is not None:
+            self.codebook_size = codebook_size
+        if code_grid is not None:
+            self.code_grid = code_grid
+
+    def encode(self, frames):
+        return (frames[..., 0, ::2, ::2].long() // 16).clamp(0, 15)
+
+    def decode(self, codes):
+        grey = ((codes.float() * 16 + 8) / 255).repeat_interleave(2, -1).repeat_interleave(2, -2)
+        return grey.unsqueeze(-3).expand(*grey.shape[:-2], 3, *grey.shape[-2:]).contiguous()
+
+
+def model(seed=0):
+    torch.manual_seed(seed)
+    return ARWorldModel(codebook_size=16, tokens_per_frame=4, action_head_sizes=[4], n_layers=1, d_model=32,
+                        n_heads=2, n_kv_heads=1, max_frames=4)
+
+
+def prompts(context_frames=1, b=2, n=2):
+    g = torch.Generator().manual_seed(1)
+    context = torch.randint(0, 256, (b, context_frames, 3, 4, 4), generator=g, dtype=torch.uint8)
+    actions = torch.randint(0, 4, (b, n, 1), generator=g)
+    ca = torch.randint(0, 4, (b, context_frames - 1, 1), generator=g) if context_frames > 1 else None
+    return Prompts(context, actions, ca)
+
+
+def test_defaults_and_no_warning_without_top_k_or_top_p():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        policy = ARPolicy(model(), Tokenizer())
+    assert (policy.temperature, policy.top_k, policy.top_p, policy.compile) == (1.0, None, None, False)
+
+
+@pytest.mark.parametrize("option", [{"top_k": 3}, {"top_p": 0.9}])
+def test_top_k_or_top_p_warns_at_the_caller(option):
+    with pytest.warns(UserWarning, match=WARNING) as record:
+        ARPolicy(model(), Tokenizer(), **option)
+    assert record[0].filename == __file__  # stacklevel=2: the line that built the policy
+
+
+def test_the_tokenizer_is_frozen_and_in_eval_mode():
+    tokenizer = Tokenizer()
+    ARPolicy(model(), tokenizer)
+    assert not tokenizer.training and not tokenizer.scale.requires_grad
+
+
+def test_tokenizer_checks():
+    with pytest.raises(ValueError, match=r"^tokenizer code grid \(3, 3\) has 9 codes, the world model expects "
+                                         r"tokens_per_frame=4$"):
+        ARPolicy(model(), Tokenizer(code_grid=(3, 3)))
+    with pytest.raises(ValueError, match=r"^tokenizer codebook_size 8 != world model codebook_size 16$"):
+        ARPolicy(model(), Tokenizer(codebook_size=8))
+    ARPolicy(model(), Tokenizer(code_grid=(1, 4)))  # 1 x 4 = 4 codes a frame is fine
+    ARPolicy(model(), Tokenizer(codebook_size=None, code_grid=None))  # a tokenizer need not say either
+
+
+def test_autocast_rollout_copy_is_kept_refreshed_frozen_and_cast():
+    policy = ARPolicy(model(), Tokenizer())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first = policy._rollout_model()
+        assert first is not policy.model and first.dtype == torch.bfloat16
+        assert not first.training and not any(p.requires_grad for p in first.parameters())
+        with torch.no_grad():
+            for p in policy.model.parameters():
+                p.add_(0.5)
+        second = policy._rollout_model()
+    assert second is first  # refreshed in place, not rebuilt
+    for copied, live in zip(second.state_dict().values(), policy.model.state_dict().values()):
+        torch.testing.assert_close(copied, live.to(torch.bfloat16))
+    assert policy._rollout_model() is policy.model  # outside autocast: the model itself
+
+
+def test_rescoring_with_two_context_frames_equals_recording():
+    policy = ARPolicy(model(), Tokenizer())
+    rollout = policy.rollout(prompts(context_frames=2), 3, torch.Generator().manual_seed(0))
+    idx = torch.arange(len(rollout))
+    torch.testing.assert_close(policy.logprobs(rollout, idx), rollout.old_logp, rtol=1e-4, atol=1e-4)
+
+
+def test_rows_keep_the_context_actions():
+    p = prompts(context_frames=2, b=4)
+    rows = p.rows(1, 3)
+    assert torch.equal(rows.context, p.context[1:3]) and torch.equal(rows.actions, p.actions[1:3])
+    assert torch.equal(rows.context_actions, p.context_actions[1:3])
+
+
+class Bare(Policy):
+    def rollout(self, prompts, num_samples, generator=None):
+        raise AssertionError
+
+    def decode(self, rollout):
+        raise AssertionError
+
+    def logprobs(self, rollout, indices):
+        raise AssertionError
+
+    def trainable_parameters(self):
+        return []
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state_dict):
+        pass
+
+
+def test_base_policy_messages():
+    with pytest.raises(NotImplementedError, match=r"^Bare has no reference model: set loss\.beta: 0$"):
+        Bare().reference_logprobs(None, None)
+    with pytest.raises(NotImplementedError, match=r"^Bare has no closed-form KL: set loss\.kl: k3$"):
+        Bare().logprobs_and_kl(None, None)
+    assert not Bare().has_closed_form_kl
+
+
+def test_model_policy_loads_a_state_dict():
+    policy = ARPolicy(model(0), Tokenizer())
+    other = model(1).state_dict()
+    policy.load_state_dict(other)
+    for got, want in zip(policy.state_dict().values(), other.values()):
+        assert torch.equal(got, want)
