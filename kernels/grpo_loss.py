@@ -220,8 +220,10 @@ if HAS_TRITON:
                 d = ref - lp
                 e_d = tl.exp(d)
                 kl = e_d - d - 1.0
-                per_token += beta * kl
-                grad += beta * (1.0 - e_d)
+                # Selected, not multiplied by a zero beta: with beta 0 a huge ref - logp must not make 0 * inf = NaN,
+                # as the reference skips the term.
+                per_token += tl.where(beta > 0, beta * kl, 0.0)
+                grad += tl.where(beta > 0, beta * (1.0 - e_d), 0.0)
                 kl_acc += tl.where(valid, kl, 0.0)
             tl.store(grad_ptr + base + offs, tl.where(valid, w * grad, 0.0), mask=in_row)
             loss_acc += tl.where(valid, per_token, 0.0)

@@ -125,3 +125,16 @@ def test_a_zero_advantage_is_never_counted_as_clipped(backend):
         assert metrics["clip_frac_low"] == 0 and metrics["clip_frac_high"] == 0 and metrics["clip_frac"] == 0
     _, metrics = grpo_loss(logp, old, torch.tensor([-1.0, 0.0]))
     assert metrics["clip_frac_low"] == 0.5
+
+
+def test_beta_zero_ignores_a_far_reference(backend):
+    """With beta 0 the KL term is skipped, as in the reference: a reference 100 nats above the policy (exp
+    overflows to inf) must not turn the loss or the gradient into NaN through 0 * inf."""
+    _, _, mask, old, adv, _ = _batch()
+    logp = old.clone().requires_grad_()
+    ref = old + 100.0
+    loss, _ = grpo_loss(logp, old, adv, mask, ref, beta=0.0)
+    (grad,) = torch.autograd.grad(loss, logp)
+    expected, _ = grpo_loss_reference(old, old, adv, mask, ref, beta=0.0)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    torch.testing.assert_close(loss, expected)
