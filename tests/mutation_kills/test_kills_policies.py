@@ -152,3 +152,50 @@ def test_diffusion_policy_defaults():
     p = DiffusionPolicy(nn.Linear(1, 1))
     assert (p.num_steps, p.shift, p.noise_level, p.stochastic) == (8, 1.0, 0.7, "all")
     assert (p.sigma_max, p.eval_steps, p.compile, p.tokenizer) == (SIGMA_MAX, EVAL_ODE_STEPS, False, None)
+
+
+def test_tokenizer_grid_message_counts_rows_times_columns():
+    with pytest.raises(ValueError, match=r"^tokenizer code grid \(2, 3\) has 6 codes, the world model expects "
+                                         r"tokens_per_frame=4$"):
+        ARPolicy(model(), Tokenizer(code_grid=(2, 3)))
+
+
+def test_diffusion_policy_needs_exploration_noise_and_freezes_its_tokenizer():
+    from rlir.grpo.diffusion_policy import DiffusionPolicy
+
+    for level in (0.0, -0.5):
+        with pytest.raises(ValueError, match=rf"^noise_level must be > 0 for GRPO \(at 0 the sampler is deterministic "
+                                             rf"and has no log-probs\), got {level!r}$"):
+            DiffusionPolicy(nn.Linear(1, 1), noise_level=level)
+    tokenizer = Tokenizer()
+    DiffusionPolicy(nn.Linear(1, 1), tokenizer)
+    assert not tokenizer.training and not tokenizer.scale.requires_grad
+
+
+def test_after_context_puts_the_last_real_context_frame_first():
+    from rlir.grpo.policy import after_context
+
+    p = prompts(context_frames=2)
+    generated = torch.zeros(2 * 3, 2, 3, 4, 4, dtype=torch.uint8)  # 3 samples of each of 2 prompts
+    video = after_context(p, 3, generated)
+    assert video.shape == (6, 3, 3, 4, 4)
+    assert torch.equal(video[:, 0], p.context[:, -1].repeat_interleave(3, 0))
+    assert torch.equal(video[:, 1:], generated)
+
+
+def test_eval_and_train_switch_the_model_mode():
+    policy = ARPolicy(model(), Tokenizer())
+    assert policy.eval() is policy and not policy.model.training
+    assert policy.train() is policy and policy.model.training
+    assert policy.train(False) is policy and not policy.model.training
+
+
+def test_reference_model_is_a_frozen_eval_copy_and_needs_a_factory():
+    ref = model(1)
+    policy = ARPolicy(model(0), Tokenizer(), reference_factory=lambda: ref)
+    got = policy.reference_model()
+    assert got is ref and not got.training and not any(p.requires_grad for p in got.parameters())
+    assert policy.reference_model() is got  # built once
+    with pytest.raises(RuntimeError, match=r"^ARPolicy has no reference_factory: the KL term \(loss\.beta > 0\) "
+                                           r"needs the initial weights$"):
+        ARPolicy(model(0), Tokenizer()).reference_model()

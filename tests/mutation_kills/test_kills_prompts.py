@@ -41,12 +41,13 @@ def test_actions_errors_name_the_batch_and_what_they_got(actions, got):
         Prompts(_context(), actions)
 
 
-@pytest.mark.parametrize("context_actions", [None, torch.zeros(2, 1, 1, dtype=torch.long),
+@pytest.mark.parametrize("context_actions", [None, torch.zeros(2, 2, 1, dtype=torch.long),
                                              torch.zeros(2, 1, 2, dtype=torch.long)])
 def test_several_context_frames_need_their_actions(context_actions):
-    msg = "Prompts.context_actions must be [B, C-1, H] = (2, 2, 1) with C = 3 context frames"
+    # C = 2 context frames, so neither "C > 2" nor the 3 colour channels can stand in for C.
+    msg = "Prompts.context_actions must be [B, C-1, H] = (2, 1, 1) with C = 2 context frames"
     with pytest.raises(ValueError, match=f"^{re.escape(msg)}$"):
-        Prompts(_context(c=3), _actions(), context_actions)
+        Prompts(_context(c=2), _actions(), context_actions)
 
 
 def test_valid_prompts_of_one_and_several_context_frames():
