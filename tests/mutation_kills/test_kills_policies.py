@@ -199,3 +199,14 @@ def test_reference_model_is_a_frozen_eval_copy_and_needs_a_factory():
     with pytest.raises(RuntimeError, match=r"^ARPolicy has no reference_factory: the KL term \(loss\.beta > 0\) "
                                            r"needs the initial weights$"):
         ARPolicy(model(0), Tokenizer()).reference_model()
+
+
+@pytest.mark.parametrize("kind", ["ar", "diffusion"])
+def test_a_bad_compile_mode_fails_at_construction(kind):
+    from rlir.grpo.diffusion_policy import DiffusionPolicy
+
+    with pytest.raises(ValueError, match=r"^compile must be False, True or a torch\.compile mode"):
+        if kind == "ar":
+            ARPolicy(model(), Tokenizer(), compile="fastest")
+        else:
+            DiffusionPolicy(nn.Linear(1, 1), compile="fastest")
