@@ -209,6 +209,7 @@ def main() -> int:
     p.add_argument("--rev", help="mutate this commit (git archive) instead of the working tree")
     p.add_argument("--overlay", nargs="*", default=[], help="with --rev: working-tree paths laid over the commit")
     p.add_argument("--work", help="the throwaway copy (default /tmp/mut-<first module>)")
+    p.add_argument("--children", type=int, default=1, help="mutants tested at once (default 1: one core)")
     p.add_argument("--out", help="where the score and survivors go (default <copy>/survivors.txt)")
     p.add_argument("--pytest-arg", action="append", default=[], help="extra pytest argument (repeatable)")
     p.add_argument("--rerun-survivors", action="store_true",
@@ -237,7 +238,7 @@ def main() -> int:
     if mutmut is None:
         sys.exit("mutmut is not installed: pip install -e '.[dev]'")
     cmd = ["timeout", "--signal=INT", "--kill-after=60", str(int(args.budget)), "nice", "-n", "15", mutmut,
-           "run", "--max-children", "1"]
+           "run", "--max-children", str(args.children)]
     start = time.time()
     with open(work / "mutmut.log", "a") as log:
         rc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
