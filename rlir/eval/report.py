@@ -42,7 +42,13 @@ def build_report(results: Dict[str, dict], *, info: dict) -> dict:
         metrics[key] = row
     per_action = {label: results[label]["eval_idm/report"].to_json()
                   for label in labels if "eval_idm/report" in results[label]}
-    return {**info, "metrics": metrics, "eval_idm_per_action": per_action}
+    report = {**info, "metrics": metrics, "eval_idm_per_action": per_action}
+    # rlir eval --action-sensitivity: teacher-forced NLL per code under each variant of the actions
+    sensitivity = {label: {k[len("nll_"):]: float(v) for k, v in results[label].items() if k.startswith("nll_")}
+                   for label in labels}
+    if any(sensitivity.values()):
+        report["action_sensitivity_nll"] = {label: nll for label, nll in sensitivity.items() if nll}
+    return report
 
 
 def _cell(value, digits: int = 3) -> str:
@@ -77,6 +83,17 @@ def per_action_table(report: dict, labels) -> list[str]:
     return lines
 
 
+def action_sensitivity_table(nll: Dict[str, Dict[str, float]]) -> list[str]:
+    """Markdown: teacher-forced NLL per code of the real continuation under each variant of the actions; a
+    model that uses its actions scores the true ones lowest."""
+    variants = list(next(iter(nll.values())))
+    lines = ["## Action sensitivity (teacher-forced NLL per code, nats)", "",
+             "| model | " + " | ".join(variants) + " |", "|---|" + "---:|" * len(variants)]
+    lines += [f"| {label} | " + " | ".join(_cell(values.get(v), 4) for v in variants) + " |"
+              for label, values in nll.items()]
+    return lines + [""]
+
+
 def markdown(report: dict, files: Dict[str, str]) -> str:
     labels = [k for k in next(iter(report["metrics"].values())) if k not in ("real", "delta")]
     compare = "delta" in json.dumps(report["metrics"])
@@ -104,6 +121,8 @@ def markdown(report: dict, files: Dict[str, str]) -> str:
     if report.get("eval_idm_per_action"):
         lines += ["## Per-action precision / recall / F1 (eval IDM on generated frames)", ""]
         lines += per_action_table(report, [lab for lab in labels if lab in report["eval_idm_per_action"]])
+    if report.get("action_sensitivity_nll"):
+        lines += action_sensitivity_table(report["action_sensitivity_nll"])
     if report.get("command"):
         lines += ["Reproduce:", "", "```", report["command"], "```", ""]
     return "\n".join(lines)

@@ -204,6 +204,13 @@ def test_the_report_records_the_run_and_the_models_scores(written):
     for key in ("psnr_db", "ssim", "eval_idm/frame_accuracy", "reward_idm/frame_accuracy", "eval_idm/macro_f1"):
         assert report["metrics"][key]["model"] == pytest.approx(metrics[key], abs=1e-12)
     assert report["eval_idm_per_action"]["model"] == json.loads(json.dumps(metrics["eval_idm/report"].to_json()))
+    assert report["action_sensitivity_nll"] == {"model": pytest.approx(written["nll"], abs=1e-12)}
+
+
+def test_the_action_sensitivity_nlls_are_in_report_md(written):
+    md = (written["out"] / "report.md").read_text()
+    assert "## Action sensitivity (teacher-forced NLL per code, nats)" in md
+    assert "| model | " + " | ".join(f"{v:.4f}" for v in written["nll"].values()) + " |" in md
 
 
 def test_the_report_directory_holds_the_report_and_the_video_grid(written):
@@ -248,7 +255,7 @@ def test_what_run_eval_prints(written):
 def test_by_default_64_prompts_seed_0_a_grid_of_4_and_no_action_sensitivity(recording, tmp_path):
     report, printed = quietly(run_eval, recording, frames=1, out=tmp_path)  # out exists already: fine
     assert report["prompts"] == 64 and report["seed"] == 0 and report["temperature"] == 1.0
-    assert "teacher-forced" not in printed
+    assert "teacher-forced" not in printed and "action_sensitivity_nll" not in report
     assert Image.open(tmp_path / "video_grid.png").height == grid_height(prompts=4, rows=2)  # real, model
 
 
