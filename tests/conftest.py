@@ -1,3 +1,4 @@
+import importlib.util
 import os
 
 import torch
@@ -16,9 +17,9 @@ def pytest_collection_modifyitems(config, items):
         if deselected:
             config.hook.pytest_deselected(items=deselected)
             items[:] = [item for item in items if "shipped" not in item.keywords]
-    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
-    skip_interp = pytest.mark.skip(reason="runs Triton on CPU tensors: needs TRITON_INTERPRET=1")
+    skip_interp = pytest.mark.skip(reason="runs Triton on CPU tensors: needs triton and TRITON_INTERPRET=1")
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)

@@ -6,12 +6,10 @@ error (the degenerate-group test must see max == min, not compare against an ini
 """
 import importlib
 import math
-import os
 
 import pytest
 import torch
 
-from rlir.kernels._common import HAS_TRITON
 from rlir.kernels.group_advantage import group_advantage, group_advantage_reference
 
 ga_module = importlib.import_module("rlir.kernels.group_advantage")
@@ -56,8 +54,7 @@ def test_equal_negative_rewards_with_rounding_error_are_degenerate(backend):
         assert group_advantage(r, group_index=torch.zeros(7, dtype=torch.long), scale=scale, eps=0.0).eq(0).all()
 
 
-@pytest.mark.skipif(not HAS_TRITON or os.environ.get("TRITON_INTERPRET") != "1",
-                    reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
+@pytest.mark.interpreter
 def test_triton_path_runs_the_kernel_up_to_the_largest_group(monkeypatch):
     # A group of _MAX_GROUP_BLOCK rewards still fits one program: the Triton path must not hand it to PyTorch.
     r = torch.randn(ga_module._MAX_GROUP_BLOCK, generator=torch.Generator().manual_seed(0))

@@ -2,12 +2,10 @@
 the Triton path runs the kernel (no silent fall-back to the reference) on ordinary, 1 x 1 and widest-head
 inputs; logits whose class axis is not contiguous; one head given as a list; zero frames."""
 import importlib
-import os
 
 import pytest
 import torch
 
-from rlir.kernels._common import HAS_TRITON
 from rlir.kernels.idm_reward import idm_reward, idm_reward_reference
 
 idm_module = importlib.import_module("rlir.kernels.idm_reward")
@@ -19,7 +17,7 @@ def _assert_same(got, want):
     torch.testing.assert_close(got.head_accuracy, want.head_accuracy.float(), equal_nan=True)
 
 
-@pytest.mark.skipif(not HAS_TRITON or os.environ.get("TRITON_INTERPRET") != "1", reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
+@pytest.mark.interpreter
 @pytest.mark.parametrize("n,t,sizes", [(3, 4, [5, 3]), (1, 1, [7]), (1, 2, [idm_module._MAX_BLOCK_C])])
 def test_triton_path_runs_the_kernel(monkeypatch, n, t, sizes):
     g = torch.Generator().manual_seed(0)
