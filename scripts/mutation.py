@@ -168,7 +168,7 @@ def rerun_survivors(work: Path, modules: list[str], args) -> int:
         sys.exit(f"--rerun-survivors: no earlier run in {work}")
     survivors = [k for module in modules for k, v in json.loads(
         (work / "mutants" / (module + ".meta")).read_text())["exit_code_by_key"].items()
-        if STATUS.get(v) not in DETECTED and STATUS.get(v) != "not checked"]
+        if STATUS.get(v) not in DETECTED and (STATUS.get(v) != "not checked" or args.include_unchecked)]
     if not survivors:
         sys.exit("no surviving mutant to rerun")
     for test in args.tests:  # the new or changed tests, and their folder's conftest.py
@@ -194,8 +194,12 @@ def rerun_survivors(work: Path, modules: list[str], args) -> int:
         meta = work / "mutants" / (module + ".meta")
         data = json.loads(meta.read_text())
         for name, code in verdicts.items():
-            if name in data["exit_code_by_key"] and code == 1:  # 1: a test failed; 5 or 0: still survives
+            if name not in data["exit_code_by_key"]:
+                continue
+            if code == 1:  # a test failed
                 data["exit_code_by_key"][name] = 1
+            elif data["exit_code_by_key"][name] is None:  # unchecked until now: 0 survived, 5 no test ran it
+                data["exit_code_by_key"][name] = code
         meta.write_text(json.dumps(data))
     print(f"reran {len(verdicts)} of {len(survivors)} survivors: {sum(c == 1 for c in verdicts.values())} killed")
     return report(work, modules, args, rc, elapsed, env)
@@ -215,6 +219,9 @@ def main() -> int:
     p.add_argument("--rerun-survivors", action="store_true",
                    help="in the existing copy: bring --tests (the tests added for the survivors) over from the "
                         "working tree and run every surviving mutant against them; the other verdicts are kept")
+    p.add_argument("--include-unchecked", action="store_true",
+                   help="with --rerun-survivors: also run the mutants an earlier run left unchecked (its budget ran "
+                        "out) against --tests, so a run is finished with a fast test subset")
     p.add_argument("--continue", dest="resume", action="store_true",
                    help="continue an earlier run in the existing copy (mutmut keeps its verdicts and checks the rest)")
     args = p.parse_args()

@@ -255,3 +255,37 @@ def test_the_closed_form_kl_adds_beta_times_its_token_mean_to_the_loss(tmp_path,
     assert with_kl["loss/kl"] > 1e-4
     assert with_kl["loss/kl"] == pytest.approx(plain["loss/kl"], rel=1e-6)
     assert with_kl["loss/loss"] - plain["loss/loss"] == pytest.approx(2.0 * with_kl["loss/kl"], rel=1e-3)
+
+
+# ---- the constructor -------------------------------------------------------------------------------------------
+
+def test_the_closed_form_kl_needs_beta_and_a_policy_that_has_it(tmp_path):
+    # The config refuses closed_form with models.kind ar; a trainer built by hand with another policy checks it.
+    built = GRPOTrainer.from_config(config_from_dict(tiny()), out_dir=tmp_path)
+    no_kl = GRPOTrainer(config_from_dict(tiny("diffusion", loss={"beta": 0.0, "kl": "closed_form"})), built.policy,
+                        built.idm, built.prompts)  # beta 0: no KL term, so a policy without the closed form is fine
+    assert no_kl.closed_form_kl is False
+    cfg = config_from_dict(tiny("diffusion", loss={"beta": 0.1, "kl": "closed_form"}))
+    with pytest.raises(ConfigError) as err:
+        GRPOTrainer(cfg, built.policy, built.idm, built.prompts)
+    assert str(err.value) == ("loss.kl: 'closed_form' needs a policy with logprobs_and_kl, which ARPolicy does not "
+                              "implement: use k3")
+
+
+def test_a_trainer_built_by_hand_keeps_its_out_dir_head_names_and_frozen_idms(tmp_path):
+    built = GRPOTrainer.from_config(config_from_dict(tiny()), out_dir=tmp_path / "built")
+    assert built.save_checkpoint().parent == tmp_path / "built" / "checkpoints"
+
+    class NextOnly:  # a prompt source without next_shard: enough on one process
+        def __init__(self, sampler):
+            self.sampler = sampler
+
+        def next(self):
+            return self.sampler.next()
+
+    idm = built.idm.requires_grad_(True)
+    trainer = GRPOTrainer(built.cfg, built.policy, idm, NextOnly(built.prompts), out_dir=str(tmp_path / "mine"),
+                          head_names=("steer",))
+    assert trainer.out_dir == tmp_path / "mine" and trainer.head_names == ["steer"]
+    assert not any(p.requires_grad for p in idm.parameters())
+    assert "reward/head_acc/steer" in trainer.step()
