@@ -289,3 +289,35 @@ def test_a_trainer_built_by_hand_keeps_its_out_dir_head_names_and_frozen_idms(tm
     assert trainer.out_dir == tmp_path / "mine" and trainer.head_names == ["steer"]
     assert not any(p.requires_grad for p in idm.parameters())
     assert "reward/head_acc/steer" in trainer.step()
+
+
+def test_bf16_autocast_only_on_cuda_and_only_when_asked_or_supported(tmp_path):
+    """The flag is decided at construction from the device and train.bf16; a CUDA device can be named without
+    using it (nothing runs here), and this CPU build reports no bf16 support for 'auto'."""
+    built = GRPOTrainer.from_config(config_from_dict(tiny()), out_dir=tmp_path)
+    assert torch.cuda.is_bf16_supported() is False
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for device, setting, expected in ((cuda, "true", True), (cuda, "auto", False), (cuda, "false", False),
+                                      (cpu, "true", False), (cpu, "auto", False)):
+        cfg = config_from_dict({**tiny(train={"bf16": setting}), "device": "auto"})
+        trainer = GRPOTrainer(cfg, built.policy, built.idm, built.prompts, device=device)
+        assert trainer.bf16 is expected, (device, setting)
+
+
+def test_on_two_ranks_the_prompt_source_needs_next_shard_and_the_batch_must_split(tmp_path):
+    from rlir.grpo.distributed import Parallel
+
+    built = GRPOTrainer.from_config(config_from_dict(tiny()), out_dir=tmp_path)
+
+    class NextOnly:
+        def next(self):
+            return built.prompts.next()
+
+    two_ranks = Parallel(rank=0, world_size=2, local_rank=0)
+    with pytest.raises(ConfigError) as err:
+        GRPOTrainer(built.cfg, built.policy, built.idm, NextOnly(), parallel=two_ranks)
+    assert str(err.value) == ("parallel: NextOnly has no next_shard(rank, world_size): the prompt sampler must hand "
+                              "each rank its share of the global batch")
+    with pytest.raises(ConfigError, match=r"^rollout\.prompts_per_step: 3 prompts do not split over 2 ranks"):
+        GRPOTrainer(config_from_dict(tiny(rollout={"prompts_per_step": 3})), built.policy, built.idm, built.prompts,
+                    parallel=two_ranks)
