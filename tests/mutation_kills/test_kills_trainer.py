@@ -321,3 +321,38 @@ def test_on_two_ranks_the_prompt_source_needs_next_shard_and_the_batch_must_spli
     with pytest.raises(ConfigError, match=r"^rollout\.prompts_per_step: 3 prompts do not split over 2 ranks"):
         GRPOTrainer(config_from_dict(tiny(rollout={"prompts_per_step": 3})), built.policy, built.idm, built.prompts,
                     parallel=two_ranks)
+
+
+def test_the_log_options_choose_where_metrics_go(tmp_path, capsys):
+    cfg = tiny()
+    cfg["log"] = {"jsonl": False, "tensorboard": False, "stdout": False}
+    trainer = GRPOTrainer.from_config(config_from_dict(cfg), out_dir=tmp_path / "quiet")
+    trainer.train()
+    trainer.close()
+    assert capsys.readouterr().out == ""
+    assert sorted(p.name for p in (tmp_path / "quiet").iterdir()) == ["checkpoints", "config.yaml"]
+    cfg["log"] = {"jsonl": True, "tensorboard": True, "stdout": True}
+    trainer = GRPOTrainer.from_config(config_from_dict(cfg), out_dir=tmp_path / "loud")
+    trainer.train()
+    trainer.close()
+    assert "step 1/1 |" in capsys.readouterr().out
+    assert {"metrics.jsonl", "tb"} <= {p.name for p in (tmp_path / "loud").iterdir()}
+
+
+def test_a_trainer_built_with_resume_step_drops_the_lines_logged_after_it(tmp_path):
+    built = GRPOTrainer.from_config(config_from_dict(tiny()), out_dir=tmp_path / "built")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward/mean": 0.1 * s}) + "\n"
+                                               for s in range(4)))
+    trainer = GRPOTrainer(built.cfg, built.policy, built.idm, built.prompts, out_dir=out, resume_step=1)
+    trainer.close()
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0, 1]
+
+
+def test_the_optimizer_takes_the_configured_adam_eps_and_a_frozen_policy_is_refused(tmp_path):
+    trainer = GRPOTrainer.from_config(config_from_dict(tiny(optim={"adam_eps": 1e-5})), out_dir=tmp_path)
+    assert {g["eps"] for g in trainer.optimizer.param_groups} == {1e-5}
+    trainer.policy.model.requires_grad_(False)
+    with pytest.raises(ValueError, match="^the policy has no trainable parameters$"):
+        GRPOTrainer(trainer.cfg, trainer.policy, trainer.idm, trainer.prompts)
