@@ -138,3 +138,46 @@ def test_beta_zero_ignores_a_far_reference(backend):
     expected, _ = grpo_loss_reference(old, old, adv, mask, ref, beta=0.0)
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
     torch.testing.assert_close(loss, expected)
+
+
+# ---- the loss normaliser and token aggregation (kernels.grpo_loss.loss_normaliser / aggregate_tokens) ----------
+
+def test_loss_normaliser_counts_a_0_1_mask_as_the_bool_one_and_returns_fp32():
+    from rlir.kernels.grpo_loss import loss_normaliser
+
+    _, _, mask, _, _, _ = _batch()
+    for agg, expected in (("token-mean", 18.0), ("seq-mean-token-mean", 4.0), ("seq-sum-norm", 24.0)):
+        for m in (mask, mask.float(), mask.long()):
+            got = loss_normaliser(m, agg)
+            assert got.dtype == torch.float32 and got.item() == expected, (agg, m.dtype)
+
+
+def test_loss_normaliser_and_aggregate_tokens_name_their_bad_arguments():
+    from rlir.kernels.grpo_loss import aggregate_tokens, loss_normaliser
+
+    _, _, mask, _, _, _ = _batch()
+    with pytest.raises(ValueError, match=r"^loss_agg must be one of \['token-mean', "):
+        loss_normaliser(mask, "mean")
+    with pytest.raises(ValueError, match=r"^mask must have 2 dims, got shape \(4, 6, 1\)$"):
+        loss_normaliser(mask[..., None], "token-mean")
+    with pytest.raises(ValueError, match=r"^loss_agg must be one of \['token-mean', "):
+        aggregate_tokens(torch.ones(4, 6), mask, "mean")
+
+
+def test_aggregate_tokens_defaults_to_the_token_mean():
+    from rlir.kernels.grpo_loss import aggregate_tokens
+
+    _, _, mask, _, _, ref = _batch()
+    got = aggregate_tokens(ref, mask)
+    torch.testing.assert_close(got, ref[mask].mean())
+    torch.testing.assert_close(got, aggregate_tokens(ref, mask, "token-mean"))
+
+
+def test_grpo_loss_names_a_bad_logp_and_returns_the_gradient_in_logp_s_dtype(backend):
+    _, _, mask, old, adv, _ = _batch()
+    with pytest.raises(ValueError, match=r"^logp must have 2 dims"):
+        grpo_loss(old[0], old, adv, mask)
+    logp = old.to(torch.bfloat16).requires_grad_()
+    loss, _ = grpo_loss(logp, old, adv, mask)
+    (grad,) = torch.autograd.grad(loss, logp)
+    assert grad.dtype == torch.bfloat16
