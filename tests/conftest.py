@@ -48,3 +48,14 @@ def backend(request, monkeypatch):
         pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1 (GPU machines run the gpu-marked tests)")
     monkeypatch.setenv("RLIR_KERNELS", request.param)
     return request.param
+
+
+@pytest.fixture(scope="session")
+def crafter_recording(tmp_path_factory):
+    """A tiny recording of the real Crafter game (2 episodes of 12 steps, seed 3), for the tests that run the
+    shipped checkpoints end to end."""
+    from rlir.data import record
+
+    data = tmp_path_factory.mktemp("crafter") / "rec"
+    record("crafter", data, episodes=2, steps=12, seed=3, progress=False)
+    return data

@@ -11,17 +11,8 @@ from .conftest import torchrun
 pytestmark = pytest.mark.slow  # torchrun jobs of 2 processes: 10-30 s on 2 CPU cores
 
 
-@pytest.fixture(scope="module")
-def recording(tmp_path_factory):
-    from rlir.data import record
-
-    data = tmp_path_factory.mktemp("eval") / "rec"
-    record("crafter", data, episodes=2, steps=12, seed=3, progress=False)
-    return data
-
-
-def test_eval_on_two_ranks_reports_every_prompt_once(recording, tmp_path):
-    args = ["eval", "--data", recording, "--frames", "2", "--prompts", "3", "--grid", "3"]
+def test_eval_on_two_ranks_reports_every_prompt_once(crafter_recording, tmp_path):
+    args = ["eval", "--data", crafter_recording, "--frames", "2", "--prompts", "3", "--grid", "3"]
     done = torchrun(["-m", "rlir", *args, "--out", tmp_path / "two"])
     assert done.returncode == 0, done.stdout[-6000:]
     assert done.stdout.count("report: ") == 1  # rank 0 alone prints and writes

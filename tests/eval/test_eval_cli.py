@@ -1,24 +1,14 @@
 """`rlir eval` and `rlir quickstart` end to end: the shipped Crafter checkpoints on a tiny fresh recording."""
 import json
 
-import pytest
-
 from rlir.cli import main
-from rlir.data import record
 
 METRICS = ("eval_idm/frame_accuracy", "reward_idm/frame_accuracy", "psnr_db", "ssim")
 
 
-@pytest.fixture(scope="module")
-def recording(tmp_path_factory):
-    data = tmp_path_factory.mktemp("eval") / "rec"
-    record("crafter", data, episodes=2, steps=12, seed=3, progress=False)
-    return data
-
-
-def test_eval_of_one_model_writes_a_report(recording, tmp_path):
+def test_eval_of_one_model_writes_a_report(crafter_recording, tmp_path):
     out = tmp_path / "report"
-    assert main(["eval", "--data", str(recording), "--frames", "3", "--prompts", "2", "--out", str(out)]) == 0
+    assert main(["eval", "--data", str(crafter_recording), "--frames", "3", "--prompts", "2", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["prompts"] >= 1 and report["frames"] == 3
     assert report["command"].startswith("rlir eval --data")
@@ -33,10 +23,10 @@ def test_eval_of_one_model_writes_a_report(recording, tmp_path):
     assert "| action-following, eval IDM" in (out / "report.md").read_text()
 
 
-def test_comparing_a_model_with_itself_gives_zero_deltas(recording, tmp_path):
+def test_comparing_a_model_with_itself_gives_zero_deltas(crafter_recording, tmp_path):
     out = tmp_path / "report"
     model = "checkpoints/crafter/ar_world_model"
-    assert main(["eval", "--data", str(recording), "--frames", "2", "--prompts", "2", "--world-model", model,
+    assert main(["eval", "--data", str(crafter_recording), "--frames", "2", "--prompts", "2", "--world-model", model,
                  "--baseline", model, "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     for key in METRICS:
@@ -44,9 +34,9 @@ def test_comparing_a_model_with_itself_gives_zero_deltas(recording, tmp_path):
         assert row["before"] == row["after"] and row["delta"] == 0.0
 
 
-def test_quickstart_trains_and_reports_before_and_after(recording, tmp_path):
+def test_quickstart_trains_and_reports_before_and_after(crafter_recording, tmp_path):
     out = tmp_path / "quick"
-    args = ["quickstart", "--data", str(recording), "--out", str(out), "--steps", "1", "--prompts", "2",
+    args = ["quickstart", "--data", str(crafter_recording), "--out", str(out), "--steps", "1", "--prompts", "2",
             "--frames", "2", "rollout.prompts_per_step=1", "rollout.group_size=2", "rollout.n_frames=2",
             "train.micro_batch_size=2", "train.grad_accumulation=1", "eval.prompts=2", "log.tensorboard=false",
             "data.heldout_fraction=0.5"]

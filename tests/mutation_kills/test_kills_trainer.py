@@ -13,7 +13,6 @@ import torch
 import yaml
 
 import rlir.grpo.trainer as trainer_module
-from rlir.data import record
 from rlir.grpo import GRPOTrainer, config_from_dict
 from rlir.grpo.config import ConfigError
 from rlir.grpo.logging import read_metrics
@@ -195,13 +194,6 @@ def test_from_config_makes_a_nested_out_directory(tmp_path):
 def test_resume_without_a_checkpoint_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"^--resume: no checkpoint under {re.escape(str(tmp_path / 'checkpoints'))}$"):
         GRPOTrainer.from_config(config_from_dict(tiny()), out_dir=tmp_path, resume=True)
-
-
-@pytest.fixture(scope="module")
-def crafter_recording(tmp_path_factory):
-    data = tmp_path_factory.mktemp("trainer") / "rec"
-    record("crafter", data, episodes=2, steps=12, seed=3, progress=False)
-    return data
 
 
 def test_from_config_passes_the_eval_idm_the_head_names_and_the_device(crafter_recording, tmp_path):
