@@ -181,3 +181,34 @@ def test_grpo_loss_names_a_bad_logp_and_returns_the_gradient_in_logp_s_dtype(bac
     loss, _ = grpo_loss(logp, old, adv, mask)
     (grad,) = torch.autograd.grad(loss, logp)
     assert grad.dtype == torch.bfloat16
+
+
+def _bad_args():
+    _, _, mask, old, adv, ref = _batch()
+    yield {"old_logp": old[0]}, r"old_logp must have 2 dims, got shape \(6,\)"
+    yield {"old_logp": old[:, :5]}, r"old_logp must have shape \(4, 6\), got \(4, 5\)"
+    yield {"advantages": adv[:, None, None]}, r"advantages must have 1 or 2 dims, got shape \(4, 1, 1\)"
+    yield {"advantages": adv[:3]}, r"advantages must have shape \(4,\), got \(3,\)"
+    yield ({"advantages": adv[:, None].expand(4, 6).contiguous(), "is_level": "sequence"},
+           r"advantages must be \[N\] \(one per sequence\) with is_level='sequence': a sequence-level ratio has one "
+           r"importance weight per sequence, so per-token advantages do not apply")
+    yield {"ref_logp": ref[0]}, r"ref_logp must have 2 dims, got shape \(6,\)"
+    yield {"ref_logp": ref.long()}, r"ref_logp must have dtype in \["
+    yield {"ref_logp": ref[:, :5]}, r"ref_logp must have shape \(4, 6\), got \(4, 5\)"
+    yield {"eps_low": -0.1}, r"eps_low must be >= 0, got -0.1"
+    yield {"eps_high": -0.1}, r"eps_high must be >= 0, got -0.1"
+    yield {"delta": -2.0}, r"delta must be > 0, got -2.0"
+    yield {"beta": -1.0}, r"beta must be >= 0, got -1.0"
+    yield {"loss_agg": "mean"}, r"loss_agg must be one of \["
+    yield {"is_level": "row"}, r"is_level must be one of \["
+    yield {"beta": 0.1, "ref_logp": None}, (r"ref_logp is required when beta > 0 \(the KL penalty needs reference "
+                                            r"log-probs\)")
+
+
+@pytest.mark.parametrize("change,message", list(_bad_args()))
+def test_grpo_loss_names_each_bad_argument(change, message):
+    _, _, mask, old, adv, ref = _batch()
+    args = {"old_logp": old, "advantages": adv, "ref_logp": ref, **change}
+    logp = old.clone()
+    with pytest.raises(ValueError, match="^" + message):
+        grpo_loss(logp, args.pop("old_logp"), args.pop("advantages"), mask, args.pop("ref_logp"), **args)
