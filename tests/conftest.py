@@ -10,6 +10,12 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 
+def interpreting() -> bool:
+    """Triton kernels can run on CPU tensors: triton is installed and its interpreter is on (machines without
+    CUDA; GPU machines test the compiled kernels on CUDA tensors instead)."""
+    return os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None
+
+
 def pytest_collection_modifyitems(config, items):
     # The shipped checkpoints' README numbers take minutes: only when -m names the marker (`pytest -m shipped`).
     if "shipped" not in (config.getoption("markexpr") or ""):
@@ -17,13 +23,13 @@ def pytest_collection_modifyitems(config, items):
         if deselected:
             config.hook.pytest_deselected(items=deselected)
             items[:] = [item for item in items if "shipped" not in item.keywords]
-    interpreting = os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None
+    can_interpret = interpreting()
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     skip_interp = pytest.mark.skip(reason="runs Triton on CPU tensors: needs triton and TRITON_INTERPRET=1")
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
-        if "interpreter" in item.keywords and not interpreting:
+        if "interpreter" in item.keywords and not can_interpret:
             item.add_marker(skip_interp)
 
 
@@ -42,9 +48,7 @@ def backend(request, monkeypatch):
 
     On a GPU machine the interpreter is off (the compiled kernels are tested by the gpu-marked tests on
     CUDA tensors), so the Triton cases on CPU tensors are skipped there."""
-    from rlir.kernels._common import HAS_TRITON
-
-    if request.param == "triton" and (not HAS_TRITON or os.environ.get("TRITON_INTERPRET") != "1"):
+    if request.param == "triton" and not interpreting():
         pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1 (GPU machines run the gpu-marked tests)")
     monkeypatch.setenv("RLIR_KERNELS", request.param)
     return request.param
