@@ -95,9 +95,18 @@ class SDEConfig(Schema):
         "rollout (DanceGRPO), or a window (MixGRPO); the others are Euler ODE steps")
     fraction: Number = Field(0.5, gt=0.0, le=1.0, description="with stochastic: fraction")
     window: list[int] = Field([0, 4], description="with stochastic: window, [first step, number of steps]")
+    objective: Literal["sde_step", "flow_matching"] = Field(
+        "sde_step", description="what a log-prob slot scores: each SDE step's Gaussian transition (Flow-GRPO), or "
+        "each generated frame's flow-matching target at a noise level drawn from train_sigmas (advantage-weighted "
+        "flow matching; rlir.grpo.diffusion_policy)")
+    train_sigmas: list[Number] = Field([0.5, 1.0], description="with objective: flow_matching, [low, high] of the "
+                                       "uniform noise level each frame's slot is scored at")
 
     @model_validator(mode="after")
     def _window(self):
+        lo_hi = self.train_sigmas
+        if len(lo_hi) != 2 or not 0 <= lo_hi[0] < lo_hi[1] <= 1:
+            raise ConfigError("train_sigmas", f"must be [low, high] with 0 <= low < high <= 1, got {lo_hi!r}")
         w = self.window
         if self.stochastic == "window" and (len(w) != 2 or not 0 <= w[0] < self.num_steps or w[1] < 1):
             raise ConfigError("window", f"must be [first step, number of steps] with 0 <= first < "

@@ -17,9 +17,19 @@ the k3 estimate of KL(policy step || reference step) on the sampled x_next.
 logprobs_and_kl (loss.kl: closed_form): the exact KL of each step Gaussian to the reference model's, which
 share the std: KL = |mean - mean_ref|^2 / (2 std^2), averaged over the latent's elements as the log-probs
 are (Flow-GRPO's KL). Deterministic given the trajectory, so it has none of k3's sampling noise.
+
+objective "flow_matching" (advantage-weighted flow matching, as AWM and DiffusionNFT decouple training from the
+sampler): one slot per generated frame, scored at a noise level sigma ~ U(train_sigmas) and noise eps drawn
+once at rollout time. The slot's log-prob is the Gaussian (unit variance per element) log-likelihood of the
+flow-matching target under the model's velocity at the noised generated frame:
+    log p = -mean((v(x_sigma) - (eps - x0))^2) / 2,   x_sigma = (1 - sigma) x0 + sigma eps
+(constants dropped), so the policy gradient A * grad log p is the pretraining loss weighted by the advantage:
+it moves the whole predicted frame towards the samples that scored, not only the one SDE step's mean. Its
+closed-form KL to the reference is mean((v - v_ref)^2) / 2.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -27,13 +37,47 @@ import torch.nn as nn
 
 from rlir.kernels.flow_sde_step import SIGMA_MAX
 from rlir.models.compiled import compile_mode
-from rlir.models.flow_sampling import generate, transition_logprobs
+from rlir.models.flow_sampling import FlowSample, generate, transition_logprobs
+from rlir.models.generators import randn_rows
 
 from .policy import ModelPolicy, Prompts, Rollout, after_context
 
 # Euler ODE steps a frame when evaluating: enough that more steps no longer change the measured action-following
 # (docs/experiments.md has the comparison).
 EVAL_ODE_STEPS = 16
+OBJECTIVES = ("sde_step", "flow_matching")
+
+
+@dataclass
+class MatchingSample:
+    """A rollout for the flow-matching objective: the sampler's ``flow`` and, per row and generated frame, the
+    noise level ``sigma`` [N, n] and noise ``noise`` [N, n, C, S, S] its slot is scored at."""
+
+    flow: FlowSample
+    sigma: torch.Tensor
+    noise: torch.Tensor
+
+    @property
+    def frames(self) -> torch.Tensor:
+        return self.flow.frames
+
+
+def flow_matching_scores(model: nn.Module, sample: MatchingSample, index: Optional[torch.Tensor] = None):
+    """(log p [N, n] fp32, velocity [N, n, C, S, S]) of each generated frame's flow-matching slot under the
+    model's current weights (rows ``index``, default all), in one teacher-forced forward; differentiable."""
+    rows = slice(None) if index is None else index
+    flow = sample.flow
+    x0, noise, sigma = flow.frames[rows].float(), sample.noise[rows].float(), sample.sigma[rows]
+    context = flow.context[rows]
+    n_ctx, n = context.shape[1], x0.shape[1]
+    dtype = model.patch_in.weight.dtype
+    s = sigma[:, :, None, None, None]
+    x_sigma = (1 - s) * x0 + s * noise
+    all_actions = torch.cat((flow.context_actions[rows], flow.actions[rows]), dim=1)
+    clean = torch.cat((context, flow.frames[rows][:, :-1]), dim=1).to(dtype)
+    v = model(x_sigma.to(dtype), sigma, all_actions, clean=clean, frame_index=list(range(n_ctx, n_ctx + n)))
+    logp = -0.5 * (v.float() - (noise - x0)).pow(2).flatten(2).mean(-1)
+    return logp, v
 
 
 class DiffusionPolicy(ModelPolicy):
@@ -42,15 +86,23 @@ class DiffusionPolicy(ModelPolicy):
     or a window (start, length) of the steps (see rlir.models.flow_sampling); eval_steps: the ODE steps a frame
     of the evaluation sampler; reference_factory: returns a model with the initial weights (called once, lazily,
     only for the KL term); compile: run each denoising step compiled (``rlir.models.flow_sampling.generate``'s
-    ``compile``; CUDA graphs on CUDA)."""
+    ``compile``; CUDA graphs on CUDA); objective: what a log-prob slot scores, "sde_step" (each SDE step's
+    transition) or "flow_matching" (each generated frame's flow-matching target at a noise level drawn from
+    ``train_sigmas`` = (low, high)); see the module doc."""
 
     eval_sampler = "ode"
 
     def __init__(self, model: nn.Module, tokenizer: Optional[nn.Module] = None, *, num_steps: int = 8,
                  shift: float = 1.0, noise_level: float = 0.7, stochastic="all", sigma_max: float = SIGMA_MAX,
                  eval_steps: int = EVAL_ODE_STEPS, reference_factory: Optional[Callable[[], nn.Module]] = None,
-                 compile=False):
+                 compile=False, objective: str = "sde_step", train_sigmas=(0.5, 1.0)):
         super().__init__(model, reference_factory)
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
+        low, high = train_sigmas
+        if not 0 <= low < high <= 1:
+            raise ValueError(f"train_sigmas must be (low, high) with 0 <= low < high <= 1, got {train_sigmas!r}")
+        self.objective, self.train_sigmas = objective, (float(low), float(high))
         compile_mode(compile)  # validates
         self.compile = compile
         self.tokenizer = tokenizer.eval().requires_grad_(False) if tokenizer is not None else None
@@ -72,6 +124,8 @@ class DiffusionPolicy(ModelPolicy):
                           num_steps=self.num_steps, shift=self.shift, sampler="sde", noise_level=self.noise_level,
                           stochastic=self.stochastic, sigma_max=self.sigma_max, generator=generator,
                           compile=self.compile)
+        if self.objective == "flow_matching":
+            return self._matching_rollout(prompts, num_samples, sample, generator)
         n_rows, n, ks = sample.log_probs.shape
         return Rollout(
             prompts=prompts,
@@ -82,6 +136,18 @@ class DiffusionPolicy(ModelPolicy):
             actions=sample.actions,
             slot_frame=torch.arange(n, device=sample.frames.device).repeat_interleave(ks),
         )
+
+    def _matching_rollout(self, prompts: Prompts, num_samples: int, flow: FlowSample, generator) -> Rollout:
+        n_rows, n = flow.frames.shape[:2]
+        device = flow.frames.device
+        low, high = self.train_sigmas
+        # a uniform draw as the normal CDF of a normal one: randn_rows draws group by group like the sampler
+        uniform = torch.special.ndtr(randn_rows((n_rows, n), generator, device))
+        sample = MatchingSample(flow, low + (high - low) * uniform, randn_rows(flow.frames.shape, generator, device))
+        old_logp, _ = flow_matching_scores(self.model, sample)
+        return Rollout(prompts=prompts, num_samples=num_samples, sample=sample, old_logp=old_logp,
+                       mask=torch.ones(n_rows, n, dtype=torch.bool, device=device), actions=flow.actions,
+                       slot_frame=torch.arange(n, device=device))
 
     @torch.no_grad()
     def decode(self, rollout: Rollout) -> torch.Tensor:
@@ -105,11 +171,18 @@ class DiffusionPolicy(ModelPolicy):
         return after_context(prompts, num_samples, frames)
 
     def score(self, model: nn.Module, rollout: Rollout, indices: torch.Tensor) -> torch.Tensor:
+        if self.objective == "flow_matching":
+            return flow_matching_scores(model, rollout.sample, indices)[0]
         scores = transition_logprobs(model, rollout.sample, indices)
         return scores.log_probs.reshape(len(indices), -1)
 
     def logprobs_and_kl(self, rollout: Rollout, indices: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         sample = rollout.sample
+        if self.objective == "flow_matching":
+            logp, v = flow_matching_scores(self.model, sample, indices)
+            with torch.no_grad():
+                _, v_ref = flow_matching_scores(self.reference_model(), sample, indices)
+            return logp, 0.5 * (v.float() - v_ref.float()).pow(2).flatten(2).mean(-1)
         current = transition_logprobs(self.model, sample, indices)
         with torch.no_grad():
             reference = transition_logprobs(self.reference_model(), sample, indices)

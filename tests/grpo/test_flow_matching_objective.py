@@ -1,0 +1,98 @@
+"""DiffusionPolicy's flow-matching objective (rollout.sde.objective: flow_matching): one slot per generated
+frame, the advantage-weighted flow-matching loss as its log-prob, its closed-form KL to the reference."""
+import json
+
+import pytest
+import torch
+
+from rlir.cli import main
+from rlir.grpo.config import ConfigError
+from rlir.grpo.diffusion_policy import DiffusionPolicy, flow_matching_scores
+
+from .test_diffusion_policy import TINY_DIFFUSION, tiny_run
+
+MATCHING = {"rollout.sde.objective": "flow_matching", "rollout.sde.train_sigmas": "[0.4,0.9]"}
+
+
+def test_slots_are_frames_scored_at_the_drawn_noise_levels():
+    cfg, run = tiny_run(**MATCHING)
+    prompts = run.prompts.next()
+    rollout = run.policy.rollout(prompts, 3, generator=torch.Generator().manual_seed(0))
+    n, rows = cfg.rollout.n_frames, len(prompts) * 3
+    assert rollout.old_logp.shape == (rows, n) and rollout.mask.all()
+    assert torch.equal(rollout.slot_frame, torch.arange(n))
+    sample = rollout.sample
+    assert sample.sigma.shape == (rows, n) and 0.4 <= sample.sigma.min() and sample.sigma.max() <= 0.9
+    assert sample.sigma.std() > 0 and sample.noise.shape == sample.frames.shape
+    # The log-prob by hand: minus half the MSE of the velocity against eps - x0 at x_sigma, frame by frame.
+    model, flow = run.policy.model, sample.flow
+    k = 1
+    s = sample.sigma[:, k, None, None, None]
+    x0, eps = flow.frames[:, k], sample.noise[:, k]
+    clean = torch.cat((flow.context, flow.frames[:, :k]), dim=1)
+    actions = torch.cat((flow.context_actions, flow.actions), dim=1)
+    with torch.no_grad():
+        v = model(((1 - s) * x0 + s * eps)[:, None], sample.sigma[:, k, None], actions, clean=clean,
+                  frame_index=[clean.shape[1]])[:, 0]
+    expected = -0.5 * (v - (eps - x0)).pow(2).flatten(1).mean(1)
+    torch.testing.assert_close(rollout.old_logp[:, k], expected, atol=1e-5, rtol=1e-5)
+    # Rescored under the same weights, the first GRPO ratio is 1.
+    idx = torch.tensor([0, 2, 4])
+    torch.testing.assert_close(run.policy.logprobs(rollout, idx), rollout.old_logp[idx], atol=1e-6, rtol=0)
+
+
+def test_slot_of_frame_k_depends_on_no_later_frame():
+    _, run = tiny_run(**MATCHING)
+    rollout = run.policy.rollout(run.prompts.next(), 2, generator=torch.Generator().manual_seed(1))
+    before, _ = flow_matching_scores(run.policy.model, rollout.sample)
+    rollout.sample.flow.frames[:, 1:] += 1.0  # frames 1.. change: slot 0 keeps its score
+    after, _ = flow_matching_scores(run.policy.model, rollout.sample)
+    torch.testing.assert_close(after[:, :1], before[:, :1], atol=1e-6, rtol=0)
+    assert (after[:, 1:] - before[:, 1:]).abs().min() > 1e-4
+
+
+def test_kl_is_half_the_velocity_mse_to_the_reference():
+    _, run = tiny_run(**MATCHING, **{"loss.beta": 0.1, "loss.kl": "closed_form"})
+    policy = run.policy
+    rollout = policy.rollout(run.prompts.next(), 2, generator=torch.Generator().manual_seed(2))
+    idx = torch.arange(len(rollout))
+    logp, kl = policy.logprobs_and_kl(rollout, idx)
+    assert kl.shape == logp.shape and kl.abs().max() < 1e-10  # the reference is the initial model
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    logp, kl = policy.logprobs_and_kl(rollout, idx)
+    kl.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.trainable_parameters())
+    with torch.no_grad():
+        _, v = flow_matching_scores(policy.model, rollout.sample, idx)
+        _, v_ref = flow_matching_scores(policy.reference_model(), rollout.sample, idx)
+    expected = 0.5 * (v - v_ref).double().pow(2).flatten(2).mean(-1)
+    assert expected.min() > 0
+    torch.testing.assert_close(kl.detach().double(), expected, rtol=1e-4, atol=1e-12)
+
+
+def test_trains_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--config", str(TINY_DIFFUSION), "--out", str(out), "log.tensorboard=false",
+            "log.stdout=false", "loss.beta=0.1", "loss.kl=closed_form", "train.steps=2", "advantage.credit=frame",
+            "reward.mode=loglik", "rollout.sde.objective=flow_matching"]
+    assert main(args) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[1]["adv/abs_max"] > 0 and records[1]["optim/grad_norm"] > 0
+    assert records[1]["loss/ratio_mean"] == pytest.approx(1.0, abs=1e-3)
+    assert all(r["loss/kl"] >= 0 for r in records[1:])
+
+
+@pytest.mark.parametrize("sigmas", ["[0.5]", "[0.6,0.5]", "[0.2,1.2]", "[-0.1,0.5]"])
+def test_config_rejects_bad_train_sigmas(sigmas):
+    with pytest.raises(ConfigError, match="train_sigmas"):
+        tiny_run(**{"rollout.sde.train_sigmas": sigmas})
+
+
+def test_policy_rejects_bad_arguments():
+    _, run = tiny_run()
+    with pytest.raises(ValueError, match="objective"):
+        DiffusionPolicy(run.policy.model, objective="elbo")
+    with pytest.raises(ValueError, match="train_sigmas"):
+        DiffusionPolicy(run.policy.model, objective="flow_matching", train_sigmas=(0.9, 0.1))
