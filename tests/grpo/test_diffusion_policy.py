@@ -80,6 +80,18 @@ def test_train_tiny_diffusion_config_end_to_end(tmp_path, capsys):
     assert records[1]["loss/ratio_mean"] == pytest.approx(1.0, abs=1e-3)
 
 
+def kl_after_a_perturbation(policy, rollout, idx):
+    """Move every trainable weight a little off the reference; the closed-form KL then, whose gradient must
+    reach the weights."""
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    _, kl = policy.logprobs_and_kl(rollout, idx)
+    kl.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.trainable_parameters())
+    return kl
+
+
 def test_closed_form_kl_is_the_step_means_kl_to_the_reference():
     cfg, run = tiny_run(**{"loss.beta": 0.1, "loss.kl": "closed_form", "rollout.sde.num_steps": 4})
     policy = run.policy
@@ -88,12 +100,7 @@ def test_closed_form_kl_is_the_step_means_kl_to_the_reference():
     logp, kl = policy.logprobs_and_kl(rollout, idx)
     torch.testing.assert_close(logp, rollout.old_logp, atol=1e-4, rtol=0)
     assert kl.shape == logp.shape and kl.abs().max() < 1e-8  # the reference is the initial model
-    with torch.no_grad():
-        for p in policy.trainable_parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    logp, kl = policy.logprobs_and_kl(rollout, idx)
-    kl.sum().backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.trainable_parameters())
+    kl = kl_after_a_perturbation(policy, rollout, idx)
     # The same KL by hand: Gaussians with one shared std, means from a rescore under each model.
     from rlir.models.flow_sampling import transition_logprobs
 
