@@ -20,7 +20,7 @@ are (Flow-GRPO's KL). Deterministic given the trajectory, so it has none of k3's
 
 objective "flow_matching" (advantage-weighted flow matching, as AWM and DiffusionNFT decouple training from the
 sampler): one slot per generated frame, scored at a noise level sigma ~ U(train_sigmas) and noise eps drawn
-once at rollout time. The slot's log-prob is the Gaussian (unit variance per element) log-likelihood of the
+once at rollout time, the same for the G samples of a prompt. The slot's log-prob is the Gaussian (unit variance per element) log-likelihood of the
 flow-matching target under the model's velocity at the noised generated frame:
     log p = -mean((v(x_sigma) - (eps - x0))^2) / 2,   x_sigma = (1 - sigma) x0 + sigma eps
 (constants dropped), so the policy gradient A * grad log p is the pretraining loss weighted by the advantage:
@@ -141,9 +141,15 @@ class DiffusionPolicy(ModelPolicy):
         n_rows, n = flow.frames.shape[:2]
         device = flow.frames.device
         low, high = self.train_sigmas
-        # a uniform draw as the normal CDF of a normal one: randn_rows draws group by group like the sampler
-        uniform = torch.special.ndtr(randn_rows((n_rows, n), generator, device))
-        sample = MatchingSample(flow, low + (high - low) * uniform, randn_rows(flow.frames.shape, generator, device))
+        # One draw per prompt, shared by its G samples: the noise terms of their flow-matching gradients are then
+        # the same, and cancel in the advantage-weighted sum (the advantages of a group sum to zero), so what is
+        # left compares the samples' frames. A uniform draw is the normal CDF of a normal one; randn_rows draws
+        # prompt by prompt like the sampler.
+        prompts_rows = n_rows // num_samples
+        uniform = torch.special.ndtr(randn_rows((prompts_rows, n), generator, device))
+        noise = randn_rows((prompts_rows, *flow.frames.shape[1:]), generator, device)
+        sample = MatchingSample(flow, (low + (high - low) * uniform).repeat_interleave(num_samples, 0),
+                                noise.repeat_interleave(num_samples, 0))
         old_logp, _ = flow_matching_scores(self.model, sample)
         return Rollout(prompts=prompts, num_samples=num_samples, sample=sample, old_logp=old_logp,
                        mask=torch.ones(n_rows, n, dtype=torch.bool, device=device), actions=flow.actions,

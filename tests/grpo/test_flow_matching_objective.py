@@ -24,6 +24,10 @@ def test_slots_are_frames_scored_at_the_drawn_noise_levels():
     sample = rollout.sample
     assert sample.sigma.shape == (rows, n) and 0.4 <= sample.sigma.min() and sample.sigma.max() <= 0.9
     assert sample.sigma.std() > 0 and sample.noise.shape == sample.frames.shape
+    # a prompt's 3 samples share their noise levels and noise, frame by frame; prompts do not
+    torch.testing.assert_close(sample.sigma, sample.sigma[::3].repeat_interleave(3, 0), atol=0, rtol=0)
+    torch.testing.assert_close(sample.noise, sample.noise[::3].repeat_interleave(3, 0), atol=0, rtol=0)
+    assert (sample.sigma[0] != sample.sigma[3]).all() and (sample.noise[0] != sample.noise[3]).any()
     # The log-prob by hand: minus half the MSE of the velocity against eps - x0 at x_sigma, frame by frame.
     model, flow = run.policy.model, sample.flow
     k = 1
@@ -71,7 +75,8 @@ def test_trains_end_to_end(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--config", str(TINY_DIFFUSION), "--out", str(out), "log.tensorboard=false",
             "log.stdout=false", "loss.beta=0.1", "loss.kl=closed_form", "train.steps=2", "advantage.credit=frame",
-            "reward.mode=loglik", "rollout.sde.objective=flow_matching"]
+            "reward.mode=loglik", "rollout.sde.objective=flow_matching",
+            "train.inner_epochs=1", "train.micro_batch_size=8", "train.grad_accumulation=1"]  # one update a step
     assert main(args) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records[1]["adv/abs_max"] > 0 and records[1]["optim/grad_norm"] > 0
