@@ -20,8 +20,9 @@ are (Flow-GRPO's KL). Deterministic given the trajectory, so it has none of k3's
 
 objective "flow_matching" (advantage-weighted flow matching, as AWM and DiffusionNFT decouple training from the
 sampler): one slot per generated frame, scored at a noise level sigma ~ U(train_sigmas) and noise eps drawn
-once at rollout time, the same for the G samples of a prompt. The slot's log-prob is the Gaussian (unit variance per element) log-likelihood of the
-flow-matching target under the model's velocity at the noised generated frame:
+once at rollout time, the same for the G samples of a prompt. The slot's log-prob is the Gaussian (unit
+variance per element) log-likelihood of the flow-matching target under the model's velocity at the noised
+generated frame:
     log p = -mean((v(x_sigma) - (eps - x0))^2) / 2,   x_sigma = (1 - sigma) x0 + sigma eps
 (constants dropped), so the policy gradient A * grad log p is the pretraining loss weighted by the advantage:
 it moves the whole predicted frame towards the samples that scored, not only the one SDE step's mean. Its
@@ -37,7 +38,7 @@ import torch.nn as nn
 
 from rlir.kernels.flow_sde_step import SIGMA_MAX
 from rlir.models.compiled import compile_mode
-from rlir.models.flow_sampling import FlowSample, generate, transition_logprobs
+from rlir.models.flow_sampling import FlowSample, generate, teacher_forced_history, transition_logprobs
 from rlir.models.generators import randn_rows
 
 from .policy import ModelPolicy, Prompts, Rollout, after_context
@@ -66,18 +67,21 @@ def flow_matching_scores(model: nn.Module, sample: MatchingSample, index: Option
     """(log p [N, n] fp32, velocity [N, n, C, S, S]) of each generated frame's flow-matching slot under the
     model's current weights (rows ``index``, default all), in one teacher-forced forward; differentiable."""
     rows = slice(None) if index is None else index
-    flow = sample.flow
-    x0, noise, sigma = flow.frames[rows].float(), sample.noise[rows].float(), sample.sigma[rows]
-    context = flow.context[rows]
-    n_ctx, n = context.shape[1], x0.shape[1]
+    x0, noise, sigma = sample.flow.frames[rows].float(), sample.noise[rows].float(), sample.sigma[rows]
     dtype = model.patch_in.weight.dtype
+    clean, all_actions = teacher_forced_history(sample.flow, rows, dtype)
+    n = x0.shape[1]
+    n_ctx = sample.flow.context.shape[1]
     s = sigma[:, :, None, None, None]
     x_sigma = (1 - s) * x0 + s * noise
-    all_actions = torch.cat((flow.context_actions[rows], flow.actions[rows]), dim=1)
-    clean = torch.cat((context, flow.frames[rows][:, :-1]), dim=1).to(dtype)
     v = model(x_sigma.to(dtype), sigma, all_actions, clean=clean, frame_index=list(range(n_ctx, n_ctx + n)))
-    logp = -0.5 * (v.float() - (noise - x0)).pow(2).flatten(2).mean(-1)
-    return logp, v
+    return -half_mean_square(v.float() - (noise - x0)), v
+
+
+def half_mean_square(diff: torch.Tensor) -> torch.Tensor:
+    """mean(diff^2) / 2 over each frame's elements, [N, n, ...] -> [N, n] fp32: minus the log-density of a unit
+    Gaussian (constants dropped), and the KL of two unit Gaussians whose means differ by ``diff``."""
+    return 0.5 * diff.float().pow(2).flatten(2).mean(-1)
 
 
 class DiffusionPolicy(ModelPolicy):
@@ -188,7 +192,7 @@ class DiffusionPolicy(ModelPolicy):
             logp, v = flow_matching_scores(self.model, sample, indices)
             with torch.no_grad():
                 _, v_ref = flow_matching_scores(self.reference_model(), sample, indices)
-            return logp, 0.5 * (v.float() - v_ref.float()).pow(2).flatten(2).mean(-1)
+            return logp, half_mean_square(v.float() - v_ref.float())
         current = transition_logprobs(self.model, sample, indices)
         with torch.no_grad():
             reference = transition_logprobs(self.reference_model(), sample, indices)

@@ -333,6 +333,14 @@ class TransitionScores:
     stds: torch.Tensor
 
 
+def teacher_forced_history(sample: FlowSample, rows, dtype) -> tuple:
+    """(clean [R, n_ctx + n - 1, C, S, S] in ``dtype``, actions [R, n_ctx - 1 + n, H]) of ``sample``'s rows: the
+    real context and every generated frame but the last, which a teacher-forced forward over all n generated
+    frames attends to, and the actions that lead through them."""
+    clean = torch.cat((sample.context[rows], sample.frames[rows][:, :-1]), dim=1).to(dtype)
+    return clean, torch.cat((sample.context_actions[rows], sample.actions[rows]), dim=1)
+
+
 def transition_logprobs(model, sample: FlowSample, index: Optional[torch.Tensor] = None) -> TransitionScores:
     """Log-probs of the recorded stochastic transitions of ``sample`` (rows ``index``, default all) under the
     model's current weights, in one teacher-forced forward per call; differentiable w.r.t. the weights. With
@@ -340,19 +348,19 @@ def transition_logprobs(model, sample: FlowSample, index: Optional[torch.Tensor]
     if sample.sampler != "sde" or len(sample.steps) == 0:
         raise ValueError("sample holds no stochastic transitions: generate it with sampler='sde'")
     rows = slice(None) if index is None else index
-    trajectory, context = sample.trajectory[rows], sample.context[rows]
-    all_actions = torch.cat((sample.context_actions[rows], sample.actions[rows]), dim=1)
+    trajectory = sample.trajectory[rows]
     n_rows, n = trajectory.shape[:2]
-    n_ctx, steps = context.shape[1], sample.steps
+    steps = sample.steps
     ks = len(steps)
     dtype = model.patch_in.weight.dtype
+    clean, all_actions = teacher_forced_history(sample, rows, dtype)
+    n_ctx = sample.context.shape[1]
     frame = trajectory.shape[3:]
     x_t = trajectory[:, :, steps].reshape(n_rows, n * ks, *frame)
     x_next = trajectory[:, :, steps + 1].reshape(n_rows * n * ks, *frame)
     sigma = sample.sigmas[steps].repeat(n)  # slot (k, i) -> sigma of step i
     sigma_next = sample.sigmas[steps + 1].repeat(n)
     frame_index = [n_ctx + k for k in range(n) for _ in range(ks)]  # host ints: no device sync
-    clean = torch.cat((context, sample.frames[rows][:, :-1]), dim=1).to(dtype)
     v = model(x_t.to(dtype), sigma.expand(n_rows, -1), all_actions, clean=clean, frame_index=frame_index)
     out = flow_sde_step(x_t.reshape(n_rows * n * ks, *frame), v.float().reshape(n_rows * n * ks, *frame),
                         sigma.repeat(n_rows), sigma_next.repeat(n_rows), sample.noise_level, x_next=x_next,
