@@ -2,6 +2,7 @@
 import json
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,22 @@ def test_a_stage_past_its_limit_is_stopped_and_recorded(tmp_path, monkeypatch):
                            "--bundle", str(tmp_path / "b.tar.gz")])
     assert status["attention"]["status"] == "failed" and "StageTimeout" in status["attention"]["error"]
     assert status["attention"]["seconds"] < 10 and (tmp_path / "b.tar.gz").exists()
+
+
+def test_a_stage_that_swallows_the_stop_is_still_stopped_and_recorded(tmp_path, monkeypatch):
+    """torch.compile's tracer once caught the StageTimeout and turned it into its own RuntimeError."""
+    def swallowing_suite(*args, **kwargs):
+        caught = 0
+        while caught < 2:  # a library that eats the first stop, then gives up with its own error
+            try:
+                time.sleep(30)
+            except BaseException:  # noqa: BLE001
+                caught += 1
+        raise RuntimeError("INTERNAL ASSERT FAILED")
+
+    monkeypatch.setitem(run_all.ESTIMATE_CPU, "attention", 1)
+    monkeypatch.setitem(run_all.ESTIMATE_CPU, "kernels_compiled_suite", 10**6)
+    monkeypatch.setattr(run_all, "run_suite", swallowing_suite)
+    status = run_all.main(["--out", str(tmp_path), "--budget-s", "30", "--only", "attention"])
+    assert status["attention"]["status"] == "failed" and "StageTimeout" in status["attention"]["error"]
+    assert status["attention"]["seconds"] < 10
