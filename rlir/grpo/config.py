@@ -149,6 +149,10 @@ class AdvantageConfig(Schema):
     credit: Literal["video", "frame"] = Field(
         "video", description="video: one advantage per video from its reward (the paper); frame: each generated "
         "frame's slots get the group advantage of that frame's own IDM match")
+    positive_only: bool = Field(
+        False, description="drop the negative advantages after normalising (filtered behaviour cloning, as RAFT): "
+        "the update only pulls towards samples that beat their group, never pushes away from the others, which "
+        "is unbounded for the diffusion flow-matching objective")
 
 
 class LossConfig(Schema):

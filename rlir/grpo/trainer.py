@@ -245,6 +245,8 @@ class GRPOTrainer:
                                          scale=scale, estimator=cfg.advantage.estimator, eps=cfg.advantage.eps)
         with timer.phase("comm") if self.parallel.distributed else contextlib.nullcontext():
             adv, stats = global_rollout_stats(self.parallel, rollout, rew, adv, cfg.advantage, batch_std)
+        if cfg.advantage.positive_only:
+            adv = adv.clamp_min(0.0)
         prompts = len(rollout) // g * self.parallel.world_size
         orders = minibatch_orders(cfg.seed, self.step_count, cfg.train.inner_epochs, prompts, g,
                                   cfg.videos_per_step // cfg.minibatch_size, self.parallel)
