@@ -266,7 +266,8 @@ def build_run(cfg: GRPOConfig, device: torch.device) -> Run:
         sde = r.sde
         policy = make_policy(world_model, tokenizer, num_steps=sde.num_steps, shift=sde.shift,
                              noise_level=sde.noise_level, stochastic=sde.stochastic_arg(), reference_factory=reference,
-                             compile=r.compile, objective=sde.objective, train_sigmas=tuple(sde.train_sigmas))
+                             compile=r.compile, objective=sde.objective, train_sigmas=tuple(sde.train_sigmas),
+                             shared_noise=sde.shared_noise)
     else:
         policy = make_policy(world_model, tokenizer, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
                              reference_factory=reference, compile=r.compile)

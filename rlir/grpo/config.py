@@ -101,6 +101,9 @@ class SDEConfig(Schema):
         "flow matching; rlir.grpo.diffusion_policy)")
     train_sigmas: list[Number] = Field([0.5, 1.0], description="with objective: flow_matching, [low, high] of the "
                                        "uniform noise level each frame's slot is scored at")
+    shared_noise: bool = Field(True, description="with objective: flow_matching, one noise level and noise per "
+                               "prompt, shared by its G samples (their noise terms cancel in the advantage-weighted "
+                               "sum); false: drawn per sample")
 
     @model_validator(mode="after")
     def _window(self):

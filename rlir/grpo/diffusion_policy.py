@@ -99,7 +99,7 @@ class DiffusionPolicy(ModelPolicy):
     def __init__(self, model: nn.Module, tokenizer: Optional[nn.Module] = None, *, num_steps: int = 8,
                  shift: float = 1.0, noise_level: float = 0.7, stochastic="all", sigma_max: float = SIGMA_MAX,
                  eval_steps: int = EVAL_ODE_STEPS, reference_factory: Optional[Callable[[], nn.Module]] = None,
-                 compile=False, objective: str = "sde_step", train_sigmas=(0.5, 1.0)):
+                 compile=False, objective: str = "sde_step", train_sigmas=(0.5, 1.0), shared_noise: bool = True):
         super().__init__(model, reference_factory)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
@@ -107,6 +107,7 @@ class DiffusionPolicy(ModelPolicy):
         if not 0 <= low < high <= 1:
             raise ValueError(f"train_sigmas must be (low, high) with 0 <= low < high <= 1, got {train_sigmas!r}")
         self.objective, self.train_sigmas = objective, (float(low), float(high))
+        self.shared_noise = shared_noise
         compile_mode(compile)  # validates
         self.compile = compile
         self.tokenizer = tokenizer.eval().requires_grad_(False) if tokenizer is not None else None
@@ -145,15 +146,15 @@ class DiffusionPolicy(ModelPolicy):
         n_rows, n = flow.frames.shape[:2]
         device = flow.frames.device
         low, high = self.train_sigmas
-        # One draw per prompt, shared by its G samples: the noise terms of their flow-matching gradients are then
-        # the same, and cancel in the advantage-weighted sum (the advantages of a group sum to zero), so what is
-        # left compares the samples' frames. A uniform draw is the normal CDF of a normal one; randn_rows draws
-        # prompt by prompt like the sampler.
-        prompts_rows = n_rows // num_samples
-        uniform = torch.special.ndtr(randn_rows((prompts_rows, n), generator, device))
-        noise = randn_rows((prompts_rows, *flow.frames.shape[1:]), generator, device)
-        sample = MatchingSample(flow, (low + (high - low) * uniform).repeat_interleave(num_samples, 0),
-                                noise.repeat_interleave(num_samples, 0))
+        # With shared_noise, one draw per prompt, shared by its G samples: the noise terms of their flow-matching
+        # gradients are then the same, and cancel in the advantage-weighted sum (the advantages of a group sum to
+        # zero), so what is left compares the samples' frames. A uniform draw is the normal CDF of a normal one;
+        # randn_rows draws row by row like the sampler.
+        rows, repeat = (n_rows // num_samples, num_samples) if self.shared_noise else (n_rows, 1)
+        uniform = torch.special.ndtr(randn_rows((rows, n), generator, device))
+        noise = randn_rows((rows, *flow.frames.shape[1:]), generator, device)
+        sample = MatchingSample(flow, (low + (high - low) * uniform).repeat_interleave(repeat, 0),
+                                noise.repeat_interleave(repeat, 0))
         old_logp, _ = flow_matching_scores(self.model, sample)
         return Rollout(prompts=prompts, num_samples=num_samples, sample=sample, old_logp=old_logp,
                        mask=torch.ones(n_rows, n, dtype=torch.bool, device=device), actions=flow.actions,

@@ -45,6 +45,16 @@ def test_slots_are_frames_scored_at_the_drawn_noise_levels():
     torch.testing.assert_close(run.policy.logprobs(rollout, idx), rollout.old_logp[idx], atol=1e-6, rtol=0)
 
 
+def test_per_sample_noise_draws_each_sample_its_own():
+    cfg, run = tiny_run(**MATCHING, **{"rollout.sde.shared_noise": "false"})
+    assert cfg.rollout.sde.shared_noise is False and run.policy.shared_noise is False
+    rollout = run.policy.rollout(run.prompts.next(), 3, generator=torch.Generator().manual_seed(0))
+    sigma, noise = rollout.sample.sigma, rollout.sample.noise
+    assert (sigma[0] != sigma[1]).all() and (noise[0] != noise[1]).any()
+    idx = torch.tensor([1, 3])
+    torch.testing.assert_close(run.policy.logprobs(rollout, idx), rollout.old_logp[idx], atol=1e-6, rtol=0)
+
+
 def test_slot_of_frame_k_depends_on_no_later_frame():
     _, run = tiny_run(**MATCHING)
     rollout = run.policy.rollout(run.prompts.next(), 2, generator=torch.Generator().manual_seed(1))
