@@ -154,8 +154,8 @@ class AdvantageConfig(Schema):
         "frame's slots get the group advantage of that frame's own IDM match")
     positive_only: bool = Field(
         False, description="drop the negative advantages after normalising (filtered behaviour cloning, as RAFT): "
-        "the update only pulls towards samples that beat their group, never pushes away from the others, which "
-        "is unbounded for the diffusion flow-matching objective")
+        "the update only pulls towards samples that beat their group, never pushes away from the others; with the "
+        "DiT's flow-matching objective it lost on every seed (docs/experiments.md)")
 
 
 class LossConfig(Schema):
