@@ -169,7 +169,7 @@ def main(argv=None) -> Dict[str, dict]:
         except BaseException as err:  # noqa: BLE001 - one failing stage must not stop the call
             if isinstance(err, KeyboardInterrupt):
                 raise
-            if _TIMED_OUT["stage"] and not isinstance(err, StageTimeout):  # a library turned the stop into its own error
+            if _TIMED_OUT["stage"] and not isinstance(err, StageTimeout):  # a library raised its own error instead
                 err = StageTimeout(f"stage ran past its time limit (surfaced as {type(err).__name__})")
             status[name] = {"status": "failed", "seconds": round(time.perf_counter() - t0, 1),
                             "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"}

@@ -55,8 +55,9 @@ def main(argv=None) -> dict:
     for label, acc in list(per_video.items())[1:]:
         diff = acc - base
         corr = torch.corrcoef(torch.stack([acc, base]))[0, 1].item()
-        print(f"{label}: delta {100 * diff.mean():+.2f} points, standard error {100 * diff.std() / len(diff) ** 0.5:.2f}"
-              f" (per-video correlation with the base {corr:.2f})")
+        error = 100 * diff.std() / len(diff) ** 0.5
+        print(f"{label}: delta {100 * diff.mean():+.2f} points, standard error {error:.2f} "
+              f"(per-video correlation with the base {corr:.2f})")
     result = {k: v.tolist() for k, v in per_video.items()}
     if args.out is not None:
         args.out.write_text(json.dumps(result))
