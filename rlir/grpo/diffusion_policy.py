@@ -20,9 +20,9 @@ are (Flow-GRPO's KL). Deterministic given the trajectory, so it has none of k3's
 
 objective "flow_matching" (advantage-weighted flow matching, as AWM and DiffusionNFT decouple training from the
 sampler): one slot per generated frame, scored at a noise level sigma ~ U(train_sigmas) and noise eps drawn
-once at rollout time, the same for the G samples of a prompt. The slot's log-prob is the Gaussian (unit
-variance per element) log-likelihood of the flow-matching target under the model's velocity at the noised
-generated frame:
+once at rollout time, the same for the G samples of a prompt (``shared_noise``; else per sample). The slot's
+log-prob is the Gaussian (unit variance per element) log-likelihood of the flow-matching target under the
+model's velocity at the noised generated frame:
     log p = -mean((v(x_sigma) - (eps - x0))^2) / 2,   x_sigma = (1 - sigma) x0 + sigma eps
 (constants dropped), so the policy gradient A * grad log p is the pretraining loss weighted by the advantage:
 it moves the whole predicted frame towards the samples that scored, not only the one SDE step's mean. Its
