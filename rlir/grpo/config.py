@@ -171,9 +171,12 @@ class LossConfig(Schema):
         "as Flow-GRPO)")
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-sum-norm"] = "token-mean"
     is_level: Literal["token", "sequence"] = "token"
-    old_logprobs: Literal["rollout", "recompute"] = Field(
-        "rollout", description="rollout: the log-probs recorded while sampling; recompute: a no-grad "
-        "teacher-forced pass before the updates (exact ratio 1 at the first update)")
+    old_logprobs: Literal["rollout", "recompute", "current"] = Field(
+        "rollout", description="rollout: the log-probs recorded while sampling (recomputed if the policy "
+        "records none, as the DiT's flow-matching objective); recompute: a no-grad teacher-forced pass before "
+        "the updates (exact ratio 1 at the first update); current: the update's own log-probs, detached, so "
+        "the ratio is 1 at every update and no old log-prob pass runs (exact with one update a step; with "
+        "more, the later minibatches' off-policy correction is dropped)")
 
 
 class OptimConfig(Schema):

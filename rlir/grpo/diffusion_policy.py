@@ -26,7 +26,9 @@ model's velocity at the noised generated frame:
     log p = -mean((v(x_sigma) - (eps - x0))^2) / 2,   x_sigma = (1 - sigma) x0 + sigma eps
 (constants dropped), so the policy gradient A * grad log p is the pretraining loss weighted by the advantage:
 it moves the whole predicted frame towards the samples that scored, not only the one SDE step's mean. Its
-closed-form KL to the reference is mean((v - v_ref)^2) / 2.
+closed-form KL to the reference is mean((v - v_ref)^2) / 2. Sampling records no log-probs for these slots
+(``Rollout.old_logp`` is None): the trainer scores them before the updates, or with loss.old_logprobs: current
+takes the update's own, which makes the loss the advantage-weighted flow-matching loss itself.
 """
 from __future__ import annotations
 
@@ -155,8 +157,9 @@ class DiffusionPolicy(ModelPolicy):
         noise = randn_rows((rows, *flow.frames.shape[1:]), generator, device)
         sample = MatchingSample(flow, (low + (high - low) * uniform).repeat_interleave(repeat, 0),
                                 noise.repeat_interleave(repeat, 0))
-        old_logp, _ = flow_matching_scores(self.model, sample)
-        return Rollout(prompts=prompts, num_samples=num_samples, sample=sample, old_logp=old_logp,
+        # Nothing is scored while sampling: the trainer scores the slots (loss.old_logprobs: rollout or
+        # recompute) or skips the pass (current).
+        return Rollout(prompts=prompts, num_samples=num_samples, sample=sample, old_logp=None,
                        mask=torch.ones(n_rows, n, dtype=torch.bool, device=device), actions=flow.actions,
                        slot_frame=torch.arange(n, device=device))
 

@@ -363,9 +363,11 @@ def check_divisible(cfg, parallel: Parallel) -> None:
 
 # ---- a step's statistics over every rank -------------------------------------------------------------------
 
-def global_rollout_stats(parallel: Parallel, rollout, rew, adv: torch.Tensor, advantage, batch_std: bool):
+def global_rollout_stats(parallel: Parallel, rollout, old_logp: Optional[torch.Tensor], rew, adv: torch.Tensor,
+                         advantage, batch_std: bool):
     """-> (this rank's advantages, the step's statistics over every rank): rewards and advantages gathered
-    (small: one value per video, or per slot with frame credit), NLL and head-accuracy sums all-reduced. With
+    (small: one value per video, or per slot with frame credit), the NLL of ``old_logp`` (None: no NLL) and
+    head-accuracy sums all-reduced. With
     ``batch_std`` the advantages are divided by the std of all ranks' rewards (``advantage``: the config's
     section), as group_advantage's scale="batch" does in one process."""
     reward = parallel.all_gather_rows(rew.reward.float())
@@ -374,12 +376,12 @@ def global_rollout_stats(parallel: Parallel, rollout, rew, adv: torch.Tensor, ad
         denom = _batch_std(values.reshape(-1)) + advantage.eps
         adv = torch.where(denom > 0, adv / torch.where(denom > 0, denom, 1.0), 0.0)
     frames = float(rollout.actions.shape[0] * rollout.actions.shape[1])
-    sums = torch.cat([torch.stack([(rollout.old_logp * rollout.mask).sum().double(), rollout.mask.sum().double()]),
-                      rew.head_accuracy.double() * frames])
+    nll = rollout.mask.new_zeros((), dtype=torch.double) if old_logp is None else (old_logp * rollout.mask).sum()
+    sums = torch.cat([torch.stack([nll.double(), rollout.mask.sum().double()]), rew.head_accuracy.double() * frames])
     sums = parallel.all_reduce(sums)
     heads = sums[2:] / (frames * parallel.world_size)
-    return adv, {"reward": reward, "adv": parallel.all_gather_rows(adv), "nll": sums[0], "tokens": sums[1],
-                 "head_acc": heads}
+    return adv, {"reward": reward, "adv": parallel.all_gather_rows(adv), "nll": None if old_logp is None else sums[0],
+                 "tokens": sums[1], "head_acc": heads}
 
 
 # ---- evaluation across ranks -------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def rollout_metrics(stats: Dict[str, torch.Tensor], group_size: int,
     g = group_size
     r, adv = stats["reward"], stats["adv"]
     names = head_names(names, len(stats["head_acc"]))
-    return {
+    m = {
         "reward/mean": r.nanmean(),
         "reward/std": r.std() if r.numel() > 1 else 0.0,
         "reward/min": r.min(),
@@ -88,11 +88,13 @@ def rollout_metrics(stats: Dict[str, torch.Tensor], group_size: int,
         "adv/std": adv.std() if adv.numel() > 1 else 0.0,
         "adv/abs_max": adv.abs().max(),
         "adv/zero_group_frac": (r.view(-1, g).amax(1) == r.view(-1, g).amin(1)).float().mean(),
-        "rollout/nll_per_token": Deferred(lambda nll, count: -nll / max(1, int(count)),
-                                          (stats["nll"], stats["tokens"])),
         "reward/head_acc": Deferred(lambda acc: {f"reward/head_acc/{n}": a for n, a in zip(names, acc)},
                                     (stats["head_acc"],)),
     }
+    if stats["nll"] is not None:  # None: no old log-probs were scored (loss.old_logprobs: current)
+        m["rollout/nll_per_token"] = Deferred(lambda nll, count: -nll / max(1, int(count)),
+                                              (stats["nll"], stats["tokens"]))
+    return m
 
 
 def update_metrics(records: list, lrs: List[float], parallel, timer) -> Deferred:
@@ -106,7 +108,9 @@ def update_metrics(records: list, lrs: List[float], parallel, timer) -> Deferred
                * tokens[:, None]).sum(0)
     losses = torch.stack([torch.stack([loss for loss, _, _, _ in mr]).double().sum() for _, mr in records])
     sums = torch.cat([losses, tokens.sum()[None], lm_sums])
-    first_dev = torch.stack([d for _, _, _, d in micro if d is not None]).max().double()
+    # No deviations (loss.old_logprobs: current): every ratio was 1 by construction.
+    deviations = [d for _, _, _, d in micro if d is not None]
+    first_dev = torch.stack(deviations).max().double() if deviations else tokens.new_zeros(())
     if parallel.distributed:
         with timer.phase("comm"):
             sums, first_dev = parallel.all_reduce(sums), parallel.all_reduce(first_dev, "max")

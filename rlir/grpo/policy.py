@@ -7,7 +7,7 @@ N = B * G rows (row b*G + g is sample g of prompt b), n generated frames, H acti
 slots per video (tokens for AR, denoising steps x frames for diffusion):
 
     rollout(prompts, num_samples=G, generator) -> Rollout     no grad; the samples (the policy's own dataclass)
-                                                              with old_logp [N, S] fp32 and mask [N, S]
+                                                              with old_logp [N, S] fp32 (or None) and mask [N, S]
     decode(rollout)            -> uint8 [N, n+1, 3, h, w]     the last (real) context frame + the n generated frames
     generate(prompts, G, sampler=None | "eval", generator)    rollout + decode: the one path from prompts to
                                -> uint8 [N, n+1, 3, h, w]     videos for training, evaluation and reports
@@ -126,8 +126,9 @@ class Rollout:
     a group is G consecutive rows (what the group advantages assume).
 
     sample: what the policy sampled, as its own dataclass of row-aligned tensors (AR: ``ARSample``; diffusion:
-    ``FlowSample``); only the policy reads it. old_logp: fp32 [N, S] log-probs recorded while sampling;
-    mask: bool [N, S] (valid slots); actions: [N, n, H] the commanded actions (the reward's labels).
+    ``FlowSample``); only the policy reads it. old_logp: fp32 [N, S] log-probs recorded while sampling, or
+    None if sampling records none (the trainer then gets them as loss.old_logprobs says); mask: bool [N, S]
+    (valid slots); actions: [N, n, H] the commanded actions (the reward's labels).
     slot_frame: int64 [S], the generated frame (0..n-1) each log-prob slot belongs to; needed for per-frame
     credit (advantage.credit: frame), None if the policy cannot say.
     """
@@ -135,18 +136,18 @@ class Rollout:
     prompts: Prompts
     num_samples: int
     sample: Any
-    old_logp: torch.Tensor
+    old_logp: Optional[torch.Tensor]
     mask: torch.Tensor
     actions: torch.Tensor
     slot_frame: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
-        return self.old_logp.shape[0]
+        return self.mask.shape[0]
 
     @property
     def slots(self) -> int:
         """S: log-prob slots per video."""
-        return self.old_logp.shape[1]
+        return self.mask.shape[1]
 
 
 def after_context(prompts: Prompts, num_samples: int, frames: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,8 @@ One step (every phase inside ``PhaseTimer.phase``, i.e. an NVTX range plus a tim
     reward       one batched IDM call on all N videos -> per-head logits [N, n, C_h]
     advantage    rlir.kernels.idm_advantage: exact-match reward per video, group-normalised advantages
                  (advantage.credit = frame: per generated frame instead, broadcast to that frame's slots)
-    logprob_old  (loss.old_logprobs = recompute) no-grad teacher-forced log-probs as old log-probs
+    logprob_old  (loss.old_logprobs = recompute, or a policy that records none) no-grad teacher-forced
+                 log-probs as old log-probs (loss.old_logprobs = current: none, each update's own, detached)
     logprob_ref  (loss.beta > 0, loss.kl = k3) log-probs under the frozen reference model
     then inner_epochs passes over the N videos in minibatches of micro_batch_size x grad_accumulation (each
     prompt's samples shuffled, sample i of the prompt-major list in minibatch i mod M; see
@@ -243,20 +244,20 @@ class GRPOTrainer:
             else:
                 rew, adv = idm_advantage(logits, rollout.actions, group_size=g, mode=cfg.reward.mode,
                                          scale=scale, estimator=cfg.advantage.estimator, eps=cfg.advantage.eps)
-        with timer.phase("comm") if self.parallel.distributed else contextlib.nullcontext():
-            adv, stats = global_rollout_stats(self.parallel, rollout, rew, adv, cfg.advantage, batch_std)
-        if cfg.advantage.positive_only:
-            adv = adv.clamp_min(0.0)
         prompts = len(rollout) // g * self.parallel.world_size
         orders = minibatch_orders(cfg.seed, self.step_count, cfg.train.inner_epochs, prompts, g,
                                   cfg.videos_per_step // cfg.minibatch_size, self.parallel)
         # One host-to-device copy for every epoch's order (non-blocking), not one per micro-batch.
         orders = list(torch.stack(orders).to(self.device, non_blocking=True))
 
-        old = rollout.old_logp
-        if cfg.loss.old_logprobs == "recompute":
+        old = None if cfg.loss.old_logprobs == "current" else rollout.old_logp
+        if cfg.loss.old_logprobs == "recompute" or (cfg.loss.old_logprobs == "rollout" and old is None):
             with timer.phase("logprob_old"):
                 old = self._no_grad_logprobs(self.policy.logprobs, rollout, orders[0])
+        with timer.phase("comm") if self.parallel.distributed else contextlib.nullcontext():
+            adv, stats = global_rollout_stats(self.parallel, rollout, old, rew, adv, cfg.advantage, batch_std)
+        if cfg.advantage.positive_only:
+            adv = adv.clamp_min(0.0)
         ref = None
         if cfg.loss.beta > 0 and not self.closed_form_kl:
             with timer.phase("logprob_ref"):
@@ -266,10 +267,11 @@ class GRPOTrainer:
         m["update"] = self._update(rollout, old, ref, adv, orders, timer)
         return m
 
-    def _update(self, rollout: Rollout, old: torch.Tensor, ref: Optional[torch.Tensor], adv: torch.Tensor,
-                orders: List[torch.Tensor], timer: PhaseTimer):
+    def _update(self, rollout: Rollout, old: Optional[torch.Tensor], ref: Optional[torch.Tensor],
+                adv: torch.Tensor, orders: List[torch.Tensor], timer: PhaseTimer):
         """inner_epochs passes of clipped policy-gradient updates, one optimizer step a minibatch; -> the
-        loss/ and optim/ metrics (a Deferred, on the device)."""
+        loss/ and optim/ metrics (a Deferred, on the device). ``old`` None: each update's own log-probs,
+        detached (loss.old_logprobs: current)."""
         lc, par = self.cfg.loss, self.parallel
         self.policy.train()
         mask = rollout.mask
@@ -297,7 +299,7 @@ class GRPOTrainer:
                         else:
                             logp = self.scoring(self.policy.logprobs, rollout, idx)
                     with timer.phase("loss"):
-                        loss, lm = grpo_loss(logp.float(), old[idx], adv[idx], mask[idx],
+                        loss, lm = grpo_loss(logp.float(), None if old is None else old[idx], adv[idx], mask[idx],
                                              None if ref is None else ref[idx], eps_low=lc.eps_low,
                                              eps_high=lc.eps_high, delta=lc.delta,
                                              beta=0.0 if self.closed_form_kl else lc.beta,
@@ -308,7 +310,7 @@ class GRPOTrainer:
                     with timer.phase("backward"):
                         (loss * grad_scale if grad_scale != 1.0 else loss).backward()
                 deviation = None
-                if first:
+                if first and old is not None:
                     with torch.no_grad():
                         deviation = ((logp.detach().float() - old[idx]).abs() * mask[idx]).max()
                 micro_records.append((loss.detach(), mask[idx].sum(), lm, deviation))
@@ -358,7 +360,7 @@ class GRPOTrainer:
 
     def _no_grad_logprobs(self, fn, rollout: Rollout, order: torch.Tensor) -> torch.Tensor:
         """fn(rollout, idx) over micro-batches in the order of the first update, scattered back to rows."""
-        out = torch.empty_like(rollout.old_logp)
+        out = torch.empty(rollout.mask.shape, dtype=torch.float32, device=rollout.mask.device)
         with torch.no_grad(), self.autocast(), self.scoring.gathered():
             for micro_batches in self._micro_batches(order):
                 for idx in micro_batches:

@@ -19,7 +19,8 @@ def test_slots_are_frames_scored_at_the_drawn_noise_levels():
     prompts = run.prompts.next()
     rollout = run.policy.rollout(prompts, 3, generator=torch.Generator().manual_seed(0))
     n, rows = cfg.rollout.n_frames, len(prompts) * 3
-    assert rollout.old_logp.shape == (rows, n) and rollout.mask.all()
+    assert rollout.old_logp is None  # sampling scores nothing: the trainer does (loss.old_logprobs)
+    assert rollout.mask.shape == (rows, n) and rollout.mask.all()
     assert torch.equal(rollout.slot_frame, torch.arange(n))
     sample = rollout.sample
     assert sample.sigma.shape == (rows, n) and 0.4 <= sample.sigma.min() and sample.sigma.max() <= 0.9
@@ -39,10 +40,9 @@ def test_slots_are_frames_scored_at_the_drawn_noise_levels():
         v = model(((1 - s) * x0 + s * eps)[:, None], sample.sigma[:, k, None], actions, clean=clean,
                   frame_index=[clean.shape[1]])[:, 0]
     expected = -0.5 * (v - (eps - x0)).pow(2).flatten(1).mean(1)
-    torch.testing.assert_close(rollout.old_logp[:, k], expected, atol=1e-5, rtol=1e-5)
-    # Rescored under the same weights, the first GRPO ratio is 1.
-    idx = torch.tensor([0, 2, 4])
-    torch.testing.assert_close(run.policy.logprobs(rollout, idx), rollout.old_logp[idx], atol=1e-6, rtol=0)
+    with torch.no_grad():
+        logp = run.policy.logprobs(rollout, torch.arange(rows))
+    torch.testing.assert_close(logp[:, k], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_per_sample_noise_draws_each_sample_its_own():
@@ -51,8 +51,6 @@ def test_per_sample_noise_draws_each_sample_its_own():
     rollout = run.policy.rollout(run.prompts.next(), 3, generator=torch.Generator().manual_seed(0))
     sigma, noise = rollout.sample.sigma, rollout.sample.noise
     assert (sigma[0] != sigma[1]).all() and (noise[0] != noise[1]).any()
-    idx = torch.tensor([1, 3])
-    torch.testing.assert_close(run.policy.logprobs(rollout, idx), rollout.old_logp[idx], atol=1e-6, rtol=0)
 
 
 def test_slot_of_frame_k_depends_on_no_later_frame():
@@ -92,6 +90,41 @@ def test_trains_end_to_end(tmp_path):
     assert records[1]["adv/abs_max"] > 0 and records[1]["optim/grad_norm"] > 0
     assert records[1]["loss/ratio_mean"] == pytest.approx(1.0, abs=1e-3)
     assert all(r["loss/kl"] >= 0 for r in records[1:])
+
+
+def matching_trainer(**overrides):
+    from rlir.grpo.trainer import GRPOTrainer
+
+    cfg, run = tiny_run(**MATCHING, **{"train.steps": "1", "loss.beta": "0.1", "loss.kl": "closed_form",
+                                       "reward.mode": "loglik", "advantage.credit": "frame", **overrides})
+    return GRPOTrainer(cfg, run.policy, run.idm, run.prompts)
+
+
+@pytest.mark.parametrize("old_logprobs", ["rollout", "current"])
+def test_trainer_scores_the_old_log_probs_or_takes_the_updates_own(old_logprobs):
+    trainer = matching_trainer(**{"loss.old_logprobs": old_logprobs})
+    m = trainer.step()
+    assert m["adv/abs_max"] > 0 and m["optim/grad_norm"] > 0
+    assert m["loss/first_update_logratio_max"] == 0.0
+    if old_logprobs == "rollout":  # the policy recorded none, so the trainer scored them before the updates
+        assert "logprob_old" in trainer._last_phases and "rollout/nll_per_token" in m
+    else:  # no old log-prob pass at all: every ratio is 1
+        assert "logprob_old" not in trainer._last_phases and "rollout/nll_per_token" not in m
+        assert m["loss/ratio_mean"] == 1.0 and m["loss/clip_frac"] == 0.0
+
+
+def test_current_old_log_probs_make_the_same_single_update_as_recomputed_ones():
+    """With one update a step the recomputed old log-probs equal the update's own, so skipping their pass
+    (loss.old_logprobs: current) changes no weight."""
+    one_update = {"train.micro_batch_size": "4", "train.grad_accumulation": "2", "train.inner_epochs": "1"}
+    weights = []
+    for old_logprobs in ("recompute", "current"):
+        trainer = matching_trainer(**{"loss.old_logprobs": old_logprobs, **one_update})
+        before = torch.cat([p.detach().flatten() for p in trainer.params])
+        assert trainer.step()["optim/updates"] == 1.0
+        weights.append(torch.cat([p.detach().flatten() for p in trainer.params]))
+        assert (weights[-1] - before).abs().max() > 1e-6  # the update moved the weights
+    assert (weights[0] - weights[1]).abs().max() < 1e-7
 
 
 @pytest.mark.parametrize("sigmas", ["[0.5]", "[0.6,0.5]", "[0.2,1.2]", "[-0.1,0.5]"])
