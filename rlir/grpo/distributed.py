@@ -367,9 +367,8 @@ def global_rollout_stats(parallel: Parallel, rollout, old_logp: Optional[torch.T
                          advantage, batch_std: bool):
     """-> (this rank's advantages, the step's statistics over every rank): rewards and advantages gathered
     (small: one value per video, or per slot with frame credit), the NLL of ``old_logp`` (None: no NLL) and
-    head-accuracy sums all-reduced. With
-    ``batch_std`` the advantages are divided by the std of all ranks' rewards (``advantage``: the config's
-    section), as group_advantage's scale="batch" does in one process."""
+    head-accuracy sums all-reduced. With ``batch_std`` the advantages are divided by the std of all ranks'
+    rewards (``advantage``: the config's section), as group_advantage's scale="batch" does in one process."""
     reward = parallel.all_gather_rows(rew.reward.float())
     if batch_std:
         values = parallel.all_gather_rows(rew.frame_match.float()) if advantage.credit == "frame" else reward
