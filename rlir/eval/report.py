@@ -15,6 +15,12 @@ from typing import Dict, Optional
 import numpy as np
 
 HEADLINE = (
+    ("verifier/scroll_fidelity", "Crafter verifier: moves that scroll the commanded way (ties miss)"),
+    ("verifier/scroll_decided", "verifier: the same, of the moves it could call"),
+    ("verifier/stillness", "verifier: non-moves that do not scroll"),
+    ("verifier/blocked_aware", "verifier: moves that do what Crafter's rules say (blocked stays)"),
+    ("verifier/facing", "verifier: sprite faces the commanded move"),
+    ("verifier/content", "verifier: share of world tiles not grass"),
     ("eval_idm/frame_accuracy", "action-following, eval IDM (never a reward)"),
     ("eval_idm/macro_precision", "eval IDM macro precision (per action group, averaged)"),
     ("eval_idm/macro_recall", "eval IDM macro recall"),
@@ -43,6 +49,9 @@ def build_report(results: Dict[str, dict], *, info: dict) -> dict:
     per_action = {label: results[label]["eval_idm/report"].to_json()
                   for label in labels if "eval_idm/report" in results[label]}
     report = {**info, "metrics": metrics, "eval_idm_per_action": per_action}
+    per_frame = {label: results[label]["verifier/per_frame"] for label in results if "verifier/per_frame" in results[label]}
+    if per_frame:
+        report["verifier_per_frame"] = per_frame
     # rlir eval --action-sensitivity: teacher-forced NLL per code under each variant of the actions
     sensitivity = {label: {k[len("nll_"):]: float(v) for k, v in results[label].items() if k.startswith("nll_")}
                    for label in labels}
@@ -94,6 +103,20 @@ def action_sensitivity_table(nll: Dict[str, Dict[str, float]]) -> list[str]:
     return lines + [""]
 
 
+def verifier_per_frame_table(per_frame: Dict[str, Dict[str, list]]) -> list[str]:
+    """Markdown: the verifier's scroll fidelity (ties miss) and content per generated frame position."""
+    labels = list(per_frame)
+    positions = len(next(iter(per_frame.values()))["scroll_fidelity"])
+    lines = ["## Crafter verifier per frame position", "",
+             "Scroll fidelity on moves (ties miss) / share of world tiles not grass, at each generated frame.", "",
+             "| frame | " + " | ".join(labels) + " |", "|---:|" + "---:|" * len(labels)]
+    for t in range(positions):
+        cells = [f"{_cell(per_frame[lab]['scroll_fidelity'][t], 2)} / {_cell(per_frame[lab]['content'][t], 2)}"
+                 for lab in labels]
+        lines.append(f"| {t + 1} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def markdown(report: dict, files: Dict[str, str]) -> str:
     labels = [k for k in next(iter(report["metrics"].values())) if k not in ("real", "delta")]
     compare = "delta" in json.dumps(report["metrics"])
@@ -106,12 +129,16 @@ def markdown(report: dict, files: Dict[str, str]) -> str:
               "|---|" + "---:|" * (len(labels) + (2 if compare else 1))]
     for key, title in HEADLINE:
         row = report["metrics"][key]
+        if all(v is None for v in row.values()):
+            continue  # e.g. the verifier's rows for a game that is not Crafter
         cells = [_cell(row.get(lab)) for lab in labels]
         if compare:
             cells.append(_signed(row.get("delta")))
         cells.append(_cell(row.get("real")))
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     lines.append("")
+    if report.get("verifier_per_frame"):
+        lines += verifier_per_frame_table(report["verifier_per_frame"])
     if "curves" in files:
         lines += ["## Training", "", f"![training curves]({files['curves']})", ""]
     if "gif" in files:

@@ -3,7 +3,8 @@
 Each held-out prompt is a real first frame plus the next ``frames`` real commanded actions. Every world model
 generates the frames through ``Policy.generate`` with the evaluation sampler; the evaluation IDM (never a
 reward) and the reward IDM read the actions back; PSNR and SSIM compare the generated frames with the real
-continuation. The same IDMs on the real frames give the ceiling. With ``out``, writes report.json, report.md,
+continuation; on Crafter, the verifier (``rlir.eval.verify``, no learned model) checks each transition's scroll,
+facing and blocked moves against the game's rules. The same IDMs and verifier on the real frames give the ceiling. With ``out``, writes report.json, report.md,
 a video grid (PNG, MP4, GIF) and, for a GRPO run, its training curves.
 
 Which models: ``run`` (a GRPO run: the model it started from is "before", its latest checkpoint "after"), or
@@ -86,7 +87,10 @@ def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None,
     idms = {"eval_idm": load_strict(InverseDynamicsModel, paths["eval_idm"], "--eval-idm").eval(),
             "reward_idm": load_strict(InverseDynamicsModel, paths["idm"], "--idm").eval()}
 
-    results = {"real": idm_metrics(idms, held_out.real, held_out, recording.action_space)}
+    from rlir.eval.verify import verifier_metrics
+
+    results = {"real": {**idm_metrics(idms, held_out.real, held_out, recording.action_space),
+                        **verifier_metrics(held_out.real, held_out.actions, recording.action_space)}}
     videos = {"real": held_out.real}
     info_models = {}
     for label, path in models.items():
@@ -94,6 +98,7 @@ def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None,
         evaluate = evaluate_sharded(parallel) if parallel.distributed else evaluate_world_model
         metrics, videos[label] = evaluate(model, vq, idms, held_out, recording.action_space,
                                           temperature=temperature, seed=seed)
+        metrics.update(verifier_metrics(videos[label], held_out.actions, recording.action_space))
         if action_sensitivity:
             from rlir.eval.action_sensitivity import action_sensitivity as sensitivity
 
@@ -110,7 +115,9 @@ def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None,
             "scoring_models": {k: str(v) for k, v in paths.items()}, "video_rows": list(videos), "command": command}
     report = build_report(results, info=info)
     for key, title in HEADLINE:
-        print(f"{title:54s} " + "  ".join(f"{k} {v:.4f}" for k, v in report["metrics"][key].items() if v is not None))
+        if all(v is None for v in report["metrics"][key].values()):
+            continue
+        print(f"{title:66s} " + "  ".join(f"{k} {v:.4f}" for k, v in report["metrics"][key].items() if v is not None))
     if out is None or not parallel.is_main:
         return report
     out.mkdir(parents=True, exist_ok=True)

@@ -139,6 +139,9 @@ class ARWorldModelPretrain(WorldModelPretrain):
                                          "of the frame it leads to (see ARWorldModel)")
     previous_frame_input: bool = Field(False, description="give each position the previous frame's codes around the "
                                        "code it predicts, and its row and column (see ARWorldModel)")
+    changed_code_weight: Number = Field(1.0, ge=1.0, description="weight of a code that differs from the previous "
+                                        "frame's code at its position in the training loss (1: plain mean); most "
+                                        "codes are copies, so a model that copies scores well without the scroll")
 
 
 class DiffusionWorldModelPretrain(WorldModelPretrain):

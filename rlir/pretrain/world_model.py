@@ -75,6 +75,17 @@ def _summary(out, metrics: dict) -> str:
             f" dB, tokenizer ceiling {generation['tokenizer_ceiling']['psnr_db']:.2f} dB); {size}")
 
 
+def weighted_code_loss(model: ARWorldModel, frames: torch.Tensor, actions: torch.Tensor,
+                       changed_code_weight: float) -> torch.Tensor:
+    """Teacher-forced cross-entropy of frames 1..T-1, each code that differs from the code at its position in the
+    previous frame counting ``changed_code_weight`` times; 1 gives ``model.loss``."""
+    logp = model.token_logprobs(frames, actions)
+    if changed_code_weight == 1:
+        return -logp.mean()
+    weight = 1 + (changed_code_weight - 1) * (frames[:, 1:] != frames[:, :-1]).to(logp.dtype)
+    return -(logp * weight).sum() / weight.sum()
+
+
 def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, *, progress: bool = True,
           **options) -> dict:
     """Train an ARWorldModel on the codes of the train episodes of ``data``, save it into ``out`` and
@@ -126,7 +137,7 @@ def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, *, pr
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, steps, lr)
             frames, actions = tokenized.clips([train_windows[i] for i in next(batches).tolist()], clip_frames)
-            loss = model.loss(frames, actions)
+            loss = weighted_code_loss(model, frames, actions, s.changed_code_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
