@@ -7,7 +7,7 @@ decode: the generated codes -> tokenizer.decode -> uint8, after the last real co
 reads in training and in every evaluation alike).
 logprobs: ``model.token_logprobs`` teacher-forced on [context codes, sampled codes] (differentiable).
 Under autocast (bf16 on CUDA) the rollout runs on a copy of the model cast to bf16, refreshed from the
-trained fp32 weights every rollout; set loss.old_logprobs: recompute for an exact first ratio then.
+trained fp32 weights every rollout, so the trainer recomputes the old log-probs then (loss.old_logprobs).
 reference_logprobs: the same under a frozen copy of the initial weights, built on first use by
 ``reference_factory`` (never built when beta = 0).
 """

@@ -166,17 +166,20 @@ class LossConfig(Schema):
     delta: Optional[Number] = Field(None, gt=1.0, description="cap of the ratio in the unclipped term")
     beta: Number = Field(0.0, ge=0.0, description="KL weight; 0 skips the reference model entirely")
     kl: Literal["k3", "closed_form"] = Field(
-        "k3", description="k3: the k3 estimate from the sampled slots' log-probs under the reference model; "
+        "k3", description="k3: the k3 estimate from the sampled slots' log-probs under the reference model (not "
+        "with the DiT's flow_matching objective, whose slots are not sampled); "
         "closed_form: the policy's exact per-slot KL (diffusion: the step Gaussians' means vs the reference's, "
         "as Flow-GRPO)")
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-sum-norm"] = "token-mean"
     is_level: Literal["token", "sequence"] = "token"
     old_logprobs: Literal["rollout", "recompute", "current"] = Field(
         "rollout", description="rollout: the log-probs recorded while sampling (recomputed if the policy "
-        "records none, as the DiT's flow-matching objective); recompute: a no-grad teacher-forced pass before "
-        "the updates (exact ratio 1 at the first update); current: the update's own log-probs, detached, so "
-        "the ratio is 1 at every update and no old log-prob pass runs (exact with one update a step; with "
-        "more, the later minibatches' off-policy correction is dropped)")
+        "records none, as the DiT's flow-matching objective, or under bf16 autocast, where they are not the "
+        "training forward's: the AR rollout runs on a bf16 copy); recompute: a no-grad teacher-forced pass "
+        "before the updates (exact ratio 1 at the first update); current: the update's own log-probs, detached, "
+        "so the ratio is 1 at every update and no old log-prob pass runs (exact with one update a step; with "
+        "more, the later minibatches' off-policy correction and clip are dropped, which the DiT's flow-matching "
+        "objective does not accept)")
 
 
 class OptimConfig(Schema):
@@ -285,6 +288,16 @@ class GRPOConfig(Schema):
             raise ConfigError("train.micro_batch_size", f"micro_batch_size x grad_accumulation = "
                               f"{t.micro_batch_size} x {t.grad_accumulation} must divide the {n} videos per step "
                               f"(rollout.prompts_per_step x rollout.group_size)")
+        if self.models.kind == "diffusion" and self.rollout.sde.objective == "flow_matching":
+            # rlir.grpo.diffusion_policy: a flow-matching slot is no sampled log-prob, and its negative-advantage
+            # term is bounded only by the clipped ratio against old log-probs fixed before the updates.
+            if self.loss.beta > 0 and self.loss.kl == "k3":
+                raise ConfigError("loss.kl", "'k3' needs log-probs of samples the policy drew, which a flow_matching "
+                                  "slot's are not (rollout.sde.objective): use closed_form")
+            if self.loss.old_logprobs == "current" and self.updates_per_step > 1:
+                raise ConfigError("loss.old_logprobs", f"'current' leaves rollout.sde.objective flow_matching "
+                                  f"unbounded below after a step's first update ({self.updates_per_step} a step): "
+                                  f"use rollout, or one update a step")
         return self
 
     # ---- derived -----------------------------------------------------------------------------------

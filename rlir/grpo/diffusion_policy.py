@@ -15,20 +15,32 @@ teacher-forced forward (differentiable), equal to the recorded ones before the f
 reference_logprobs: the same transitions under a frozen copy of the initial weights, so loss.beta > 0 adds
 the k3 estimate of KL(policy step || reference step) on the sampled x_next.
 logprobs_and_kl (loss.kl: closed_form): the exact KL of each step Gaussian to the reference model's, which
-share the std: KL = |mean - mean_ref|^2 / (2 std^2), averaged over the latent's elements as the log-probs
-are (Flow-GRPO's KL). Deterministic given the trajectory, so it has none of k3's sampling noise.
+share the std: KL = |mean - mean_ref|^2 / (2 std^2), averaged over the latent's elements (Flow-GRPO's KL).
+Deterministic given the trajectory, so it has none of k3's sampling noise.
+
+A slot's log-prob is the SUM over the frame's D elements (``summed``), the Gaussian's real log-likelihood, so
+the ratio exp(logp - old) is the real importance ratio and the clip acts: as a mean over D = 2,592 latent
+elements it never left [0.8, 1.28] and nothing clipped. Its gradient is the mean's, so the loss is the PPO
+objective on the real likelihoods divided by D, the gradient scale the shipped lrs were tuned on; the
+closed-form KL stays the mean, the real KL divided by D as well, so beta weighs it as before.
 
 objective "flow_matching" (advantage-weighted flow matching, as AWM and DiffusionNFT decouple training from the
 sampler): one slot per generated frame, scored at a noise level sigma ~ U(train_sigmas) and noise eps drawn
 once at rollout time, the same for the G samples of a prompt (``shared_noise``; else per sample). The slot's
 log-prob is the Gaussian (unit variance per element) log-likelihood of the flow-matching target under the
 model's velocity at the noised generated frame:
-    log p = -mean((v(x_sigma) - (eps - x0))^2) / 2,   x_sigma = (1 - sigma) x0 + sigma eps
-(constants dropped), so the policy gradient A * grad log p is the pretraining loss weighted by the advantage:
-it moves the whole predicted frame towards the samples that scored, not only the one SDE step's mean. Its
-closed-form KL to the reference is mean((v - v_ref)^2) / 2. Sampling records no log-probs for these slots
-(``Rollout.old_logp`` is None): the trainer scores them before the updates, or with loss.old_logprobs: current
-takes the update's own, which makes the loss the advantage-weighted flow-matching loss itself.
+    log p = -sum((v(x_sigma) - (eps - x0))^2) / 2,   x_sigma = (1 - sigma) x0 + sigma eps
+(constants dropped; its gradient the mean's, see above), so the policy gradient A * grad log p is the
+pretraining loss weighted by the advantage: it moves the whole predicted frame towards the samples that
+scored, not only the one SDE step's mean. Its closed-form KL to the reference is mean((v - v_ref)^2) / 2 (k3
+needs log-probs of samples the policy drew, which these are not: the config rejects it).
+Bounded: for a negative advantage, -A log p = -|A| |v - target|^2 / 2 alone is concave and unbounded below (the
+loss falls forever as v leaves the target, the KL at beta 0.01 cannot hold it), so this objective is always
+taken through the clipped ratio against old log-probs scored before the updates (``Rollout.old_logp`` is None:
+the trainer scores them). Then a negative slot's term is |A| max(ratio, 1 - eps_low) >= |A| (1 - eps_low), and
+its gradient stops once half its summed squared error exceeds the old model's by -log(1 - eps_low); the config
+rejects loss.old_logprobs: current, which takes the update's own, whenever a step makes more than one update
+(with one, current is the same update as scoring them first, without the pass).
 """
 from __future__ import annotations
 
@@ -77,7 +89,13 @@ def flow_matching_scores(model: nn.Module, sample: MatchingSample, index: Option
     s = sigma[:, :, None, None, None]
     x_sigma = (1 - s) * x0 + s * noise
     v = model(x_sigma.to(dtype), sigma, all_actions, clean=clean, frame_index=list(range(n_ctx, n_ctx + n)))
-    return -half_mean_square(v.float() - (noise - x0)), v
+    return summed(-half_mean_square(v.float() - (noise - x0)), x0[0, 0].numel()), v
+
+
+def summed(mean_logp: torch.Tensor, elements: int) -> torch.Tensor:
+    """Per-element mean log-probs -> their sum over ``elements`` in value, with the mean's gradient: the ratio of
+    the real likelihoods (the clip acts on it) at the gradient scale of the mean (see the module doc)."""
+    return mean_logp + (elements - 1) * mean_logp.detach()
 
 
 def half_mean_square(diff: torch.Tensor) -> torch.Tensor:
@@ -138,7 +156,7 @@ class DiffusionPolicy(ModelPolicy):
             prompts=prompts,
             num_samples=num_samples,
             sample=sample,
-            old_logp=sample.log_probs.reshape(n_rows, n * ks).float(),
+            old_logp=summed(sample.log_probs.reshape(n_rows, n * ks).float(), sample.frames[0, 0].numel()),
             mask=torch.ones(n_rows, n * ks, dtype=torch.bool, device=sample.frames.device),
             actions=sample.actions,
             slot_frame=torch.arange(n, device=sample.frames.device).repeat_interleave(ks),
@@ -188,7 +206,7 @@ class DiffusionPolicy(ModelPolicy):
         if self.objective == "flow_matching":
             return flow_matching_scores(model, rollout.sample, indices)[0]
         scores = transition_logprobs(model, rollout.sample, indices)
-        return scores.log_probs.reshape(len(indices), -1)
+        return summed(scores.log_probs.reshape(len(indices), -1), rollout.sample.frames[0, 0].numel())
 
     def logprobs_and_kl(self, rollout: Rollout, indices: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         sample = rollout.sample
@@ -202,4 +220,5 @@ class DiffusionPolicy(ModelPolicy):
             reference = transition_logprobs(self.reference_model(), sample, indices)
         sq = (current.means.float() - reference.means.float()).pow(2).flatten(3).mean(-1)
         kl = sq / (2 * current.stds.float().pow(2))
-        return current.log_probs.reshape(len(indices), -1), kl.reshape(len(indices), -1)
+        logp = summed(current.log_probs.reshape(len(indices), -1), sample.frames[0, 0].numel())
+        return logp, kl.reshape(len(indices), -1)

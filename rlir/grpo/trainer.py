@@ -8,7 +8,7 @@ One step (every phase inside ``PhaseTimer.phase``, i.e. an NVTX range plus a tim
     reward       one batched IDM call on all N videos -> per-head logits [N, n, C_h]
     advantage    rlir.kernels.idm_advantage: exact-match reward per video, group-normalised advantages
                  (advantage.credit = frame: per generated frame instead, broadcast to that frame's slots)
-    logprob_old  (loss.old_logprobs = recompute, or a policy that records none) no-grad teacher-forced
+    logprob_old  (loss.old_logprobs = recompute, or a policy that records none, or bf16) no-grad teacher-forced
                  log-probs as old log-probs (loss.old_logprobs = current: none, each update's own, detached)
     logprob_ref  (loss.beta > 0, loss.kl = k3) log-probs under the frozen reference model
     then inner_epochs passes over the N videos in minibatches of micro_batch_size x grad_accumulation (each
@@ -251,7 +251,9 @@ class GRPOTrainer:
         orders = list(torch.stack(orders).to(self.device, non_blocking=True))
 
         old = None if cfg.loss.old_logprobs == "current" else rollout.old_logp
-        if cfg.loss.old_logprobs == "recompute" or (cfg.loss.old_logprobs == "rollout" and old is None):
+        # Under bf16 the recorded log-probs are not the training forward's (the AR rollout runs on a bf16 copy, the
+        # DiT's on a KV cache), so the first ratio would not be 1: rollout recomputes them there.
+        if cfg.loss.old_logprobs == "recompute" or (cfg.loss.old_logprobs == "rollout" and (old is None or self.bf16)):
             with timer.phase("logprob_old"):
                 old = self._no_grad_logprobs(self.policy.logprobs, rollout, orders[0])
         with timer.phase("comm") if self.parallel.distributed else contextlib.nullcontext():

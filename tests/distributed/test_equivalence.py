@@ -1,7 +1,8 @@
 """2 ranks compute what 1 rank computes with the same global batch: the same losses, gradient norms, rewards
 and final weights (within 1e-5) after several GRPO steps, under DDP and FSDP, for token-mean and
 seq-mean-token-mean, on the tiny AR and diffusion configs (and advantage.scale batch with per-frame credit,
-whose batch std spans both ranks; and the DiT's flow-matching objective without old log-probs)."""
+whose batch std spans both ranks; and the DiT's flow-matching objective, its old log-probs scored by the
+trainer)."""
 import pytest
 
 from .conftest import QUIET, TINY, assert_close_metrics, assert_close_weights, final_weights, metrics, one_process, \
@@ -16,8 +17,7 @@ VARIANTS = {  # name: (model kind, overrides); each runs under ddp and fsdp
     "ar-batch-scale-frame-credit": ("ar", ["advantage.scale=batch", "advantage.credit=frame"]),
     "diffusion-token-mean": ("diffusion", ["loss.loss_agg=token-mean"]),
     "diffusion-seq-mean-token-mean": ("diffusion", ["loss.loss_agg=seq-mean-token-mean"]),
-    "diffusion-flow-matching-current": ("diffusion", ["rollout.sde.objective=flow_matching",
-                                                      "loss.old_logprobs=current"]),
+    "diffusion-flow-matching": ("diffusion", ["rollout.sde.objective=flow_matching", "loss.kl=closed_form"]),
 }
 
 

@@ -125,3 +125,25 @@ def test_checkpoint_missing_weights_fails_naming_the_key(tmp_path):
     with pytest.raises(ConfigError) as info:
         build_models(pretrained, torch.device("cpu"))
     assert info.value.key == "models.idm" and "lacks 1 weights" in str(info.value)
+
+
+TINY_DIFFUSION = TINY_CONFIG.parent / "tiny_diffusion.yaml"
+FLOW_MATCHING = "rollout.sde.objective=flow_matching"
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ([FLOW_MATCHING, "loss.beta=0.1", "loss.kl=k3"], "loss.kl"),  # a flow-matching slot is no sampled log-prob
+    ([FLOW_MATCHING, "loss.beta=0", "loss.old_logprobs=current"], "loss.old_logprobs"),  # 4 updates a step
+])
+def test_diffusion_flow_matching_rejects_what_means_nothing_or_is_unbounded(overrides, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(TINY_DIFFUSION, overrides)
+    assert str(info.value).startswith(key + ":") and "\n" not in str(info.value), str(info.value)
+
+
+def test_diffusion_flow_matching_accepts_the_meaningful_combinations():
+    load_config(TINY_DIFFUSION, [FLOW_MATCHING, "loss.beta=0.1", "loss.kl=closed_form"])
+    load_config(TINY_DIFFUSION, [FLOW_MATCHING, "loss.beta=0"])  # k3 is the default, unused without a KL
+    one_update = ["train.inner_epochs=1", "train.micro_batch_size=8", "train.grad_accumulation=1"]
+    load_config(TINY_DIFFUSION, [FLOW_MATCHING, "loss.beta=0", "loss.old_logprobs=current", *one_update])
+    load_config(TINY_DIFFUSION, ["loss.beta=0.1", "loss.kl=k3"])  # the SDE-step objective's slots are sampled

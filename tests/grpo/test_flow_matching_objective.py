@@ -9,13 +9,18 @@ from rlir.cli import main
 from rlir.grpo.config import ConfigError
 from rlir.grpo.diffusion_policy import DiffusionPolicy, flow_matching_scores
 
-from .test_diffusion_policy import TINY_DIFFUSION, kl_after_a_perturbation, tiny_run
+from rlir.grpo.diffusion_policy import summed
+from rlir.kernels import grpo_loss
 
-MATCHING = {"rollout.sde.objective": "flow_matching", "rollout.sde.train_sigmas": "[0.4,0.9]"}
+from .test_diffusion_policy import TINY_DIFFUSION, kl_after_a_perturbation, moving, tiny_run
+
+MATCHING = {"rollout.sde.objective": "flow_matching", "rollout.sde.train_sigmas": "[0.4,0.9]",
+            "loss.kl": "closed_form"}  # k3 means nothing for these slots: the config rejects it
 
 
 def test_slots_are_frames_scored_at_the_drawn_noise_levels():
     cfg, run = tiny_run(**MATCHING)
+    moving(run.policy.model)  # a velocity that is not 0, or a flipped target and swapped s, 1 - s pass
     prompts = run.prompts.next()
     rollout = run.policy.rollout(prompts, 3, generator=torch.Generator().manual_seed(0))
     n, rows = cfg.rollout.n_frames, len(prompts) * 3
@@ -29,7 +34,8 @@ def test_slots_are_frames_scored_at_the_drawn_noise_levels():
     torch.testing.assert_close(sample.sigma, sample.sigma[::3].repeat_interleave(3, 0), atol=0, rtol=0)
     torch.testing.assert_close(sample.noise, sample.noise[::3].repeat_interleave(3, 0), atol=0, rtol=0)
     assert (sample.sigma[0] != sample.sigma[3]).all() and (sample.noise[0] != sample.noise[3]).any()
-    # The log-prob by hand: minus half the MSE of the velocity against eps - x0 at x_sigma, frame by frame.
+    # The log-prob by hand: minus half the summed squared error of the velocity against eps - x0 at
+    # x_sigma = (1 - sigma) x0 + sigma eps, frame by frame.
     model, flow = run.policy.model, sample.flow
     k = 1
     s = sample.sigma[:, k, None, None, None]
@@ -39,10 +45,11 @@ def test_slots_are_frames_scored_at_the_drawn_noise_levels():
     with torch.no_grad():
         v = model(((1 - s) * x0 + s * eps)[:, None], sample.sigma[:, k, None], actions, clean=clean,
                   frame_index=[clean.shape[1]])[:, 0]
-    expected = -0.5 * (v - (eps - x0)).pow(2).flatten(1).mean(1)
+    assert v.abs().mean() > 0.1
+    expected = -0.5 * (v - (eps - x0)).pow(2).flatten(1).sum(1)
     with torch.no_grad():
         logp = run.policy.logprobs(rollout, torch.arange(rows))
-    torch.testing.assert_close(logp[:, k], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logp[:, k], expected, atol=1e-4, rtol=1e-5)
 
 
 def test_per_sample_noise_draws_each_sample_its_own():
@@ -64,7 +71,7 @@ def test_slot_of_frame_k_depends_on_no_later_frame():
 
 
 def test_kl_is_half_the_velocity_mse_to_the_reference():
-    _, run = tiny_run(**MATCHING, **{"loss.beta": 0.1, "loss.kl": "closed_form"})
+    _, run = tiny_run(**{**MATCHING, "loss.beta": 0.1})
     policy = run.policy
     rollout = policy.rollout(run.prompts.next(), 2, generator=torch.Generator().manual_seed(2))
     idx = torch.arange(len(rollout))
@@ -95,14 +102,16 @@ def test_trains_end_to_end(tmp_path):
 def matching_trainer(**overrides):
     from rlir.grpo.trainer import GRPOTrainer
 
-    cfg, run = tiny_run(**MATCHING, **{"train.steps": "1", "loss.beta": "0.1", "loss.kl": "closed_form",
-                                       "reward.mode": "loglik", "advantage.credit": "frame", **overrides})
+    cfg, run = tiny_run(**{**MATCHING, "train.steps": "1", "loss.beta": "0.1", "reward.mode": "loglik",
+                           "advantage.credit": "frame", **overrides})
     return GRPOTrainer(cfg, run.policy, run.idm, run.prompts)
 
 
 @pytest.mark.parametrize("old_logprobs", ["rollout", "current"])
 def test_trainer_scores_the_old_log_probs_or_takes_the_updates_own(old_logprobs):
-    trainer = matching_trainer(**{"loss.old_logprobs": old_logprobs})
+    one_update = {"train.micro_batch_size": "4", "train.grad_accumulation": "2", "train.inner_epochs": "1"}
+    trainer = matching_trainer(**{"loss.old_logprobs": old_logprobs, **(one_update if old_logprobs == "current"
+                                                                         else {})})
     m = trainer.step()
     assert m["adv/abs_max"] > 0 and m["optim/grad_norm"] > 0
     assert m["loss/first_update_logratio_max"] == 0.0
@@ -139,3 +148,71 @@ def test_policy_rejects_bad_arguments():
         DiffusionPolicy(run.policy.model, objective="elbo")
     with pytest.raises(ValueError, match="train_sigmas"):
         DiffusionPolicy(run.policy.model, objective="flow_matching", train_sigmas=(0.9, 0.1))
+
+
+def test_a_slot_is_the_sum_over_its_elements_with_the_means_gradient():
+    mean = torch.tensor([-0.5, -2.0], requires_grad=True)
+    logp = summed(mean, 100)
+    torch.testing.assert_close(logp.detach(), torch.tensor([-50.0, -200.0]))
+    logp.sum().backward()
+    torch.testing.assert_close(mean.grad, torch.ones(2))  # the mean's gradient: the shipped lrs hold
+
+
+@pytest.mark.parametrize("objective", ["flow_matching", "sde_step"])
+def test_the_clip_acts_on_a_large_enough_update(objective):
+    """The ratio is of the summed log-probs: an update that moves each element's log-prob by ~1e-2 leaves the
+    clip range, where, as means over the elements, every ratio stayed inside it."""
+    _, run = tiny_run(**{**MATCHING, "rollout.sde.objective": objective})
+    policy = run.policy
+    moving(policy.model)
+    rollout = policy.rollout(run.prompts.next(), 4, generator=torch.Generator().manual_seed(3))
+    idx = torch.arange(len(rollout))
+    with torch.no_grad():
+        old = policy.logprobs(rollout, idx)
+        g = torch.Generator().manual_seed(4)
+        for p in policy.model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=g))
+    logp = policy.logprobs(rollout, idx)
+    adv = torch.tensor([1.0, -1.0]).repeat(len(rollout) // 2)
+    elements = rollout.sample.frames[0, 0].numel()
+    _, m = grpo_loss(logp, old, adv, rollout.mask, eps_low=0.2, eps_high=0.28)
+    assert m["clip_frac"] > 0.2
+    _, as_means = grpo_loss(logp / elements, old / elements, adv, rollout.mask, eps_low=0.2, eps_high=0.28)
+    assert as_means["clip_frac"] == 0  # what the mean gave: the clip never acted
+
+
+@pytest.mark.parametrize("sign", [-1.0, 1.0])
+def test_bounded_objective_cannot_be_driven_below_its_bound(sign):
+    """Whatever the advantage's sign, optimising the flow-matching objective against the old log-probs stops at
+    the clip: a negative slot's loss is |A| max(ratio, 1 - eps_low) >= |A| (1 - eps_low), and its flow-matching
+    error stops rising. Without fixed old log-probs (loss.old_logprobs: current over many updates) the same drive
+    pushes the velocity away from the target faster and faster (at lr 0.05 it reaches NaN)."""
+    eps_low, eps_high = 0.2, 0.28
+    drift = {}  # sign * (log p - old log p), averaged over the slots, after 20 and 40 SGD steps
+    for anchored in (True, False):
+        _, run = tiny_run(**MATCHING)
+        policy = run.policy
+        moving(policy.model)
+        rollout = policy.rollout(run.prompts.next(), 4, generator=torch.Generator().manual_seed(5))
+        idx = torch.arange(len(rollout))
+        with torch.no_grad():
+            old = policy.logprobs(rollout, idx)
+        adv = torch.full((len(rollout),), sign)
+        optimizer = torch.optim.SGD(policy.trainable_parameters(), lr=0.01)
+        for step in range(1, 41):
+            logp = policy.logprobs(rollout, idx)
+            loss, m = grpo_loss(logp, old if anchored else None, adv, rollout.mask, eps_low=eps_low,
+                                eps_high=eps_high)
+            if anchored:  # the bound, for either sign: -A clip(ratio) at worst
+                assert loss.item() >= (1 - eps_low if sign < 0 else -(1 + eps_high)) - 1e-6
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if step in (20, 40):
+                with torch.no_grad():
+                    drift[anchored, step] = (sign * (policy.logprobs(rollout, idx) - old)).mean().item()
+        if anchored:
+            assert m["clip_frac"] == 1.0  # every slot clipped: no gradient is left, the drive has stopped
+            assert drift[True, 40] == drift[True, 20] < 1.0
+    if sign < 0:  # the unbounded term: the error rises ever faster
+        assert drift[False, 40] > 2 * drift[False, 20] > 20 * drift[True, 40]

@@ -73,6 +73,18 @@ def test_rollout_under_bf16_autocast(toy_trainer):
     assert torch.equal(policy._rollout_copy.output.weight, policy.model.output.weight.to(torch.bfloat16))
 
 
+def test_bf16_recomputes_the_rollouts_old_logprobs(toy_trainer):
+    """Under bf16 the AR rollout samples from a bf16 copy, whose log-probs are not the training forward's: with
+    loss.old_logprobs: rollout the trainer scores them again, so the first ratio is exactly 1. (CPU autocast
+    stands in for CUDA's here.)"""
+    trainer = toy_trainer(loss={"old_logprobs": "rollout"}, train={"steps": 1})
+    trainer.bf16 = True
+    m = trainer.step()
+    assert trainer.policy._rollout_copy is not None  # the rollout did run on the bf16 copy
+    assert "logprob_old" in trainer._last_phases
+    assert m["loss/first_update_logratio_max"] == 0.0
+
+
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-sum-norm"])
 def test_micro_batches_split_the_minibatch_loss(toy_trainer, loss_agg):
     """Each micro-batch's loss is over its minibatch's loss_normaliser, so 4 micro-batches of 4 videos give the

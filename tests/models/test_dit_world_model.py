@@ -129,6 +129,25 @@ def test_loss_trains_on_the_non_context_frames():
     assert abs(fresh.loss(frames, actions).item() - 2.0) < 0.5
 
 
+def test_loss_is_the_velocity_mse_against_noise_minus_x0_at_the_interpolated_frames():
+    """On a model whose velocity is not 0 (a fresh adaLN-Zero DiT's is exactly 0, which a flipped target or a
+    swapped interpolation would also fit): the loss by hand, x_sigma = (1 - sigma) x0 + sigma eps, v* = eps - x0,
+    with the loss's own draws (sigma ~ logit-normal per frame, then the noise)."""
+    model = make_model()
+    frames, actions = random_clip(model, batch=2, frames=4)
+    loss = model.loss(frames, actions, n_context=2, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    x0 = frames[:, 2:]
+    sigma = torch.sigmoid(torch.randn(2, 2, generator=g))
+    noise = torch.randn(x0.shape, generator=g)
+    s = sigma[:, :, None, None, None]
+    with torch.no_grad():
+        v = model((1 - s) * x0 + s * noise, sigma, actions, clean=frames[:, :-1], frame_index=[2, 3])
+    assert v.abs().mean() > 0.1
+    expected = (v - (noise - x0)).pow(2).mean()
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-6, rtol=1e-5)
+
+
 def test_patches_and_pixel_frames_round_trip():
     model = make_model(in_channels=3, frame_size=8, patch_size=4, frame_space="pixels")
     x = torch.randn(2, 3, 3, 8, 8)
