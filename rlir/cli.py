@@ -8,7 +8,7 @@ import shlex
 import sys
 
 # Command-group modules, in the order `rlir --help` lists them.
-COMMAND_MODULES = ["quickstart", "kernels", "data", "pretrain", "train", "export", "profile", "eval"]
+COMMAND_MODULES = ["quickstart", "kernels", "data", "pretrain", "train", "export", "profile", "eval", "idm"]
 
 
 def build_parser() -> argparse.ArgumentParser:

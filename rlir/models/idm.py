@@ -83,7 +83,10 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
     Config: head_sizes (classes per action head, e.g. [17] for Crafter), frame_size ([H, W] or one int),
     window (frames the transformer sees at once; longer videos are read in consecutive windows),
     width (embedding size), depth (transformer blocks), heads (attention heads, divides width),
-    channels (the CNN's conv channels; each conv halves the frame, so H and W must be >= 2^len).
+    channels (the CNN's conv channels; each conv halves the frame, so H and W must be >= 2^len),
+    ignore_box ([top, left, height, width] in px at frame_size, or None): a region the IDM never sees, grey in both
+    frames. Crafter's shipped reward IDM ignores the player's tile: the sprite turns even when a move is blocked,
+    so an IDM that reads it can be fooled by a world model that turns the sprite and leaves the world still.
     Frames are uint8 in [0, 255] or floats in [0, 1], of any size: frames not at frame_size are resized to it
     (so a world model and an IDM made at different sizes work together). ``save_pretrained``/``from_pretrained`` write and read
     config.json + safetensors; ``from_pretrained`` returns the model in eval mode, which inference needs
@@ -93,7 +96,7 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, head_sizes: Sequence[int] = (17,), frame_size: Union[int, Sequence[int]] = (64, 64),
                  window: int = 16, width: int = 128, depth: int = 2, heads: int = 4,
-                 channels: Sequence[int] = (16, 32, 32)):
+                 channels: Sequence[int] = (16, 32, 32), ignore_box: Sequence[int] | None = None):
         super().__init__()
         self.head_sizes = _int_list("head_sizes", head_sizes, minimum=2)
         self.frame_size = frame_size_pair("frame_size", frame_size)
@@ -108,6 +111,14 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
             raise ValueError(f"frame_size {list(self.frame_size)} is too small for {len(channels)} stride-2 convs "
                              f"(channels {channels}): each side must be >= {2 ** len(channels)}")
 
+        if ignore_box is not None:
+            box = _int_list("ignore_box", ignore_box, minimum=0)
+            top, left, height, width_px = box if len(box) == 4 else (0, 0, 0, 0)
+            if not (height and width_px and top + height <= self.frame_size[0]
+                    and left + width_px <= self.frame_size[1]):
+                raise ValueError(f"ignore_box must be [top, left, height, width] inside frame_size "
+                                 f"{list(self.frame_size)}, got {list(ignore_box)}")
+        self.ignore_box = None if ignore_box is None else (slice(top, top + height), slice(left, left + width_px))
         self.encoder = TransitionEncoder(self.frame_size, channels, width)
         self.position = nn.Parameter(torch.zeros(window - 1, width))
         self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
@@ -120,6 +131,9 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
         dtype = self.position.dtype
         x = frames.to(dtype) / 255 if frames.dtype == torch.uint8 else frames.to(dtype)
         x = self._resize(x)
+        if self.ignore_box is not None:
+            x = x.clone()
+            x[..., self.ignore_box[0], self.ignore_box[1]] = 0.5  # grey: 0 once centred, and 0 in the difference
         previous, following = x[:, :-1], x[:, 1:]
         pairs = torch.cat([previous - 0.5, following - 0.5, following - previous], dim=2)
         return pairs.flatten(0, 1)

@@ -85,10 +85,26 @@ class IDMPretrain(Pretrain):
                                         "SIZE (square) or HEIGHT WIDTH (default: the recording's)")
     class_weights: Literal["none", "inverse-sqrt"] = Field(
         "none", description="cross-entropy class weights: none, or inverse square root of the training frequency")
+    avatar_box: Optional[Sizes] = Field(None, min_length=4, max_length=4, description="TOP LEFT HEIGHT WIDTH in px "
+                                        "of the frames the model reads: where the player's avatar is drawn (Crafter "
+                                        "at 72 px: 24 32 8 8); used by avatar and counterfeits")
+    avatar: Literal["seen", "ignored"] = Field("seen", description="ignored: the model never sees avatar_box, so it "
+                                               "must read the world (an avatar that turns without the world moving "
+                                               "cannot fool it)")
+    counterfeits: Number = Field(0.0, ge=0.0, lt=1.0, description="share of training clips replaced by avatar-only "
+                                 "counterfeits (the first frame's world, the avatar_box of the real frames) labelled "
+                                 "noop: turning the avatar alone is not a move")
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="dtype of the saved weights")
     eval_every: int = Field(100, ge=0, description="held-out evaluation every N steps into metrics.jsonl; 0: only "
                             "at the end")
     quiet: bool = Field(False, description="no progress bar and no table")
+
+
+    @model_validator(mode="after")
+    def _avatar(self):
+        if self.avatar_box is None and (self.avatar == "ignored" or self.counterfeits):
+            raise ConfigError("avatar_box", "is needed by avatar: ignored and by counterfeits")
+        return self
 
 
 class EvalIDMPretrain(IDMPretrain):

@@ -67,7 +67,9 @@ def train(data: str | Path, out: str | Path, **options) -> dict:
     torch.manual_seed(seed)
     model = InverseDynamicsModel(head_sizes=space.head_sizes, window=window, width=s.width, depth=s.depth,
                                  heads=s.heads, channels=s.channels,
-                                 frame_size=list(resolve_frame_size(s.frame_size, recording)))
+                                 frame_size=list(resolve_frame_size(s.frame_size, recording)),
+                                 ignore_box=s.avatar_box if s.avatar == "ignored" else None)
+    counterfeit = _counterfeiter(space, s.avatar_box, s.counterfeits, model.frame_size)
     weights = _class_weights(recording, clips.episode_ids, s.class_weights)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=s.weight_decay)
     warmup = max(1, steps // 20)
@@ -81,7 +83,7 @@ def train(data: str | Path, out: str | Path, **options) -> dict:
                 tqdm(total=steps, desc=f"pretrain idm ({role})", unit="step", disable=quiet) as bar:
             for step in range(1, steps + 1):
                 model.train()
-                frames, actions = _batch(clips, batch, generator)
+                frames, actions = counterfeit(*_batch(clips, batch, generator), generator)
                 logits = model(frames)
                 loss = sum(F.cross_entropy(lg.flatten(0, 1), actions[..., h].flatten(), weight=weights[h])
                            for h, lg in enumerate(logits)) / len(logits)
@@ -114,7 +116,8 @@ def train(data: str | Path, out: str | Path, **options) -> dict:
             },
             "training": {
                 "data": str(recording.root), "steps": steps, "batch": batch, "lr": lr, "weight_decay": s.weight_decay,
-                "seed": seed, "class_weights": s.class_weights, "seconds": seconds,
+                "seed": seed, "class_weights": s.class_weights, "avatar_box": s.avatar_box, "avatar": s.avatar,
+                "counterfeits": s.counterfeits, "seconds": seconds,
                 "transitions_seen": steps * batch * (window - 1), "train_episodes": len(clips.episode_ids),
                 "torch_threads": torch.get_num_threads(),
             },
@@ -147,6 +150,32 @@ def _batch(clips: ClipDataset, size: int, generator: torch.Generator) -> tuple[t
     items = [clips[i] for i in torch.randint(len(clips), (size,), generator=generator).tolist()]
     frames = torch.stack([torch.cat([item["context"], item["target"]]) for item in items])
     return frames, torch.stack([item["actions"] for item in items])
+
+
+def _counterfeiter(space, box, share: float, frame_size):
+    """(frames, actions, generator) -> the batch with each clip, with probability ``share``, an avatar-only
+    counterfeit (``rlir.eval.idm_audit.avatar_only``) whose every transition is labelled noop."""
+    if not share:
+        return lambda frames, actions, generator: (frames, actions)
+    from rlir.eval.idm_audit import avatar_only
+
+    missing = [head.name for head in space.heads if "noop" not in head.classes]
+    if missing:
+        raise ValueError(f"counterfeits needs a 'noop' class in every action head to label them; none in {missing}")
+    noop = torch.tensor([head.classes.index("noop") for head in space.heads])
+
+    def counterfeit(frames, actions, generator):
+        if tuple(frames.shape[-2:]) != tuple(frame_size):
+            raise ValueError(f"counterfeits: avatar_box is in px of frame_size {list(frame_size)}, but the "
+                             f"recording loads at {list(frames.shape[-2:])}")
+        chosen = torch.rand(len(frames), generator=generator) < share
+        if chosen.any():
+            frames, actions = frames.clone(), actions.clone()
+            frames[chosen] = avatar_only(frames[chosen], box)
+            actions[chosen] = noop
+        return frames, actions
+
+    return counterfeit
 
 
 def _class_weights(recording: Recording, episode_ids: Sequence[str], kind: str) -> list[torch.Tensor | None]:

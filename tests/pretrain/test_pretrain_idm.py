@@ -74,6 +74,10 @@ def test_eval_idm_has_its_own_seed_and_width_saves_bf16_and_replaces_out(recordi
     (dict(class_weights="balanced"), "class_weights"),
     (dict(dtype="int8"), "dtype"),
     (dict(width=30, heads=4), "divisible by heads"),
+    (dict(avatar="ignored"), "avatar_box"),
+    (dict(counterfeits=0.5), "avatar_box"),
+    (dict(avatar_box=[24, 32, 8]), "avatar_box"),
+    (dict(avatar_box=[70, 32, 8, 8], avatar="ignored"), "ignore_box must be"),
 ])
 def test_bad_arguments_raise(recording, tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -86,3 +90,35 @@ def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
     assert rlir.cli.main(argv) == 1
     error = capsys.readouterr().err
     assert error.startswith("rlir pretrain idm: error:") and "manifest.json" in error
+
+
+def test_the_avatar_settings_reach_the_model_and_the_training(recording, tmp_path):
+    """avatar: ignored makes the IDM blind to the box; counterfeits train on avatar-only clips (labelled noop)."""
+    out = tmp_path / "idm"
+    argv = ["pretrain", "idm", "--data", str(recording.root), "--out", str(out), "--width", "32", *TINY,
+            "--avatar-box", "24", "32", "8", "8", "--avatar", "ignored", "--counterfeits", "0.5"]
+    assert rlir.cli.main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["training"]["counterfeits"] == 0.5 and metrics["training"]["avatar"] == "ignored"
+    model = InverseDynamicsModel.from_pretrained(out).eval()
+    assert model.config.ignore_box == [24, 32, 8, 8]
+    frames = torch.randint(0, 255, (1, 3, 3, 72, 72), dtype=torch.uint8)
+    changed = frames.clone()
+    changed[..., 24:32, 32:40] = 255 - changed[..., 24:32, 32:40]
+    assert torch.equal(model(frames)[0], model(changed)[0])  # the box is never seen
+    changed[..., 0:8, 0:8] = 255 - changed[..., 0:8, 0:8]
+    assert not torch.equal(model(frames)[0], model(changed)[0])  # the rest is
+
+
+def test_counterfeit_clips_keep_the_first_world_and_are_labelled_noop(recording):
+    from rlir.pretrain.idm import _counterfeiter
+
+    space = recording.action_space
+    counterfeit = _counterfeiter(space, [24, 32, 8, 8], 0.999, (72, 72))
+    frames = torch.randint(0, 255, (4, 5, 3, 72, 72), dtype=torch.uint8)
+    actions = torch.ones(4, 4, 1, dtype=torch.long)
+    fake, labels = counterfeit(frames, actions, torch.Generator().manual_seed(0))
+    assert torch.equal(fake[:, 4, :, :24], frames[:, 0, :, :24]) and torch.equal(fake[..., 24:32, 32:40],
+                                                                                   frames[..., 24:32, 32:40])
+    assert (labels == space.heads[0].classes.index("noop")).all()
+    assert (actions == 1).all()  # the caller's batch is left alone

@@ -160,3 +160,19 @@ def test_cli_names_the_missing_tokenizer(tiny_recording, tmp_path, capsys):
     assert rlir.cli.main(base + ["--tokenizer", str(tmp_path), "--frame-space", "pixels"]) == 1
     assert "--frame-space is only for --kind diffusion" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_changed_codes_weigh_more_in_the_weighted_loss():
+    from rlir.pretrain.world_model import weighted_code_loss
+
+    torch.manual_seed(0)
+    model = ARWorldModel(codebook_size=16, tokens_per_frame=4, action_head_sizes=[5], n_layers=1, d_model=32,
+                         n_heads=2, n_kv_heads=1, max_frames=4)
+    frames = torch.randint(0, 16, (2, 3, 4))
+    frames[:, 1, :2] = frames[:, 0, :2]  # some codes copy the previous frame
+    actions = torch.randint(0, 5, (2, 2, 1))
+    assert torch.allclose(weighted_code_loss(model, frames, actions, 1.0), model.loss(frames, actions))
+    logp = model.token_logprobs(frames, actions)
+    weight = torch.where(frames[:, 1:] != frames[:, :-1], 4.0, 1.0)
+    expected = -(logp * weight).sum() / weight.sum()
+    assert torch.allclose(weighted_code_loss(model, frames, actions, 4.0), expected)
