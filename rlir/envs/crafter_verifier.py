@@ -203,3 +203,63 @@ class CrafterVerifier:
             walkable[:, k] = np.where(known, np.isin(names, PLAYER_WALKABLE).astype(np.int64), -1)
         facing = self.facing(tiles_after, self.daylight(tiles_after))
         return Transitions(scroll=call, evidence=evidence, facing=facing, walkable=walkable)
+
+
+MOVE_ACTIONS = tuple(f"move_{direction}" for direction in MOVES)
+
+
+class VideoJudge:
+    """The verifier applied to videos with their commanded actions, for one Crafter action space.
+
+    ``hits`` gives per transition [K, n] what the metrics count (``rlir.eval.verify``): is_move, decided,
+    scrolled_as_commanded, still (no scroll called; a tie counts as still), faces_move, as_rules_say (a move did
+    what the tile it walks into says: scroll if it takes the player, stay if it blocks) and content (share of
+    world tiles of frame t+1 that are not grass).
+    """
+
+    def __init__(self, action_space):
+        classes = action_space.heads[0].classes
+        self._moves = np.array([MOVE_ACTIONS.index(c) if c in MOVE_ACTIONS else -1 for c in classes])
+
+    @staticmethod
+    def for_action_space(action_space) -> "VideoJudge | None":
+        """A judge for one head with Crafter's move actions, else None (another game)."""
+        if action_space.num_heads != 1 or not set(MOVE_ACTIONS) <= set(action_space.heads[0].classes):
+            return None
+        return VideoJudge(action_space)
+
+    def move_indices(self, actions: np.ndarray) -> np.ndarray:
+        """Index into MOVES of each commanded action [...] of the one head, -1 for a non-move."""
+        return self._moves[actions]
+
+    def hits(self, videos, actions) -> dict:
+        """uint8 videos [K, n + 1, 3, H, W] (torch or numpy) and actions [K, n, 1] -> {name: [K, n] array}."""
+        frames = np.asarray(videos.cpu() if hasattr(videos, "cpu") else videos).transpose(0, 1, 3, 4, 2)
+        moves = self.move_indices(np.asarray(actions.cpu() if hasattr(actions, "cpu") else actions)[..., 0])
+        return score_transitions(CrafterVerifier(frames.shape[2]), frames, moves)
+
+
+def score_transitions(verifier: CrafterVerifier, frames: np.ndarray, moves: np.ndarray) -> dict:
+    """Per-transition hits [K, n] (see ``VideoJudge``) of uint8 frames [K, n + 1, H, W, 3], moves [K, n]."""
+    k, n = moves.shape
+    before = frames[:, :-1].reshape(k * n, *frames.shape[2:])
+    after = frames[:, 1:].reshape(k * n, *frames.shape[2:])
+    calls = verifier.transitions(before, after)
+    move = moves.reshape(-1)
+    is_move = move >= 0
+    step = np.where(is_move, move, 0)
+    commanded = SCROLLS.index("left") + step  # SCROLLS is ("none", *MOVES)
+    walkable = calls.walkable[np.arange(len(move)), step]
+    expected = np.where(walkable == 1, commanded, SCROLLS.index("none"))
+    tiles = verifier.classify(verifier.tiles(after))
+    grass = verifier.tile_names.index("grass")
+    shape = lambda a: a.reshape(k, n)
+    return {
+        "is_move": shape(is_move),
+        "decided": shape(calls.scroll != TIE),
+        "scrolled_as_commanded": shape(calls.scroll == commanded),
+        "still": shape((calls.scroll == SCROLLS.index("none")) | (calls.scroll == TIE)),
+        "faces_move": shape(calls.facing == step),
+        "as_rules_say": shape((calls.scroll == expected) & (walkable >= 0)),
+        "content": shape((tiles != grass).mean(axis=(1, 2))),
+    }

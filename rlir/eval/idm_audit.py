@@ -61,15 +61,15 @@ def credited(idm, videos: torch.Tensor, actions: torch.Tensor, mask: torch.Tenso
 def crafter_probe_mask(videos: torch.Tensor, actions: torch.Tensor, action_space) -> Dict[str, torch.Tensor]:
     """Transitions the probes score on Crafter clips: commanded moves that the verifier sees scroll the commanded
     way ("moved"), and of those, the ones whose first-frame avatar faces another way ("turned")."""
-    from rlir.envs.crafter_verifier import CrafterVerifier
-    from rlir.eval.verify import _move_index, score_transitions
+    from rlir.envs.crafter_verifier import CrafterVerifier, VideoJudge
 
-    frames = videos.permute(0, 1, 3, 4, 2).numpy()
-    verifier = CrafterVerifier(frames.shape[2])
-    moves = _move_index(action_space, actions[..., 0].numpy())
-    hits = score_transitions(verifier, frames, moves)
+    judge = VideoJudge(action_space)
+    hits = judge.hits(videos, actions)
+    moves = judge.move_indices(actions[..., 0].numpy())
     moved = torch.as_tensor(hits["scrolled_as_commanded"] & hits["faces_move"])
-    first_facing = verifier.facing(*(lambda t: (t, verifier.daylight(t)))(verifier.tiles(frames[:, 0])))
+    verifier = CrafterVerifier(videos.shape[-1])
+    first = verifier.tiles(videos[:, 0].permute(0, 2, 3, 1).numpy())
+    first_facing = verifier.facing(first, verifier.daylight(first))
     turned = moved & torch.as_tensor(moves != first_facing[:, None])
     return {"moved": moved, "turned": turned}
 
@@ -133,13 +133,13 @@ def audit(data, idms: Dict[str, object], *, box: Box | None = None, prompts: int
     from rlir.data import Recording
     from rlir.eval.action_following import idm_scores
     from rlir.eval.evaluate import HeldOutPrompts
-    from rlir.eval.verify import is_crafter
+    from rlir.envs.crafter_verifier import VideoJudge
     from rlir.models.idm import InverseDynamicsModel
 
     recording = Recording(data)
     clips = HeldOutPrompts.from_recording(recording, prompts, frames, all_episodes)
     size = recording.frame_size
-    crafter = is_crafter(recording.action_space)
+    crafter = VideoJudge.for_action_space(recording.action_space) is not None
     if box is None:
         if not crafter:
             raise ValueError("--avatar-box is needed for a game other than Crafter")

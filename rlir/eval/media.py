@@ -121,7 +121,8 @@ def plot_curves(metrics_jsonl: Path, path: Path, window: int = 10) -> Optional[P
     left.set_xlabel("GRPO step")
     left.set_ylabel("training reward")
     left.legend(fontsize=8)
-    for key, label, color in (("eval_idm/reward_mean", "eval IDM (never a reward)", "C2"),
+    for key, label, color in (("verifier/scroll_fidelity", "verifier: moves that scroll (no learned model)", "C3"),
+                              ("eval_idm/reward_mean", "eval IDM (never a reward)", "C2"),
                               ("eval/reward_mean", "reward IDM", "C1")):
         points = [(r["step"], r[key]) for r in rows if r.get(key) is not None and math.isfinite(r[key])]
         if points:

@@ -20,65 +20,23 @@ from typing import Dict, Sequence
 import numpy as np
 import torch
 
-from rlir.envs.crafter_verifier import MOVES, SCROLLS, TIE, CrafterVerifier, PLAYER_WALKABLE
+from rlir.envs.crafter_verifier import MOVES, PLAYER_WALKABLE, SCROLLS, TIE, CrafterVerifier, VideoJudge
 
 METRICS = ("scroll_fidelity", "scroll_decided", "stillness", "facing", "blocked_aware", "content")
-MOVE_ACTIONS = tuple(f"move_{direction}" for direction in MOVES)
-
-
-def is_crafter(action_space) -> bool:
-    """Whether the verifier can read this action space's videos: one head with Crafter's move actions."""
-    return action_space.num_heads == 1 and set(MOVE_ACTIONS) <= set(action_space.heads[0].classes)
-
-
-def _move_index(action_space, actions: np.ndarray) -> np.ndarray:
-    """Index into MOVES of each commanded action, -1 for a non-move."""
-    classes = action_space.heads[0].classes
-    lookup = np.array([MOVE_ACTIONS.index(c) if c in MOVE_ACTIONS else -1 for c in classes])
-    return lookup[actions]
 
 
 def _share(hit: np.ndarray, where: np.ndarray, axis=None):
     count = where.sum(axis)
-    value = np.where(count > 0, (hit & where).sum(axis) / np.maximum(count, 1), np.nan)
-    return value
+    return np.where(count > 0, (hit & where).sum(axis) / np.maximum(count, 1), np.nan)
 
 
-def score_transitions(verifier: CrafterVerifier, videos: np.ndarray, moves: np.ndarray) -> Dict[str, np.ndarray]:
-    """Per-transition hits [K, n] (and masks) of uint8 videos [K, n + 1, H, W, 3] with move indices [K, n]."""
-    k, n = moves.shape
-    before = videos[:, :-1].reshape(k * n, *videos.shape[2:])
-    after = videos[:, 1:].reshape(k * n, *videos.shape[2:])
-    calls = verifier.transitions(before, after)
-    move = moves.reshape(-1)
-    is_move = move >= 0
-    step = np.where(is_move, move, 0)
-    commanded = SCROLLS.index("left") + step  # SCROLLS is ("none", *MOVES)
-    walkable = calls.walkable[np.arange(len(move)), step]
-    expected = np.where(walkable == 1, commanded, SCROLLS.index("none"))
-    tiles = verifier.classify(verifier.tiles(after))
-    grass = verifier.tile_names.index("grass")
-    shape = lambda a: a.reshape(k, n)
-    return {
-        "is_move": shape(is_move),
-        "decided": shape(calls.scroll != TIE),
-        "scrolled_as_commanded": shape(calls.scroll == commanded),
-        "still": shape((calls.scroll == SCROLLS.index("none")) | (calls.scroll == TIE)),
-        "faces_move": shape(calls.facing == step),
-        "as_rules_say": shape((calls.scroll == expected) & (walkable >= 0)),
-        "content": shape((tiles != grass).mean(axis=(1, 2))),
-    }
-
-
-def verifier_metrics(videos: torch.Tensor, actions: torch.Tensor, action_space,
-                     verifier: CrafterVerifier | None = None) -> Dict[str, object]:
+def verifier_metrics(videos: torch.Tensor, actions: torch.Tensor, action_space) -> Dict[str, object]:
     """``verifier/<metric>`` and ``verifier/per_frame`` ({metric: [n values]}) for uint8 videos [K, n + 1, 3, S, S]
     and commanded actions [K, n, 1]; {} for an action space that is not Crafter's."""
-    if not is_crafter(action_space):
+    judge = VideoJudge.for_action_space(action_space)
+    if judge is None:
         return {}
-    frames = videos.permute(0, 1, 3, 4, 2).cpu().numpy()
-    verifier = verifier or CrafterVerifier(frames.shape[2])
-    hits = score_transitions(verifier, frames, _move_index(action_space, actions[..., 0].cpu().numpy()))
+    hits = judge.hits(videos, actions)
     move, still_asked = hits["is_move"], ~hits["is_move"]
     decided_move = move & hits["decided"]
     per_axis = {
@@ -127,12 +85,13 @@ def replay_truth(recording, episode_id: str) -> Dict[str, np.ndarray]:
 def calibrate(recording, episode_ids: Sequence[str], verifier: CrafterVerifier | None = None) -> Dict[str, float]:
     """The verifier's agreement with Crafter's replayed state on real episodes (see ``replay_truth``)."""
     verifier = verifier or CrafterVerifier(recording.frame_size[0])
+    judge = VideoJudge(recording.action_space)
     calls, truths, moves = [], [], []
     for episode in episode_ids:
         frames, actions = recording.load_episode(episode)
         calls.append(verifier.transitions(frames[:-1], frames[1:]))
         truths.append(replay_truth(recording, episode))
-        moves.append(_move_index(recording.action_space, actions[:, 0]))
+        moves.append(judge.move_indices(actions[:, 0]))
     scroll = np.concatenate([c.scroll for c in calls])
     facing = np.concatenate([c.facing for c in calls])
     walkable = np.concatenate([c.walkable for c in calls])

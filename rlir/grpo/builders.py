@@ -52,6 +52,7 @@ class Run:
     prompts: PromptSampler
     eval_prompts: Optional[Prompts]
     head_names: list
+    judge: Optional[object] = None  # rlir.envs.crafter_verifier.VideoJudge for Crafter recordings, else None
 
 
 def _random_models(cfg: GRPOConfig):
@@ -276,4 +277,8 @@ def build_run(cfg: GRPOConfig, device: torch.device) -> Run:
     eval_prompts = None
     if cfg.train.eval_interval and heldout is not None:
         eval_prompts = fixed_prompts(heldout, cfg.eval.prompts, cfg.data.context_frames, r.n_frames)
-    return Run(policy, idm, eval_idm, sampler, eval_prompts, names)
+    from rlir.envs.crafter_verifier import VideoJudge
+
+    recording = getattr(heldout, "recording", None)
+    judge = VideoJudge.for_action_space(recording.action_space) if recording is not None else None
+    return Run(policy, idm, eval_idm, sampler, eval_prompts, names, judge)

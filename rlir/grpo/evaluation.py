@@ -25,9 +25,11 @@ from .policy import Policy, Prompts
 @torch.no_grad()
 def held_out_reward(cfg: GRPOConfig, policy: Policy, prompts: Prompts, idms: Mapping[str, Optional[nn.Module]],
                     parallel: Parallel, device: torch.device,
-                    names: Optional[Sequence[str]] = None) -> Dict[str, float]:
+                    names: Optional[Sequence[str]] = None, judge=None) -> Dict[str, float]:
     """``<prefix>/reward_mean`` and ``<prefix>/head_acc/<head>`` for each ``prefix: idm`` of ``idms`` (None: left
-    out), over ``cfg.eval.num_samples`` videos of each prompt."""
+    out), over ``cfg.eval.num_samples`` videos of each prompt; with a ``judge`` (Crafter's verifier,
+    ``rlir.envs.crafter_verifier.VideoJudge``) also ``verifier/scroll_fidelity`` (ties miss), ``verifier/stillness``
+    and ``verifier/content``, so the curves show whether an IDM's gain moves the world."""
     lo, hi = parallel.shard(len(prompts))
     frames = None
     if hi > lo:
@@ -52,4 +54,21 @@ def held_out_reward(cfg: GRPOConfig, policy: Policy, prompts: Prompts, idms: Map
         m[f"{prefix}/reward_mean"] = sums[0] / sums[1] if sums[1] else float("nan")
         for name, acc in zip(head_names(names, len(sums) - 3), sums[3:]):
             m[f"{prefix}/head_acc/{name}"] = acc / sums[2] if sums[2] else float("nan")
+    if judge is not None:
+        m.update(_verifier_means(judge, frames, actions if frames is not None else None, parallel, device))
     return m
+
+
+def _verifier_means(judge, frames, actions, parallel: Parallel, device) -> Dict[str, float]:
+    """The verifier's shares over every rank's videos: hits and counts are summed, then divided."""
+    sums = torch.zeros(6, dtype=torch.float64, device=device)
+    if frames is not None:
+        hits = judge.hits(frames, actions)
+        move = hits["is_move"]
+        counts = [(hits["scrolled_as_commanded"] & move).sum(), move.sum(), (hits["still"] & ~move).sum(),
+                  (~move).sum(), hits["content"].sum(), move.size]
+        sums = torch.tensor([float(c) for c in counts], dtype=torch.float64, device=device)
+    s = parallel.all_reduce(sums).tolist()
+    share = lambda a, b: a / b if b else float("nan")
+    return {"verifier/scroll_fidelity": share(s[0], s[1]), "verifier/stillness": share(s[2], s[3]),
+            "verifier/content": share(s[4], s[5])}

@@ -79,14 +79,14 @@ class GRPOTrainer:
     def __init__(self, cfg: GRPOConfig, policy: Policy, idm: nn.Module, prompts: PromptSampler, *,
                  eval_prompts: Optional[Prompts] = None, eval_idm: Optional[nn.Module] = None,
                  out_dir=None, device: Optional[torch.device] = None, head_names: Optional[Sequence[str]] = None,
-                 resume_step: Optional[int] = None, parallel: Optional[Parallel] = None):
+                 resume_step: Optional[int] = None, parallel: Optional[Parallel] = None, judge=None):
         self.cfg = cfg
         self.policy, self.idm, self.prompts = policy, idm, prompts
         self.closed_form_kl = cfg.loss.beta > 0 and cfg.loss.kl == "closed_form"
         if self.closed_form_kl and not policy.has_closed_form_kl:
             raise ConfigError("loss.kl", f"'closed_form' needs a policy with logprobs_and_kl, which "
                               f"{type(policy).__name__} does not implement: use k3")
-        self.eval_prompts, self.eval_idm = eval_prompts, eval_idm
+        self.eval_prompts, self.eval_idm, self.judge = eval_prompts, eval_idm, judge
         self.device = device if device is not None else resolve_device(cfg.device)
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.head_names = list(head_names) if head_names is not None else None
@@ -146,7 +146,7 @@ class GRPOTrainer:
         device = device if device is not None else resolve_device(cfg.device)
         run = build_run(cfg, device)
         trainer = cls(cfg, run.policy, run.idm, run.prompts, eval_prompts=run.eval_prompts, eval_idm=run.eval_idm,
-                      device=device, head_names=run.head_names, parallel=parallel)
+                      device=device, head_names=run.head_names, parallel=parallel, judge=run.judge)
         trainer.out_dir = out_dir
         resume_step = trainer.resume(out_dir / "checkpoints") if resume else None
         if parallel.is_main:
@@ -337,7 +337,7 @@ class GRPOTrainer:
         with self.autocast(), self.scoring.gathered():
             m = held_out_reward(self.cfg, self.policy, self.eval_prompts,
                                 {"eval": self.idm, "eval_idm": self.eval_idm}, self.parallel, self.device,
-                                self.head_names)
+                                self.head_names, judge=self.judge)
         m["time/eval"] = time.perf_counter() - start
         return m
 

@@ -178,6 +178,9 @@ class DiffusionWorldModelPretrain(WorldModelPretrain):
                               "the evaluation sampler's, rlir.grpo.diffusion_policy.EVAL_ODE_STEPS)")
     previous_frame_neighbourhood: bool = Field(False, description="the previous frame enters also shifted by one "
                                                "cell in each direction (see DiTWorldModel)")
+    init: Optional[PathStr] = Field(None, description="start from this DiT (a save_pretrained directory; its config "
+                                    "replaces the shape settings) instead of fresh weights: a second stage on longer "
+                                    "clips, so that every frame position the sampler reaches is trained")
 
     @model_validator(mode="after")
     def _context(self):

@@ -153,7 +153,13 @@ def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None
                                                                   clip_frames, eval_frames + 1, s.eval_prompts)
 
     torch.manual_seed(seed)
-    model = DiTWorldModel(**_model_config(frame_space, patch_size, recording, vq, store, train_ids, shape))
+    if s.init is None:
+        model = DiTWorldModel(**_model_config(frame_space, patch_size, recording, vq, store, train_ids, shape))
+    else:
+        model = DiTWorldModel.from_pretrained(s.init, torch_dtype=torch.float32)
+        if model.config.frame_space != frame_space or clip_frames > model.config.max_frames:
+            raise ValueError(f"init: {s.init} is a {model.config.frame_space} DiT of max_frames "
+                             f"{model.config.max_frames}; this run wants {frame_space} and clip_frames {clip_frames}")
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = adamw_decaying_matrices(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.99))
     batches = shuffled_batches(len(train_windows), batch, torch.Generator().manual_seed(seed))
@@ -209,7 +215,7 @@ def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None
             "training": {"data": str(recording.root),
                          "tokenizer": str(Path(tokenizer).resolve()) if vq is not None else None,
                          "steps": steps, "batch": batch, "lr": lr, "clip_frames": clip_frames,
-                         "context_frames": context_frames, "ema_decay": EMA_DECAY, "seed": seed,
+                         "context_frames": context_frames, "ema_decay": EMA_DECAY, "seed": seed, "init": s.init,
                          "seconds": round(train_seconds, 1), "encode_seconds": round(encode_seconds, 1),
                          "final_loss": loss.item(), "train_episodes": train_ids,
                          "train_windows": len(train_windows), "torch_threads": torch.get_num_threads()},
