@@ -31,6 +31,22 @@ HEADLINE = (
 )
 
 
+def source_commit() -> Optional[str]:
+    """The git commit of the rlir source that made a report ("-dirty" when tracked files differ from it); None
+    outside a git checkout (an installed wheel)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD", "--", "rlir", "configs",
+                                "checkpoints"], timeout=10).returncode != 0
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
 def _finite(value) -> Optional[float]:
     return float(value) if value is not None and math.isfinite(float(value)) else None
 
@@ -48,7 +64,7 @@ def build_report(results: Dict[str, dict], *, info: dict) -> dict:
         metrics[key] = row
     per_action = {label: results[label]["eval_idm/report"].to_json()
                   for label in labels if "eval_idm/report" in results[label]}
-    report = {**info, "metrics": metrics, "eval_idm_per_action": per_action}
+    report = {**info, "commit": source_commit(), "metrics": metrics, "eval_idm_per_action": per_action}
     per_frame = {label: results[label]["verifier/per_frame"] for label in results if "verifier/per_frame" in results[label]}
     if per_frame:
         report["verifier_per_frame"] = per_frame
@@ -151,7 +167,8 @@ def markdown(report: dict, files: Dict[str, str]) -> str:
     if report.get("action_sensitivity_nll"):
         lines += action_sensitivity_table(report["action_sensitivity_nll"])
     if report.get("command"):
-        lines += ["Reproduce:", "", "```", report["command"], "```", ""]
+        lines += [f"Reproduce (rlir at commit `{report.get('commit') or 'unknown'}`):", "", "```", report["command"],
+                  "```", ""]
     return "\n".join(lines)
 
 
