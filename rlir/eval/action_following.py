@@ -67,5 +67,6 @@ def idm_scores(idm: InverseDynamicsModel, videos: torch.Tensor, actions: torch.T
     report = classification_report(actions.reshape(-1, actions.shape[-1]), predicted.reshape(-1, actions.shape[-1]),
                                    action_space)
     return {"frame_accuracy": result.reward.mean().item(),
+            "per_video": result.reward.float().tolist(),
             "head_accuracy": result.head_accuracy.tolist(),
             "report": report}

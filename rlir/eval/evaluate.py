@@ -49,6 +49,9 @@ def idm_metrics(idms: Dict[str, torch.nn.Module], videos: torch.Tensor, prompts:
     for name, idm in idms.items():
         scores = idm_scores(idm, videos, prompts.actions, action_space)
         out[f"{name}/frame_accuracy"] = scores["frame_accuracy"]
+        frames = prompts.actions.shape[1]
+        out[f"per_prompt/{name}/frame_accuracy"] = {"hits": [v * frames for v in scores["per_video"]],
+                                                    "count": [frames] * len(scores["per_video"])}
         if name == "eval_idm":
             out["eval_idm/report"] = scores["report"]
             for metric in ("precision", "recall", "f1"):

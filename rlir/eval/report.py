@@ -61,6 +61,9 @@ def build_report(results: Dict[str, dict], *, info: dict) -> dict:
             row["real"] = _finite(results["real"][key])
         if {"before", "after"} <= set(labels) and None not in (row["before"], row["after"]):
             row["delta"] = row["after"] - row["before"]
+            clusters = [results[label].get(f"per_prompt/{key}") for label in ("before", "after")]
+            if None not in clusters:
+                row["delta_se"] = paired_delta_se(*clusters)
         metrics[key] = row
     per_action = {label: results[label]["eval_idm/report"].to_json()
                   for label in labels if "eval_idm/report" in results[label]}
@@ -74,6 +77,19 @@ def build_report(results: Dict[str, dict], *, info: dict) -> dict:
     if any(sensitivity.values()):
         report["action_sensitivity_nll"] = {label: nll for label, nll in sensitivity.items() if nll}
     return report
+
+
+def paired_delta_se(before: dict, after: dict) -> Optional[float]:
+    """Standard error of after - before for a share pooled over prompts ({"hits": [K], "count": [K]} each, the same
+    prompts and counts): prompts are the independent units, so it is the cluster-robust (ratio-estimator) SE of
+    the paired per-prompt differences. It is the noise of a reported delta at this many prompts."""
+    count = np.asarray(before["count"], dtype=np.float64)
+    differences = np.asarray(after["hits"], dtype=np.float64) - np.asarray(before["hits"], dtype=np.float64)
+    k, total = len(count), count.sum()
+    if k < 2 or total == 0:
+        return None
+    delta = differences.sum() / total
+    return float(np.sqrt(k / (k - 1) * ((differences - delta * count) ** 2).sum()) / total)
 
 
 def _cell(value, digits: int = 3) -> str:
@@ -134,7 +150,7 @@ def verifier_per_frame_table(per_frame: Dict[str, Dict[str, list]]) -> list[str]
 
 
 def markdown(report: dict, files: Dict[str, str]) -> str:
-    labels = [k for k in next(iter(report["metrics"].values())) if k not in ("real", "delta")]
+    labels = [k for k in next(iter(report["metrics"].values())) if k not in ("real", "delta", "delta_se")]
     compare = "delta" in json.dumps(report["metrics"])
     lines = [f"# World-model evaluation: {', '.join(labels)}", ""]
     lines.append(f"{report['prompts']} held-out prompts, 1 real context frame, {report['frames']} generated frames, "
@@ -149,7 +165,8 @@ def markdown(report: dict, files: Dict[str, str]) -> str:
             continue  # e.g. the verifier's rows for a game that is not Crafter
         cells = [_cell(row.get(lab)) for lab in labels]
         if compare:
-            cells.append(_signed(row.get("delta")))
+            se = row.get("delta_se")
+            cells.append(_signed(row.get("delta")) + ("" if se is None else f" ± {se:.3f}"))
         cells.append(_cell(row.get("real")))
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     lines.append("")

@@ -51,6 +51,8 @@ def verifier_metrics(videos: torch.Tensor, actions: torch.Tensor, action_space) 
     out["verifier/per_frame"] = {name: [None if np.isnan(v) else float(v) for v in f(0)]
                                  for name, f in per_axis.items()}
     out["verifier/moves"] = int(move.sum())
+    out["per_prompt/verifier/scroll_fidelity"] = {"hits": (hits["scrolled_as_commanded"] & move).sum(1).tolist(),
+                                                  "count": move.sum(1).tolist()}
     return out
 
 

@@ -59,3 +59,11 @@ def test_a_game_that_is_not_crafter_gets_no_verifier_rows():
     space = get_action_space("minecraft")
     assert verifier_metrics(torch.zeros(1, 2, 3, 72, 72, dtype=torch.uint8), torch.zeros(1, 1, space.num_heads,
                             dtype=torch.long), space) == {}
+
+
+def test_the_delta_standard_error_is_the_paired_prompt_level_one():
+    from rlir.eval.report import paired_delta_se
+
+    before, after = {"hits": [1, 2], "count": [4, 4]}, {"hits": [2, 4], "count": [4, 4]}
+    assert paired_delta_se(before, after) == pytest.approx(0.125)  # residuals -0.5, 0.5 of delta 3/8 per prompt
+    assert paired_delta_se({"hits": [1], "count": [4]}, {"hits": [2], "count": [4]}) is None
