@@ -39,6 +39,10 @@ def register(subparsers) -> None:
     parser.add_argument("--action-sensitivity", action="store_true",
                         help="AR models: also report the held-out teacher-forced NLL under true vs shuffled / "
                              "swapped actions (does the model use its actions at all?)")
+    parser.add_argument("--calibrate-verifier", action="store_true",
+                        help="Crafter: instead of evaluating a model, replay the held-out episodes (every episode with "
+                             "--all-episodes) from their seeds and report how often the verifier agrees with "
+                             "Crafter's own state (calibration.json in --out)")
     parser.add_argument("--out", type=Path, default=None,
                         help="report directory (default: RUN/eval with --run, else print only)")
     parser.set_defaults(func=run)
@@ -48,6 +52,8 @@ def run(args) -> int:
     from rlir.eval.run import run_eval
 
     try:
+        if args.calibrate_verifier:
+            return _calibrate(args)
         run_eval(args.data, run=args.run, world_model=args.world_model, baseline=args.baseline,
                  tokenizer=args.tokenizer, idm=args.idm, eval_idm=args.eval_idm, frames=args.frames,
                  prompts=args.prompts, temperature=args.temperature, seed=args.seed, grid=args.grid,
@@ -56,4 +62,22 @@ def run(args) -> int:
     except (ValueError, FileNotFoundError) as error:  # EvalError, ConfigError, RecordingError: one line each
         print(f"rlir eval: error: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _calibrate(args) -> int:
+    import json
+
+    from rlir.data import Recording, split_episodes
+    from rlir.eval.verify import calibrate
+
+    recording = Recording(args.data)
+    if recording.env != "crafter":
+        raise ValueError(f"--calibrate-verifier: {args.data} is a {recording.env!r} recording; the verifier is Crafter's")
+    episodes = recording.episode_ids if args.all_episodes else split_episodes(recording.episode_ids, 0.1)[1]
+    result = {"data": str(recording.root), **calibrate(recording, episodes)}
+    print(json.dumps(result, indent=1))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "calibration.json").write_text(json.dumps(result, indent=1) + "\n")
     return 0
