@@ -24,6 +24,7 @@ def test_quickstart_from_an_empty_directory_after_a_plain_install(tmp_path):
     work = tmp_path / "empty"
     work.mkdir()
     record("crafter", work / "data" / "crafter", episodes=4, steps=24, seed=0, progress=False)
+    record("crafter", work / "data" / "crafter_unseen", episodes=2, steps=24, seed=10_000, progress=False)
     env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
     tiny = ["rollout.prompts_per_step=1", "rollout.group_size=2", "rollout.n_frames=2", "eval.prompts=2",
             "train.micro_batch_size=2", "train.grad_accumulation=1", "data.stride=8"]

@@ -36,7 +36,8 @@ def test_comparing_a_model_with_itself_gives_zero_deltas(crafter_recording, tmp_
 
 def test_quickstart_trains_and_reports_before_and_after(crafter_recording, tmp_path):
     out = tmp_path / "quick"
-    args = ["quickstart", "--data", str(crafter_recording), "--out", str(out), "--steps", "1", "--prompts", "2",
+    args = ["quickstart", "--data", str(crafter_recording), "--eval-data", str(crafter_recording), "--out", str(out),
+            "--steps", "1", "--prompts", "2",
             "--frames", "2", "rollout.prompts_per_step=1", "rollout.group_size=2", "rollout.n_frames=2",
             "train.micro_batch_size=2", "train.grad_accumulation=1", "eval.prompts=2", "log.tensorboard=false",
             "data.heldout_fraction=0.5"]
@@ -48,6 +49,9 @@ def test_quickstart_trains_and_reports_before_and_after(crafter_recording, tmp_p
     for key in METRICS:
         assert {"before", "after", "delta"} <= set(report["metrics"][key])
     assert (out / "eval" / "curves.png").is_file() and (out / "eval" / "video_grid.gif").is_file()
+    assert report["all_episodes"]  # the unseen-seed recording, every episode of it
+    assert report["commit"] is None or len(report["commit"]) >= 40
+    assert report["metrics"]["verifier/scroll_fidelity"]["delta_se"] is not None
 
 
 def test_action_sensitivity_separates_a_model_that_reads_its_actions():
