@@ -61,7 +61,8 @@ def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None,
     """Evaluate and return the report (see the module docstring); ``out`` defaults to RUN/eval for a run."""
     from rlir.data import Recording
     from rlir.grpo.builders import load_strict
-    from rlir.eval.evaluate import HeldOutPrompts, evaluate_world_model, idm_metrics
+    from rlir.eval import cache
+    from rlir.eval.evaluate import HeldOutPrompts, idm_metrics
     from rlir.eval.loading import load_world_model
     from rlir.eval.media import plot_curves, write_video_grid
     from rlir.eval.report import HEADLINE, build_report, write_report
@@ -71,7 +72,7 @@ def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None,
 
     if frames < 1 or prompts < 1:
         raise EvalError("--frames and --prompts must be >= 1")
-    from rlir.grpo.distributed import evaluate_sharded, init_distributed, quiet_unless_main
+    from rlir.grpo.distributed import init_distributed, quiet_unless_main
 
     # Under torchrun: every rank generates its share of the prompts, rank 0 reports (rlir.grpo.distributed).
     parallel, _ = init_distributed("cpu")
@@ -95,16 +96,19 @@ def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None,
     info_models = {}
     for label, path in models.items():
         model, info = load_world_model(path)
-        evaluate = evaluate_sharded(parallel) if parallel.distributed else evaluate_world_model
-        metrics, videos[label] = evaluate(model, vq, idms, held_out, recording.action_space,
-                                          temperature=temperature, seed=seed)
-        metrics.update(verifier_metrics(videos[label], held_out.actions, recording.action_space))
-        if action_sensitivity:
-            from rlir.eval.action_sensitivity import action_sensitivity as sensitivity
-
-            nll = sensitivity(model, vq, held_out.real, held_out.actions, recording.action_space.heads[0].classes)
-            metrics.update({f"nll_{k}": v for k, v in nll.items()})
-            print(f"{label}: teacher-forced NLL per code " + ", ".join(f"{k} {v:.4f}" for k, v in nll.items()))
+        settings = {"prompts": len(held_out), "frames": frames, "temperature": temperature, "seed": seed,
+                    "all_episodes": all_episodes, "action_sensitivity": action_sensitivity, "version": 1}
+        folder = (cache.entry(recording.root, path, [paths[k] for k in sorted(paths)], settings)
+                  if not parallel.distributed and cache.cacheable(path) else None)
+        cached = cache.load(folder) if folder is not None else None
+        if cached is not None:
+            metrics, videos[label] = cached
+            info = {**info, "cached": str(folder)}
+        else:
+            metrics, videos[label] = _evaluate(model, vq, idms, held_out, recording, parallel, temperature, seed,
+                                               action_sensitivity)
+            if folder is not None:
+                cache.save(folder, metrics, videos[label])
         results[label] = metrics
         info_models[label] = info
         print(f"== {label}: {info['source']}")
@@ -129,6 +133,24 @@ def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None,
     written = write_report(out, report, files)
     print(f"report: {written['md']} (and {written['json'].name}, {', '.join(files.values())})")
     return report
+
+
+def _evaluate(model, vq, idms, held_out, recording, parallel, temperature: float, seed: int,
+              action_sensitivity: bool) -> tuple[dict, "torch.Tensor"]:
+    """One world model's metrics (IDMs, PSNR/SSIM, the verifier, optionally action sensitivity) and videos."""
+    from rlir.eval.evaluate import evaluate_world_model
+    from rlir.eval.verify import verifier_metrics
+    from rlir.grpo.distributed import evaluate_sharded
+
+    evaluate = evaluate_sharded(parallel) if parallel.distributed else evaluate_world_model
+    metrics, videos = evaluate(model, vq, idms, held_out, recording.action_space, temperature=temperature, seed=seed)
+    metrics.update(verifier_metrics(videos, held_out.actions, recording.action_space))
+    if action_sensitivity:
+        from rlir.eval.action_sensitivity import action_sensitivity as sensitivity
+
+        nll = sensitivity(model, vq, held_out.real, held_out.actions, recording.action_space.heads[0].classes)
+        metrics.update({f"nll_{k}": v for k, v in nll.items()})
+    return metrics, videos
 
 
 def action_names(action_space, actions) -> list[str]:

@@ -148,6 +148,16 @@ class ClassificationReport:
         return {"count": self.count, "frame_accuracy": _json_float(self.frame_accuracy),
                 "heads": [head.to_json() for head in self.heads]}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ClassificationReport":
+        """The report ``to_json`` wrote (its metrics recomputed from the confusion matrices)."""
+        heads = []
+        for head in data["heads"]:
+            confusion = np.asarray(head["confusion"], dtype=np.int64)
+            heads.append(HeadReport(head["name"], list(head["classes"]), confusion, precision_recall_f1(confusion)))
+        accuracy = data["frame_accuracy"]
+        return cls(heads, float("nan") if accuracy is None else accuracy, data["count"])
+
 
 def classification_report(targets, predictions, action_space: ActionSpace | Sequence[int]) -> ClassificationReport:
     """targets, predictions: int [N, H] (one column per head) -> ClassificationReport.

@@ -78,3 +78,18 @@ def test_action_sensitivity_separates_a_model_that_reads_its_actions():
         blind.tok_embeddings.weight[8:] = 0  # action tokens carry nothing
     nll = action_sensitivity(blind, tokenizer, real, actions, ["noop", "move_left", "move_right", "move_up", "move_down"])
     assert max(nll.values()) - min(nll.values()) < 1e-6
+
+
+def test_a_second_evaluation_of_the_same_model_and_settings_comes_from_the_cache(crafter_recording, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(crafter_recording, data, ignore=shutil.ignore_patterns(".eval_cache"))
+    args = ["eval", "--data", str(data), "--frames", "2", "--prompts", "2"]
+    assert main([*args, "--out", str(tmp_path / "first")]) == 0
+    assert main([*args, "--out", str(tmp_path / "second")]) == 0
+    first, second = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("first", "second"))
+    assert "cached" not in first["models"]["model"] and "cached" in second["models"]["model"]
+    assert first["metrics"] == second["metrics"]
+    assert main([*args, "--seed", "1", "--out", str(tmp_path / "third")]) == 0  # other settings: evaluated anew
+    assert "cached" not in json.loads((tmp_path / "third" / "report.json").read_text())["models"]["model"]
