@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Dict, Sequence
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -110,14 +112,14 @@ def plot_occlusion(maps: Dict[str, np.ndarray], frame: np.ndarray, path) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps), 3.4), squeeze=False)
+    figure, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps), 3.8), squeeze=False)
     for ax, (name, drop) in zip(axes[0], maps.items()):
         ax.imshow(frame)
         ax.imshow(drop, cmap="magma", alpha=0.6, extent=(0, frame.shape[1], frame.shape[0], 0),
                   interpolation="nearest")
-        ax.set_title(f"{name}\nlog-prob drop (max {drop.max():.2f})", fontsize=8)
+        ax.set_title(f"{'/'.join(Path(name).parts[-2:])}\nlog-prob drop (max {drop.max():.2f})", fontsize=8)
         ax.axis("off")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.94))
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
@@ -128,7 +130,6 @@ def audit(data, idms: Dict[str, object], *, box: Box | None = None, prompts: int
     (Crafter: the verifier picks the transitions) and its occlusion map; writes audit.json, audit.md and
     occlusion.png into ``out`` when given."""
     import json
-    from pathlib import Path
 
     from rlir.data import Recording
     from rlir.eval.action_following import idm_scores
