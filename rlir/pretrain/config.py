@@ -123,6 +123,10 @@ class WorldModelPretrain(Pretrain):
     d_model: int = Field(192, ge=1, description="model width")
     heads: int = Field(6, ge=1, description="attention heads")
     eval_prompts: int = Field(32, ge=1, description="held-out prompts for the generation PSNR")
+    init: Optional[PathStr] = Field(None, description="start from this world model of the same kind (a save_pretrained "
+                                    "directory; its config replaces the shape settings) instead of fresh weights: a "
+                                    "second stage, e.g. the DiT on longer clips so that every frame position the "
+                                    "sampler reaches is trained")
     eval_frames: int = Field(15, ge=1, description="frames generated per prompt, at most max_frames - 1")
     overwrite: bool = Field(False, description="replace OUT if it exists")
 
@@ -178,9 +182,6 @@ class DiffusionWorldModelPretrain(WorldModelPretrain):
                               "the evaluation sampler's, rlir.grpo.diffusion_policy.EVAL_ODE_STEPS)")
     previous_frame_neighbourhood: bool = Field(False, description="the previous frame enters also shifted by one "
                                                "cell in each direction (see DiTWorldModel)")
-    init: Optional[PathStr] = Field(None, description="start from this DiT (a save_pretrained directory; its config "
-                                    "replaces the shape settings) instead of fresh weights: a second stage on longer "
-                                    "clips, so that every frame position the sampler reaches is trained")
 
     @model_validator(mode="after")
     def _context(self):

@@ -121,9 +121,16 @@ def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, *, pr
                                                               clip_frames, eval_frames + 1, s.eval_prompts)
 
     torch.manual_seed(seed)
-    model = ARWorldModel(codebook_size=tokenized.codebook_size, tokens_per_frame=tokenized.tokens_per_frame,
-                         action_head_sizes=list(recording.action_space.head_sizes),
-                         frame_grid=list(vq.code_grid), **shape)
+    if s.init is None:
+        model = ARWorldModel(codebook_size=tokenized.codebook_size, tokens_per_frame=tokenized.tokens_per_frame,
+                             action_head_sizes=list(recording.action_space.head_sizes),
+                             frame_grid=list(vq.code_grid), **shape)
+    else:
+        model = ARWorldModel.from_pretrained(s.init, torch_dtype=torch.float32)
+        if model.config.codebook_size != tokenized.codebook_size or clip_frames > model.config.max_frames:
+            raise ValueError(f"init: {s.init} has codebook {model.config.codebook_size} and max_frames "
+                             f"{model.config.max_frames}; this run has codebook {tokenized.codebook_size} and "
+                             f"clip_frames {clip_frames}")
     optimizer = adamw_decaying_matrices(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.95))
     batches = shuffled_batches(len(train_windows), batch, torch.Generator().manual_seed(seed))
     nll_codes, nll_actions = tokenized.clips(nll_windows, clip_frames)
@@ -175,7 +182,8 @@ def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, *, pr
                       "config": {k: v for k, v in saved.config.items() if not k.startswith("_")}},
             "training": {"data": str(recording.root), "tokenizer": str(Path(tokenizer).resolve()),
                          "codes_fingerprint": tokenized.fingerprint, "steps": steps, "batch": batch, "lr": lr,
-                         "clip_frames": clip_frames, "seed": seed, "seconds": round(train_seconds, 1),
+                         "clip_frames": clip_frames, "seed": seed, "init": s.init,
+                         "changed_code_weight": s.changed_code_weight, "seconds": round(train_seconds, 1),
                          "tokens_seen": steps * batch * clip_frames * model.frame_stride,
                          "final_loss": loss.item(), "train_episodes": train_ids, "train_windows": len(train_windows),
                          "torch_threads": torch.get_num_threads()},

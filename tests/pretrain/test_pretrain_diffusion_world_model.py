@@ -97,3 +97,16 @@ def test_pretraining_quality_check_defaults_to_the_evaluation_sampler():
     from rlir.pretrain.config import DiffusionWorldModelPretrain
 
     assert DiffusionWorldModelPretrain.model_fields["sample_steps"].default == EVAL_ODE_STEPS
+
+
+def test_a_second_stage_on_longer_clips_starts_from_the_first(tiny_recording, tiny_tokenizer, tmp_path):
+    common = ["pretrain", "world-model", "--kind", "diffusion", "--data", str(tiny_recording), "--tokenizer",
+              str(tiny_tokenizer), "--threads", "1", "--quiet", "--eval-every", "0", *TINY_MODEL]
+    assert rlir.cli.main([*common, "--steps", "2", "--out", str(tmp_path / "first")]) == 0
+    assert rlir.cli.main([*common, "--steps", "1", "--clip-frames", "5", "--init", str(tmp_path / "first"),
+                          "--out", str(tmp_path / "second")]) == 0
+    metrics = json.loads((tmp_path / "second" / "metrics.json").read_text())
+    assert metrics["training"]["init"] == str(tmp_path / "first") and metrics["training"]["clip_frames"] == 5
+    with pytest.raises(ValueError, match="init"):
+        train(tiny_recording, tmp_path / "third", tiny_tokenizer, init=str(tmp_path / "first"), frame_space="pixels",
+              steps=1, quiet=True, layers=1, d_model=32, heads=2, max_frames=6, clip_frames=3, eval_frames=4)

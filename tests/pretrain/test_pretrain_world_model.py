@@ -176,3 +176,17 @@ def test_changed_codes_weigh_more_in_the_weighted_loss():
     weight = torch.where(frames[:, 1:] != frames[:, :-1], 4.0, 1.0)
     expected = -(logp * weight).sum() / weight.sum()
     assert torch.allclose(weighted_code_loss(model, frames, actions, 4.0), expected)
+
+
+def test_a_second_stage_starts_from_the_first_stages_weights(tiny_recording, tiny_tokenizer, tmp_path):
+    common = ["pretrain", "world-model", "--data", str(tiny_recording), "--tokenizer", str(tiny_tokenizer),
+              "--threads", "1", "--quiet", "--eval-every", "0", *TINY_MODEL]
+    assert rlir.cli.main([*common, "--steps", "2", "--out", str(tmp_path / "first")]) == 0
+    first = ARWorldModel.from_pretrained(tmp_path / "first")
+    assert rlir.cli.main([*common, "--steps", "1", "--lr", "1e-12", "--init", str(tmp_path / "first"),
+                          "--changed-code-weight", "2", "--out", str(tmp_path / "second")]) == 0
+    second = ARWorldModel.from_pretrained(tmp_path / "second")
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-2), name  # one step at lr 1e-12 moves nothing
+    metrics = json.loads((tmp_path / "second" / "metrics.json").read_text())
+    assert metrics["training"]["init"] == str(tmp_path / "first") and metrics["training"]["changed_code_weight"] == 2
