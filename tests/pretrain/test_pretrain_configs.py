@@ -31,7 +31,7 @@ def test_make_sh_trains_every_shipped_model_from_a_config_that_validates():
     copied = re.search(r"for model in ([\w ]+); do", script).group(1).split()
     commands = [shlex.split(c) for c in re.findall(r"rlir (pretrain [^&;()\n]+)", script)]
     assert [argv[:2] for argv in commands] == [["pretrain", "tokenizer"], ["pretrain", "idm"], ["pretrain", "idm"],
-                                                ["pretrain", "world-model"], ["pretrain", "world-model"]]
+                                                *[["pretrain", "world-model"]] * 4]  # each world model in 2 stages
     outs = []
     for argv in commands:
         assert len(argv) == 4 and argv[2] == "--config", argv  # every setting is in the config
@@ -40,8 +40,11 @@ def test_make_sh_trains_every_shipped_model_from_a_config_that_validates():
         assert Path(settings.data) == Path(recorded), argv[3]
         if argv[1] == "world-model":
             assert Path(settings.tokenizer) == outs[0], argv[3]  # the tokenizer trained above
+            if settings.init is not None:
+                assert Path(settings.init) == outs[-1], argv[3]  # a second stage starts from the first
         outs.append(Path(settings.out))
-    assert [out.name for out in outs] == copied and {out.parent for out in outs} == {Path(work)}
+    shipped = [out for out in outs if not out.name.endswith("_stage1")]
+    assert [out.name for out in shipped] == copied and {out.parent for out in outs} == {Path(work)}
     named = sorted(Path(argv[3]).name for argv in commands)
     assert named == sorted(p.name for p in (REPO / "configs" / "pretrain").glob("*.yaml"))
 
