@@ -1,5 +1,7 @@
 import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import torch
 
@@ -8,6 +10,24 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+
+
+def _import_hugging_faces_kernels_package_first() -> None:
+    """transformers (TRL's dependency) imports Hugging Face's `kernels` package. `python -m pytest` puts the
+    repository root first on sys.path, where our kernels/ folder (installed as rlir.kernels, never as a top-level
+    package) would shadow it; importing theirs now, without the root, makes `kernels` name theirs."""
+    root = Path(__file__).resolve().parents[1]
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
+    try:
+        importlib.import_module("kernels")
+    except ImportError:
+        pass  # not installed: nothing to shadow
+    finally:
+        sys.path[:] = saved
+
+
+_import_hugging_faces_kernels_package_first()
 
 
 def interpreting() -> bool:
