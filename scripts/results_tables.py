@@ -28,11 +28,11 @@ COLUMNS = (
 )
 
 
-def _cell(value, digits, se=None) -> str:
+def _cell(value, digits, se=None, signed=False) -> str:
     if value is None:
         return "–"
-    text = f"{value:.{digits}f}"
-    return text if se is None else f"{value:+.{digits}f} ± {se:.{digits}f}"
+    text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    return text if se is None else f"{text} ± {se:.{digits}f}"
 
 
 def table(folder: Path) -> str:
@@ -51,7 +51,8 @@ def table(folder: Path) -> str:
         name = f"[{path.parent.name}]({path.parent.relative_to(ROOT).as_posix()}/report.md)"
         commit = (report.get("commit") or "unknown")[:10]
         for label in labels:
-            cells = [_cell(metrics[key].get(label), digits, metrics[key].get("delta_se") if label == "delta" else None)
+            delta = label == "delta"
+            cells = [_cell(metrics[key].get(label), digits, metrics[key].get("delta_se") if delta else None, delta)
                      for key, _, digits in COLUMNS]
             shown = f"{label} (`{commit}`)" if label in ("after", "model") else label
             lines.append(f"| {name} | {shown} | " + " | ".join(cells) + " |")
@@ -64,8 +65,8 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="fail if README.md's tables differ from the reports")
     args = parser.parse_args(argv)
     readme = (ROOT / "README.md").read_text()
-    pattern = re.compile(r"(<!-- table:(\S+) -->\n)(.*?)(\n<!-- /table:\2 -->)", re.S)
-    rebuilt = pattern.sub(lambda m: m.group(1) + table(ROOT / "docs" / m.group(2)) + m.group(4), readme)
+    pattern = re.compile(r"(<!-- table:(\S+) -->)\n(.*?)(<!-- /table:\2 -->)", re.S)
+    rebuilt = pattern.sub(lambda m: m.group(1) + "\n" + table(ROOT / "docs" / m.group(2)) + "\n" + m.group(4), readme)
     if args.check:
         if rebuilt != readme:
             print("README.md's result tables differ from docs/**/report.json: run scripts/results_tables.py --write")

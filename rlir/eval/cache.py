@@ -2,7 +2,7 @@
 metrics and videos, so the base model of a quickstart is evaluated once and every later run reuses it.
 
 The key is the SHA-256 of the files that decide the result (the model's and the scoring models' config.json and
-safetensors, the recording's manifest) and of the settings. Entries live in the recording's folder, under
+weights, the recording's manifest) and of the settings. Entries live in the recording's folder, under
 ``.eval_cache/<key>/``: metrics.json and the videos (safetensors), written atomically.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ REPORT = "eval_idm/report"
 def cacheable(model_path: Path) -> bool:
     """A save_pretrained directory (a GRPO run's latest checkpoint changes, so runs are not cached)."""
     model_path = Path(model_path)
-    return (model_path / "config.json").is_file() and any(model_path.glob("*.safetensors"))
+    return (model_path / "config.json").is_file() and any(model_path.glob("diffusion_pytorch_model*.safetensors"))
 
 
 def _digest(paths, settings: dict) -> str:
@@ -32,7 +32,7 @@ def _digest(paths, settings: dict) -> str:
     for directory in paths:
         directory = Path(directory)
         files = [directory] if directory.is_file() else sorted(directory.glob("config.json")) + sorted(
-            directory.glob("*.safetensors"))
+            directory.glob("diffusion_pytorch_model*.safetensors"))  # the weights, not e.g. a codes cache
         for file in files:
             h.update(file.name.encode())
             h.update(hashlib.sha256(file.read_bytes()).digest())
