@@ -107,6 +107,9 @@ def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None,
         else:
             metrics, videos[label] = _evaluate(model, vq, idms, held_out, recording, parallel, temperature, seed,
                                                action_sensitivity)
+            if action_sensitivity:
+                nll = {k[len("nll_"):]: v for k, v in metrics.items() if k.startswith("nll_")}
+                print(f"{label}: teacher-forced NLL per code " + ", ".join(f"{k} {v:.4f}" for k, v in nll.items()))
             if folder is not None:
                 cache.save(folder, metrics, videos[label])
         results[label] = metrics
