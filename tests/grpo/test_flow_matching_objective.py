@@ -158,15 +158,19 @@ def test_a_slot_is_the_sum_over_its_elements_with_the_means_gradient():
     torch.testing.assert_close(mean.grad, torch.ones(2))  # the mean's gradient: the shipped lrs hold
 
 
+def _moving_rollout(seed: int, **overrides):
+    """A tiny run's policy, its DiT's velocity made non-zero, one rollout of it and the rollout's slot indices."""
+    _, run = tiny_run(**{**MATCHING, **overrides})
+    moving(run.policy.model)
+    rollout = run.policy.rollout(run.prompts.next(), 4, generator=torch.Generator().manual_seed(seed))
+    return run.policy, rollout, torch.arange(len(rollout))
+
+
 @pytest.mark.parametrize("objective", ["flow_matching", "sde_step"])
 def test_the_clip_acts_on_a_large_enough_update(objective):
     """The ratio is of the summed log-probs: an update that moves each element's log-prob by ~1e-2 leaves the
     clip range, where, as means over the elements, every ratio stayed inside it."""
-    _, run = tiny_run(**{**MATCHING, "rollout.sde.objective": objective})
-    policy = run.policy
-    moving(policy.model)
-    rollout = policy.rollout(run.prompts.next(), 4, generator=torch.Generator().manual_seed(3))
-    idx = torch.arange(len(rollout))
+    policy, rollout, idx = _moving_rollout(3, **{"rollout.sde.objective": objective})
     with torch.no_grad():
         old = policy.logprobs(rollout, idx)
         g = torch.Generator().manual_seed(4)
@@ -190,11 +194,7 @@ def test_bounded_objective_cannot_be_driven_below_its_bound(sign):
     eps_low, eps_high = 0.2, 0.28
     drift = {}  # sign * (log p - old log p), averaged over the slots, after 20 and 40 SGD steps
     for anchored in (True, False):
-        _, run = tiny_run(**MATCHING)
-        policy = run.policy
-        moving(policy.model)
-        rollout = policy.rollout(run.prompts.next(), 4, generator=torch.Generator().manual_seed(5))
-        idx = torch.arange(len(rollout))
+        policy, rollout, idx = _moving_rollout(5)
         with torch.no_grad():
             old = policy.logprobs(rollout, idx)
         adv = torch.full((len(rollout),), sign)
