@@ -49,7 +49,8 @@ def table(folder: Path) -> str:
         if "delta" in metrics["ssim"]:
             labels.append("delta")
         name = f"[{path.parent.name}]({path.parent.relative_to(ROOT).as_posix()}/report.md)"
-        commit = (report.get("commit") or "unknown")[:10]
+        commit = report.get("commit") or "unknown"
+        commit = commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")
         for label in labels:
             delta = label == "delta"
             cells = [_cell(metrics[key].get(label), digits, metrics[key].get("delta_se") if delta else None, delta)
