@@ -102,6 +102,7 @@ class Transitions:
     facing: np.ndarray  # index into FACINGS of the sprite in frame t+1, or -1 when no player sprite is found
     walkable: np.ndarray  # per move direction [N, 4]: 1 if the tile it walks into in frame t takes the player,
     #                       0 if it blocks, -1 when the tile is unknown
+    after_tiles: np.ndarray  # [N, 7, 9] index into tile_names of each world tile of frame t+1, -1 unknown
 
 
 class CrafterVerifier:
@@ -201,8 +202,10 @@ class CrafterVerifier:
             known = target >= 0
             names = np.array(self.tile_names, dtype=object)[np.where(known, target, 0)]
             walkable[:, k] = np.where(known, np.isin(names, PLAYER_WALKABLE).astype(np.int64), -1)
-        facing = self.facing(tiles_after, self.daylight(tiles_after))
-        return Transitions(scroll=call, evidence=evidence, facing=facing, walkable=walkable)
+        light_after = self.daylight(tiles_after)
+        facing = self.facing(tiles_after, light_after)
+        return Transitions(scroll=call, evidence=evidence, facing=facing, walkable=walkable,
+                           after_tiles=self.classify(tiles_after, light_after))
 
 
 MOVE_ACTIONS = tuple(f"move_{direction}" for direction in MOVES)
@@ -251,7 +254,6 @@ def score_transitions(verifier: CrafterVerifier, frames: np.ndarray, moves: np.n
     commanded = SCROLLS.index("left") + step  # SCROLLS is ("none", *MOVES)
     walkable = calls.walkable[np.arange(len(move)), step]
     expected = np.where(walkable == 1, commanded, SCROLLS.index("none"))
-    tiles = verifier.classify(verifier.tiles(after))
     grass = verifier.tile_names.index("grass")
     shape = lambda a: a.reshape(k, n)
     return {
@@ -261,5 +263,5 @@ def score_transitions(verifier: CrafterVerifier, frames: np.ndarray, moves: np.n
         "still": shape((calls.scroll == SCROLLS.index("none")) | (calls.scroll == TIE)),
         "faces_move": shape(calls.facing == step),
         "as_rules_say": shape((calls.scroll == expected) & (walkable >= 0)),
-        "content": shape((tiles != grass).mean(axis=(1, 2))),
+        "content": shape((calls.after_tiles != grass).mean(axis=(1, 2))),
     }

@@ -13,9 +13,8 @@ box and a mask of the transitions to score.
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
-
 from pathlib import Path
+from typing import Dict, Sequence
 
 import numpy as np
 import torch
@@ -26,9 +25,11 @@ Box = Sequence[int]  # [top, left, height, width] in px of the videos
 
 
 def crafter_avatar_box(frame_size: int) -> list[int]:
-    """The player's tile in a Crafter frame: row 3, column 4 of the 9x7-tile world view."""
+    """The player's tile in a Crafter frame (``crafter_verifier.PLAYER`` of the 9x7-tile world view)."""
+    from rlir.envs.crafter_verifier import PLAYER
+
     unit = frame_size // 9
-    return [3 * unit, 4 * unit, unit, unit]
+    return [PLAYER[0] * unit, PLAYER[1] * unit, unit, unit]
 
 
 def _region(box: Box):

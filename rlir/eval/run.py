@@ -139,7 +139,7 @@ def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None,
 
 
 def _evaluate(model, vq, idms, held_out, recording, parallel, temperature: float, seed: int,
-              action_sensitivity: bool) -> tuple[dict, "torch.Tensor"]:
+              action_sensitivity: bool) -> tuple:
     """One world model's metrics (IDMs, PSNR/SSIM, the verifier, optionally action sensitivity) and videos."""
     from rlir.eval.evaluate import evaluate_world_model
     from rlir.eval.verify import verifier_metrics

@@ -22,9 +22,6 @@ import torch
 
 from rlir.envs.crafter_verifier import MOVES, PLAYER_WALKABLE, SCROLLS, TIE, CrafterVerifier, VideoJudge
 
-METRICS = ("scroll_fidelity", "scroll_decided", "stillness", "facing", "blocked_aware", "content")
-
-
 def _share(hit: np.ndarray, where: np.ndarray, axis=None):
     count = where.sum(axis)
     return np.where(count > 0, (hit & where).sum(axis) / np.maximum(count, 1), np.nan)
