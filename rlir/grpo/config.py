@@ -149,9 +149,10 @@ class AdvantageConfig(Schema):
     scale: Literal["group", "batch", "none"] = "group"
     estimator: Literal["grpo", "rloo"] = "grpo"
     eps: Number = Field(1e-6, gt=0.0)
-    credit: Literal["video", "frame"] = Field(
+    credit: Literal["video", "frame", "reward_to_go"] = Field(
         "video", description="video: one advantage per video from its reward (the paper); frame: each generated "
-        "frame's slots get the group advantage of that frame's own IDM match")
+        "frame's slots get the group advantage of that frame's own IDM match; reward_to_go: of the matches of that "
+        "frame and every later one, which it conditions")
     positive_only: bool = Field(
         False, description="drop the negative advantages after normalising (filtered behaviour cloning, as RAFT): "
         "the update only pulls towards samples that beat their group, never pushes away from the others; with the "

@@ -49,6 +49,7 @@ import torch.nn as nn
 from rlir.kernels.group_advantage import _batch_std
 from rlir.models.generators import derive_seed
 
+from .credit import frame_credit
 from .config import ConfigError
 
 SHUFFLE_STREAM = 3  # rlir.models.generators' stream tags: 0 rollout, 1 shared, 2 eval
@@ -371,7 +372,8 @@ def global_rollout_stats(parallel: Parallel, rollout, old_logp: Optional[torch.T
     rewards (``advantage``: the config's section), as group_advantage's scale="batch" does in one process."""
     reward = parallel.all_gather_rows(rew.reward.float())
     if batch_std:
-        values = parallel.all_gather_rows(rew.frame_match.float()) if advantage.credit == "frame" else reward
+        values = (reward if advantage.credit == "video"
+                  else parallel.all_gather_rows(frame_credit(rew.frame_match, advantage.credit)))
         denom = _batch_std(values.reshape(-1)) + advantage.eps
         adv = torch.where(denom > 0, adv / torch.where(denom > 0, denom, 1.0), 0.0)
     frames = float(rollout.actions.shape[0] * rollout.actions.shape[1])

@@ -50,6 +50,7 @@ from rlir.rewards import idm_logits
 
 from . import checkpoint as ckpt
 from .config import ConfigError, GRPOConfig, save_config
+from .credit import frame_credit
 from .distributed import (DataParallel, Parallel, check_divisible, global_rollout_stats, minibatch_orders,
                           resolve_device)
 from .evaluation import held_out_reward
@@ -238,9 +239,9 @@ class GRPOTrainer:
         batch_std = cfg.advantage.scale == "batch" and self.parallel.distributed
         scale = "none" if batch_std else cfg.advantage.scale
         with timer.phase("advantage"):
-            if cfg.advantage.credit == "frame":
+            if cfg.advantage.credit != "video":
                 rew = idm_reward(logits, rollout.actions, mode=cfg.reward.mode)
-                adv = self.frame_advantages(rew.frame_match, rollout, scale)
+                adv = self.frame_advantages(frame_credit(rew.frame_match, cfg.advantage.credit), rollout, scale)
             else:
                 rew, adv = idm_advantage(logits, rollout.actions, group_size=g, mode=cfg.reward.mode,
                                          scale=scale, estimator=cfg.advantage.estimator, eps=cfg.advantage.eps)

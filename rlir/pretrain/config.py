@@ -162,6 +162,10 @@ class ARWorldModelPretrain(WorldModelPretrain):
     changed_code_weight: Number = Field(1.0, ge=1.0, description="weight of a code that differs from the previous "
                                         "frame's code at its position in the training loss (1: plain mean); most "
                                         "codes are copies, so a model that copies scores well without the scroll")
+    changed_codes: Literal["all", "moved"] = Field("all", description="which changed codes weigh "
+                                                   "changed_code_weight: all, or only those of transitions in which "
+                                                   "the player moved (Crafter's state replayed from the recording's "
+                                                   "seeds), so codec noise and change in still frames weigh 1")
 
 
 class DiffusionWorldModelPretrain(WorldModelPretrain):

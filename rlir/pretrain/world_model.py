@@ -76,14 +76,29 @@ def _summary(out, metrics: dict) -> str:
 
 
 def weighted_code_loss(model: ARWorldModel, frames: torch.Tensor, actions: torch.Tensor,
-                       changed_code_weight: float) -> torch.Tensor:
+                       changed_code_weight: float, weighed: torch.Tensor | None = None) -> torch.Tensor:
     """Teacher-forced cross-entropy of frames 1..T-1, each code that differs from the code at its position in the
-    previous frame counting ``changed_code_weight`` times; 1 gives ``model.loss``."""
+    previous frame counting ``changed_code_weight`` times; 1 gives ``model.loss``. ``weighed`` (bool [B, T-1]):
+    only the changed codes of these transitions weigh more."""
     logp = model.token_logprobs(frames, actions)
     if changed_code_weight == 1:
         return -logp.mean()
-    weight = 1 + (changed_code_weight - 1) * (frames[:, 1:] != frames[:, :-1]).to(logp.dtype)
+    changed = frames[:, 1:] != frames[:, :-1]
+    if weighed is not None:
+        changed = changed & weighed[:, :, None]
+    weight = 1 + (changed_code_weight - 1) * changed.to(logp.dtype)
     return -(logp * weight).sum() / weight.sum()
+
+
+def player_moved(recording: Recording, episode_ids) -> dict[str, torch.Tensor]:
+    """bool [frames - 1] per episode: did the player move in that transition (Crafter replayed from its seed)."""
+    from rlir.eval.verify import replay_truth
+    from rlir.envs.crafter_verifier import SCROLLS
+
+    if recording.env != "crafter":
+        raise ValueError(f"changed_codes: 'moved' replays Crafter episodes; {recording.root} is a {recording.env!r} "
+                         f"recording")
+    return {e: torch.from_numpy(replay_truth(recording, e)["moved"] != SCROLLS.index("none")) for e in episode_ids}
 
 
 def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, *, progress: bool = True,
@@ -133,6 +148,7 @@ def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, *, pr
                              f"clip_frames {clip_frames}")
     optimizer = adamw_decaying_matrices(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.95))
     batches = shuffled_batches(len(train_windows), batch, torch.Generator().manual_seed(seed))
+    moved = player_moved(recording, train_ids) if s.changed_codes == "moved" else None
     nll_codes, nll_actions = tokenized.clips(nll_windows, clip_frames)
 
     with atomic_directory(out, s.overwrite) as staging:
@@ -143,8 +159,10 @@ def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, *, pr
             model.train()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, steps, lr)
-            frames, actions = tokenized.clips([train_windows[i] for i in next(batches).tolist()], clip_frames)
-            loss = weighted_code_loss(model, frames, actions, s.changed_code_weight)
+            windows = [train_windows[i] for i in next(batches).tolist()]
+            frames, actions = tokenized.clips(windows, clip_frames)
+            weighed = None if moved is None else torch.stack([moved[e][i:i + clip_frames - 1] for e, i in windows])
+            loss = weighted_code_loss(model, frames, actions, s.changed_code_weight, weighed)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
@@ -183,7 +201,8 @@ def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, *, pr
             "training": {"data": str(recording.root), "tokenizer": str(Path(tokenizer).resolve()),
                          "codes_fingerprint": tokenized.fingerprint, "steps": steps, "batch": batch, "lr": lr,
                          "clip_frames": clip_frames, "seed": seed, "init": s.init,
-                         "changed_code_weight": s.changed_code_weight, "seconds": round(train_seconds, 1),
+                         "changed_code_weight": s.changed_code_weight,
+                         "changed_codes": s.changed_codes, "seconds": round(train_seconds, 1),
                          "tokens_seen": steps * batch * clip_frames * model.frame_stride,
                          "final_loss": loss.item(), "train_episodes": train_ids, "train_windows": len(train_windows),
                          "torch_threads": torch.get_num_threads()},

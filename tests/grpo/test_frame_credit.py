@@ -57,3 +57,25 @@ def test_positive_only_feeds_the_loss_no_negative_advantage_and_still_learns(toy
     advantages = torch.cat([a.flatten() for a in seen])
     assert (advantages >= 0).all() and (advantages > 0).any()
     assert after > before + 0.2, (before, after)
+
+
+def test_reward_to_go_credits_a_frame_with_its_own_and_every_later_match():
+    from rlir.grpo.credit import frame_credit
+
+    match = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    torch.testing.assert_close(frame_credit(match, "reward_to_go"), torch.tensor([[2.0, 1.0, 1.0], [1.0, 1.0, 0.0]]))
+    torch.testing.assert_close(frame_credit(match, "frame"), match)
+
+
+def test_reward_to_go_credit_reaches_the_loss_and_learns_the_toy_world(toy_trainer, monkeypatch):
+    import rlir.grpo.trainer as trainer_module
+
+    seen = []
+    real = trainer_module.frame_credit
+    monkeypatch.setattr(trainer_module, "frame_credit", lambda m, c: seen.append(c) or real(m, c))
+    trainer = toy_trainer(advantage={"credit": "reward_to_go"}, eval={"num_samples": 8})
+    before = trainer.evaluate()["eval/reward_mean"]
+    trainer.train()
+    after = trainer.evaluate()["eval/reward_mean"]
+    assert seen and set(seen) == {"reward_to_go"}
+    assert after > before + 0.2, (before, after)
