@@ -190,3 +190,42 @@ def test_a_second_stage_starts_from_the_first_stages_weights(tiny_recording, tin
         assert torch.allclose(a.float(), b.float(), atol=1e-2), name  # one step at lr 1e-12 moves nothing
     metrics = json.loads((tmp_path / "second" / "metrics.json").read_text())
     assert metrics["training"]["init"] == str(tmp_path / "first") and metrics["training"]["changed_code_weight"] == 2
+
+
+def test_only_the_changes_of_weighed_transitions_weigh_more():
+    from rlir.pretrain.world_model import weighted_code_loss
+
+    torch.manual_seed(0)
+    model = ARWorldModel(codebook_size=16, tokens_per_frame=4, action_head_sizes=[5], n_layers=1, d_model=32,
+                         n_heads=2, n_kv_heads=1, max_frames=4)
+    frames = torch.randint(0, 16, (2, 3, 4))
+    actions = torch.randint(0, 5, (2, 2, 1))
+    weighed = torch.tensor([[True, False], [False, True]])
+    logp = model.token_logprobs(frames, actions)
+    weight = torch.where((frames[:, 1:] != frames[:, :-1]) & weighed[:, :, None], 4.0, 1.0)
+    expected = -(logp * weight).sum() / weight.sum()
+    torch.testing.assert_close(weighted_code_loss(model, frames, actions, 4.0, weighed), expected)
+    assert not torch.allclose(expected, weighted_code_loss(model, frames, actions, 4.0))
+
+
+def test_player_moved_is_crafters_replayed_state(tiny_recording):
+    from rlir.data import Recording
+    from rlir.pretrain.world_model import player_moved
+
+    recording = Recording(tiny_recording)
+    moved = player_moved(recording, recording.episode_ids)
+    for episode in recording.episode_ids:
+        _, actions = recording.load_episode(episode)
+        is_move = torch.from_numpy((actions[:, 0] >= 1) & (actions[:, 0] <= 4))  # Crafter's move_* actions
+        assert moved[episode].dtype == torch.bool and len(moved[episode]) == len(actions)
+        assert not (moved[episode] & ~is_move).any()  # only a move moves the player
+        assert moved[episode].any()
+
+
+def test_changed_codes_moved_trains_and_is_recorded(tiny_recording, tiny_tokenizer, tmp_path):
+    assert rlir.cli.main(["pretrain", "world-model", "--data", str(tiny_recording), "--tokenizer",
+                          str(tiny_tokenizer), "--threads", "1", "--quiet", "--eval-every", "0", *TINY_MODEL,
+                          "--steps", "2", "--changed-code-weight", "4", "--changed-codes", "moved",
+                          "--out", str(tmp_path / "moved")]) == 0
+    metrics = json.loads((tmp_path / "moved" / "metrics.json").read_text())
+    assert metrics["training"]["changed_codes"] == "moved"
