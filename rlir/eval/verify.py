@@ -81,6 +81,14 @@ def replay_truth(recording, episode_id: str) -> Dict[str, np.ndarray]:
     return {"moved": np.array(moved), "facing": np.array(facing), "walkable": np.array(walkable)}
 
 
+def player_moved(recording, episode_ids: Sequence[str]) -> Dict[str, torch.Tensor]:
+    """bool [frames - 1] per episode: did the player move in that transition (``replay_truth``)."""
+    if recording.env != "crafter":
+        raise ValueError(f"{recording.root}: a {recording.env!r} recording; telling which transitions moved the "
+                         f"player replays Crafter episodes")
+    return {e: torch.from_numpy(replay_truth(recording, e)["moved"] != SCROLLS.index("none")) for e in episode_ids}
+
+
 def calibrate(recording, episode_ids: Sequence[str], verifier: CrafterVerifier | None = None) -> Dict[str, float]:
     """The verifier's agreement with Crafter's replayed state on real episodes (see ``replay_truth``)."""
     verifier = verifier or CrafterVerifier(recording.frame_size[0])

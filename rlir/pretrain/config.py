@@ -87,13 +87,20 @@ class IDMPretrain(Pretrain):
         "none", description="cross-entropy class weights: none, or inverse square root of the training frequency")
     avatar_box: Optional[Sizes] = Field(None, min_length=4, max_length=4, description="TOP LEFT HEIGHT WIDTH in px "
                                         "of the frames the model reads: where the player's avatar is drawn (Crafter "
-                                        "at 72 px: 24 32 8 8); used by avatar and counterfeits")
+                                        "at 72 px: 24 32 8 8); used by avatar, counterfeits and world_only")
     avatar: Literal["seen", "ignored"] = Field("seen", description="ignored: the model never sees avatar_box, so it "
                                                "must read the world (an avatar that turns without the world moving "
                                                "cannot fool it)")
     counterfeits: Number = Field(0.0, ge=0.0, lt=1.0, description="share of training clips replaced by avatar-only "
                                  "counterfeits (the first frame's world, the avatar_box of the real frames) labelled "
                                  "noop: turning the avatar alone is not a move")
+    counterfeit_labels: Literal["noop", "as_shown"] = Field(
+        "noop", description="noop: every transition of a counterfeit is labelled noop; as_shown: only those in which "
+        "the player moved (Crafter replayed from the recording's seeds), whose scroll the counterfeit removed; the "
+        "rest keep their action, since a blocked move also turns the avatar and moves nothing")
+    world_only: Number = Field(0.0, ge=0.0, lt=1.0, description="share of training clips whose avatar_box is frozen "
+                               "at the first frame's, labelled as shown: a move in which the player did not move "
+                               "(Crafter replayed) becomes noop, a scroll keeps its move whatever the avatar shows")
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="dtype of the saved weights")
     eval_every: int = Field(100, ge=0, description="held-out evaluation every N steps into metrics.jsonl; 0: only "
                             "at the end")
@@ -102,8 +109,11 @@ class IDMPretrain(Pretrain):
 
     @model_validator(mode="after")
     def _avatar(self):
-        if self.avatar_box is None and (self.avatar == "ignored" or self.counterfeits):
-            raise ConfigError("avatar_box", "is needed by avatar: ignored and by counterfeits")
+        if self.avatar_box is None and (self.avatar == "ignored" or self.counterfeits or self.world_only):
+            raise ConfigError("avatar_box", "is needed by avatar: ignored, counterfeits and world_only")
+        if self.counterfeits + self.world_only >= 1:
+            raise ConfigError("world_only", f"counterfeits + world_only must leave some real clips, got "
+                              f"{self.counterfeits} + {self.world_only}")
         return self
 
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from rlir.data.clips import ClipDataset, split_episodes
 from rlir.data.recording import Recording
+from rlir.eval.verify import player_moved
 from rlir.metrics.classification import ClassificationReport, classification_report, format_report
 from rlir.metrics.plots import plot_confusion
 from rlir.models.idm import InverseDynamicsModel
@@ -69,7 +70,9 @@ def train(data: str | Path, out: str | Path, **options) -> dict:
                                  heads=s.heads, channels=s.channels,
                                  frame_size=list(resolve_frame_size(s.frame_size, recording)),
                                  ignore_box=s.avatar_box if s.avatar == "ignored" else None)
-    counterfeit = _counterfeiter(space, s.avatar_box, s.counterfeits, model.frame_size)
+    moved = (player_moved(recording, clips.episode_ids)
+             if s.world_only or (s.counterfeits and s.counterfeit_labels == "as_shown") else None)
+    counterfeit = _counterfeiter(space, s.avatar_box, s.counterfeits, s.world_only, moved, model.frame_size)
     weights = _class_weights(recording, clips.episode_ids, s.class_weights)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=s.weight_decay)
     warmup = max(1, steps // 20)
@@ -117,7 +120,8 @@ def train(data: str | Path, out: str | Path, **options) -> dict:
             "training": {
                 "data": str(recording.root), "steps": steps, "batch": batch, "lr": lr, "weight_decay": s.weight_decay,
                 "seed": seed, "class_weights": s.class_weights, "avatar_box": s.avatar_box, "avatar": s.avatar,
-                "counterfeits": s.counterfeits, "seconds": seconds,
+                "counterfeits": s.counterfeits, "counterfeit_labels": s.counterfeit_labels,
+                "world_only": s.world_only, "seconds": seconds,
                 "transitions_seen": steps * batch * (window - 1), "train_episodes": len(clips.episode_ids),
                 "torch_threads": torch.get_num_threads(),
             },
@@ -146,33 +150,47 @@ def evaluate(model: InverseDynamicsModel, recording: Recording, episode_ids: Seq
     return classification_report(np.concatenate(targets), np.concatenate(predictions), recording.action_space)
 
 
-def _batch(clips: ClipDataset, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(clips: ClipDataset, size: int, generator: torch.Generator):
+    """-> frames [B, T+1, 3, H, W], actions [B, T, heads] and each clip's (episode, start)."""
     items = [clips[i] for i in torch.randint(len(clips), (size,), generator=generator).tolist()]
     frames = torch.stack([torch.cat([item["context"], item["target"]]) for item in items])
-    return frames, torch.stack([item["actions"] for item in items])
+    return frames, torch.stack([item["actions"] for item in items]), [(item["episode"], item["start"]) for item in items]
 
 
-def _counterfeiter(space, box, share: float, frame_size):
-    """(frames, actions, generator) -> the batch with each clip, with probability ``share``, an avatar-only
-    counterfeit (``rlir.eval.idm_audit.avatar_only``) whose every transition is labelled noop."""
-    if not share:
-        return lambda frames, actions, generator: (frames, actions)
-    from rlir.eval.idm_audit import avatar_only
+def _counterfeiter(space, box, counterfeits: float, world_only: float, moved, frame_size):
+    """(frames, actions, windows, generator) -> the batch with a share ``counterfeits`` of its clips replaced by
+    avatar-only counterfeits and a share ``world_only`` by world-only clips (``rlir.eval.idm_audit``). Without
+    ``moved`` (no replay) every counterfeit transition is labelled noop. With ``moved`` (episode -> bool per
+    transition) each is labelled with what it shows: a counterfeit's transition in which the player moved, and a
+    world-only clip's move in which the player did not, become noop; the others keep their action."""
+    if not counterfeits and not world_only:
+        return lambda frames, actions, windows, generator: (frames, actions)
+    from rlir.eval.idm_audit import avatar_only, world_only as frozen_avatar
 
     missing = [head.name for head in space.heads if "noop" not in head.classes]
     if missing:
         raise ValueError(f"counterfeits needs a 'noop' class in every action head to label them; none in {missing}")
     noop = torch.tensor([head.classes.index("noop") for head in space.heads])
+    move = torch.tensor([c.startswith("move_") for c in space.heads[0].classes])
 
-    def counterfeit(frames, actions, generator):
+    def counterfeit(frames, actions, windows, generator):
         if tuple(frames.shape[-2:]) != tuple(frame_size):
             raise ValueError(f"counterfeits: avatar_box is in px of frame_size {list(frame_size)}, but the "
                              f"recording loads at {list(frames.shape[-2:])}")
-        chosen = torch.rand(len(frames), generator=generator) < share
-        if chosen.any():
-            frames, actions = frames.clone(), actions.clone()
-            frames[chosen] = avatar_only(frames[chosen], box)
-            actions[chosen] = noop
+        draw = torch.rand(len(frames), generator=generator)
+        fakes, worlds = draw < counterfeits, (draw >= counterfeits) & (draw < counterfeits + world_only)
+        if not (fakes.any() or worlds.any()):
+            return frames, actions
+        frames, actions = frames.clone(), actions.clone()
+        if moved is None:
+            relabel = fakes[:, None].expand(actions.shape[:2])
+        else:
+            steps = actions.shape[1]
+            did_move = torch.stack([moved[e][start:start + steps] for e, start in windows])
+            relabel = (fakes[:, None] & did_move) | (worlds[:, None] & move[actions[..., 0]] & ~did_move)
+        frames[fakes] = avatar_only(frames[fakes], box)
+        frames[worlds] = frozen_avatar(frames[worlds], box)
+        actions[relabel] = noop
         return frames, actions
 
     return counterfeit

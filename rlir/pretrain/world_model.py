@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from rlir.data import Recording, split_episodes
 from rlir.eval.action_following import evaluation_policy
+from rlir.eval.verify import player_moved
 from rlir.models.ar_world_model import ARWorldModel
 from rlir.optim import adamw_decaying_matrices
 from rlir.pretrain.tokenized import TokenizedRecording
@@ -88,17 +89,6 @@ def weighted_code_loss(model: ARWorldModel, frames: torch.Tensor, actions: torch
         changed = changed & weighed[:, :, None]
     weight = 1 + (changed_code_weight - 1) * changed.to(logp.dtype)
     return -(logp * weight).sum() / weight.sum()
-
-
-def player_moved(recording: Recording, episode_ids) -> dict[str, torch.Tensor]:
-    """bool [frames - 1] per episode: did the player move in that transition (Crafter replayed from its seed)."""
-    from rlir.eval.verify import replay_truth
-    from rlir.envs.crafter_verifier import SCROLLS
-
-    if recording.env != "crafter":
-        raise ValueError(f"changed_codes: 'moved' replays Crafter episodes; {recording.root} is a {recording.env!r} "
-                         f"recording")
-    return {e: torch.from_numpy(replay_truth(recording, e)["moved"] != SCROLLS.index("none")) for e in episode_ids}
 
 
 def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, *, progress: bool = True,
