@@ -76,6 +76,8 @@ def test_eval_idm_has_its_own_seed_and_width_saves_bf16_and_replaces_out(recordi
     (dict(width=30, heads=4), "divisible by heads"),
     (dict(avatar="ignored"), "avatar_box"),
     (dict(counterfeits=0.5), "avatar_box"),
+    (dict(world_only=0.5), "avatar_box"),
+    (dict(avatar_box=[24, 32, 8, 8], counterfeits=0.5, world_only=0.5), "world_only"),
     (dict(avatar_box=[24, 32, 8]), "avatar_box"),
     (dict(avatar_box=[70, 32, 8, 8], avatar="ignored"), "ignore_box must be"),
 ])
@@ -114,11 +116,43 @@ def test_counterfeit_clips_keep_the_first_world_and_are_labelled_noop(recording)
     from rlir.pretrain.idm import _counterfeiter
 
     space = recording.action_space
-    counterfeit = _counterfeiter(space, [24, 32, 8, 8], 0.999, (72, 72))
+    counterfeit = _counterfeiter(space, [24, 32, 8, 8], 0.999, 0.0, None, (72, 72))
     frames = torch.randint(0, 255, (4, 5, 3, 72, 72), dtype=torch.uint8)
     actions = torch.ones(4, 4, 1, dtype=torch.long)
-    fake, labels = counterfeit(frames, actions, torch.Generator().manual_seed(0))
+    fake, labels = counterfeit(frames, actions, [("e", 0)] * 4, torch.Generator().manual_seed(0))
     assert torch.equal(fake[:, 4, :, :24], frames[:, 0, :, :24]) and torch.equal(fake[..., 24:32, 32:40],
                                                                                    frames[..., 24:32, 32:40])
     assert (labels == space.heads[0].classes.index("noop")).all()
     assert (actions == 1).all()  # the caller's batch is left alone
+
+
+def test_clips_labelled_as_shown_credit_a_blocked_move_and_a_scroll_whatever_the_sprite(recording):
+    """counterfeit_labels as_shown: a counterfeit's transition in which the player moved becomes noop, a blocked
+    move keeps its action; world_only: the scroll keeps its move, a blocked move (only a turn, now frozen) is noop."""
+    from rlir.pretrain.idm import _counterfeiter
+
+    space = recording.action_space
+    noop, left, do = (space.heads[0].classes.index(c) for c in ("noop", "move_left", "do"))
+    moved = {"e": torch.tensor([True, False, False, True, False])}
+    actions = torch.tensor([[left, left, do, left]])[..., None]  # moved, blocked, not a move, moved
+    frames = torch.randint(0, 255, (1, 5, 3, 72, 72), dtype=torch.uint8)
+    windows = [("e", 0)]
+    fake, labels = _counterfeiter(space, [24, 32, 8, 8], 0.999, 0.0, moved, (72, 72))(
+        frames, actions, windows, torch.Generator().manual_seed(0))
+    assert labels[0, :, 0].tolist() == [noop, left, do, noop]
+    assert torch.equal(fake[:, 3, :, :24], frames[:, 0, :, :24])  # the world of the first frame
+    world, labels = _counterfeiter(space, [24, 32, 8, 8], 0.0, 0.999, moved, (72, 72))(
+        frames, actions, windows, torch.Generator().manual_seed(0))
+    assert labels[0, :, 0].tolist() == [left, noop, do, left]
+    assert torch.equal(world[..., 24:32, 32:40], frames[:, :1, :, 24:32, 32:40].expand(-1, 5, -1, -1, -1))
+    assert torch.equal(world[:, :, :, :24], frames[:, :, :, :24])  # the real world
+
+
+def test_as_shown_labels_replay_crafter_and_are_recorded(recording, tmp_path):
+    out = tmp_path / "idm"
+    argv = ["pretrain", "idm", "--data", str(recording.root), "--out", str(out), "--width", "32", *TINY,
+            "--avatar-box", "24", "32", "8", "8", "--counterfeits", "0.25", "--counterfeit-labels", "as_shown",
+            "--world-only", "0.25"]
+    assert rlir.cli.main(argv) == 0
+    training = json.loads((out / "metrics.json").read_text())["training"]
+    assert (training["counterfeit_labels"], training["world_only"]) == ("as_shown", 0.25)
