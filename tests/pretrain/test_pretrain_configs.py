@@ -31,7 +31,7 @@ def test_make_sh_trains_every_shipped_model_from_a_config_that_validates():
     copied = re.search(r"for model in ([\w ]+); do", script).group(1).split()
     commands = [shlex.split(c) for c in re.findall(r"rlir (pretrain [^&;()\n]+)", script)]
     assert [argv[:2] for argv in commands] == [["pretrain", "tokenizer"], ["pretrain", "idm"], ["pretrain", "idm"],
-                                                *[["pretrain", "world-model"]] * 4]  # each world model in 2 stages
+                                                *[["pretrain", "world-model"]] * 5]  # the AR in 3 stages, the DiT in 2
     outs = []
     for argv in commands:
         assert len(argv) == 4 and argv[2] == "--config", argv  # every setting is in the config
@@ -43,7 +43,7 @@ def test_make_sh_trains_every_shipped_model_from_a_config_that_validates():
             if settings.init is not None:
                 assert Path(settings.init) == outs[-1], argv[3]  # a second stage starts from the first
         outs.append(Path(settings.out))
-    shipped = [out for out in outs if not out.name.endswith("_stage1")]
+    shipped = [out for out in outs if not re.search(r"_stage\d$", out.name)]
     assert [out.name for out in shipped] == copied and {out.parent for out in outs} == {Path(work)}
     named = sorted(Path(argv[3]).name for argv in commands)
     assert named == sorted(p.name for p in (REPO / "configs" / "pretrain").glob("*.yaml"))
