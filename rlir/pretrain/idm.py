@@ -165,13 +165,14 @@ def _counterfeiter(space, box, counterfeits: float, world_only: float, moved, fr
     world-only clip's move in which the player did not, become noop; the others keep their action."""
     if not counterfeits and not world_only:
         return lambda frames, actions, windows, generator: (frames, actions)
+    from rlir.envs.crafter_verifier import MOVE_ACTIONS
     from rlir.eval.idm_audit import avatar_only, world_only as frozen_avatar
 
     missing = [head.name for head in space.heads if "noop" not in head.classes]
     if missing:
         raise ValueError(f"counterfeits needs a 'noop' class in every action head to label them; none in {missing}")
     noop = torch.tensor([head.classes.index("noop") for head in space.heads])
-    move = torch.tensor([c.startswith("move_") for c in space.heads[0].classes])
+    move = torch.tensor([c in MOVE_ACTIONS for c in space.heads[0].classes])
 
     def counterfeit(frames, actions, windows, generator):
         if tuple(frames.shape[-2:]) != tuple(frame_size):
