@@ -59,6 +59,23 @@ def speed_table(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def verl_table(payload: dict) -> str:
+    """bench_verl.py: verl's actor path as shipped and with rlir.integrations.verl, and their ratios."""
+    rows, ratios = payload["rows"], payload["ratios_rlir_over_verl"]
+    first = rows[0]
+    lines = [f"verl {payload['verl']}; {first['sequences']} sequences of up to {first['max_len']} tokens "
+             f"({first['tokens']} in all), V={first['vocab']}, {first['dtype']} logits.", "",
+             "| case | verl | rlir | rlir / verl time | verl extra memory | rlir extra memory | rlir / verl memory |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for case, ratio in ratios.items():
+        by_path = {r["path"]: r for r in rows if r["case"] == case}
+        theirs, ours = by_path["verl"], by_path["rlir"]
+        lines.append(f"| {case} | {theirs['median_ms']:.2f} ms | {ours['median_ms']:.2f} ms | {ratio['time']:.2f}x | "
+                     f"{theirs['extra_bytes'] / 2**20:,.1f} MiB | {ours['extra_bytes'] / 2**20:,.1f} MiB | "
+                     f"{ratio['peak_memory']:.2f}x |")
+    return "\n".join(lines)
+
+
 def grpo_step_table(payload: dict) -> str:
     """Seconds per phase of one GRPO step: the straightforward loop, the competent one (when measured) and
     GRPOTrainer, with rlir's speedup over each."""
@@ -151,6 +168,8 @@ def main(argv=None):
             sections.append(grpo_step_table(payload))
         elif payload["benchmark"] == "rollout":
             sections.append(rollout_table(payload))
+        elif payload["benchmark"] == "verl":
+            sections.append(verl_table(payload))
         else:
             sections.append(speed_table(payload))
             plot = path.with_suffix(".png")
