@@ -38,13 +38,15 @@ setup(
     extras_require={
         # trl/transformers: tests/integrations/test_trl.py compares rlir.integrations.trl with TRL's own GRPO
         # loss. Capped at the last TRL series it was verified on, so a TRL release cannot break CI unannounced.
-        "test": ["pytest>=8", "hypothesis", "trl>=1.10,<1.17", "transformers"],
+        # wandb: tests/grpo/test_wandb_logging.py reads back an offline run of log.wandb.
+        "test": ["pytest>=8", "hypothesis", "trl>=1.10,<1.17", "transformers", "wandb>=0.20"],
         "trl": ["trl>=1.10", "transformers"],
         # tests/integrations/test_verl.py against verl 0.9.1: what its policy losses, torch_functional and FSDP engine
         # import. verl itself goes in with --no-deps (.ci/run), together with its pins tensordict 0.10.0 and
         # pyvers 0.1.0: verl's full requirements would replace transformers and packaging.
         # A verl training run installs verl as verl says (pip install verl==0.9.1).
         "verl": ["ray>=2.41", "omegaconf", "codetiming", "cloudpickle", "orjson", "peft", "transformers"],
+        "wandb": ["wandb>=0.20"],  # log.wandb: true
         "bench": ["liger-kernel", "trl>=1.10"],
         "gpu": ["flash-attn", "xformers"],
         # scripts/mutation.sh (mutation testing, outside CI; docs/mutation.md)

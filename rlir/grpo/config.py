@@ -237,11 +237,14 @@ class EvalConfig(Schema):
 
 
 class LogConfig(Schema):
-    """Where metrics go: metrics.jsonl, TensorBoard, one line per step on stdout."""
+    """Where metrics go: metrics.jsonl, TensorBoard, one line per step on stdout, optionally Weights & Biases."""
 
     tensorboard: bool = True
     stdout: bool = True
     jsonl: bool = True
+    wandb: bool = Field(
+        False, description="also log to Weights & Biases (needs wandb): the metrics, the eval video grid and the "
+        "curves, offline into <out>/wandb unless WANDB_MODE / WANDB_DIR say otherwise (rlir.grpo.logging)")
 
 
 class ParallelConfig(Schema):

@@ -25,11 +25,12 @@ from .policy import Policy, Prompts
 @torch.no_grad()
 def held_out_reward(cfg: GRPOConfig, policy: Policy, prompts: Prompts, idms: Mapping[str, Optional[nn.Module]],
                     parallel: Parallel, device: torch.device,
-                    names: Optional[Sequence[str]] = None, judge=None) -> Dict[str, float]:
+                    names: Optional[Sequence[str]] = None, judge=None, return_videos: bool = False):
     """``<prefix>/reward_mean`` and ``<prefix>/head_acc/<head>`` for each ``prefix: idm`` of ``idms`` (None: left
     out), over ``cfg.eval.num_samples`` videos of each prompt; with a ``judge`` (Crafter's verifier,
     ``rlir.envs.crafter_verifier.VideoJudge``) also ``verifier/scroll_fidelity`` (ties miss), ``verifier/stillness``
-    and ``verifier/content``, so the curves show whether an IDM's gain moves the world."""
+    and ``verifier/content``, so the curves show whether an IDM's gain moves the world. With ``return_videos``,
+    (metrics, videos): the first sample of each of this rank's prompts, uint8 [n, F, 3, h, w] (None without any)."""
     lo, hi = parallel.shard(len(prompts))
     frames = None
     if hi > lo:
@@ -56,6 +57,8 @@ def held_out_reward(cfg: GRPOConfig, policy: Policy, prompts: Prompts, idms: Map
             m[f"{prefix}/head_acc/{name}"] = acc / sums[2] if sums[2] else float("nan")
     if judge is not None:
         m.update(_verifier_means(judge, frames, actions if frames is not None else None, parallel, device))
+    if return_videos:
+        return m, None if frames is None else frames[::cfg.eval.num_samples]
     return m
 
 

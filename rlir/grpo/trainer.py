@@ -130,7 +130,8 @@ class GRPOTrainer:
         cfg = self.cfg
         if self.out_dir is not None and self.parallel.is_main and self.logger is None:
             self.logger = MetricsLogger(self.out_dir, jsonl=cfg.log.jsonl, tensorboard=cfg.log.tensorboard,
-                                        stdout=cfg.log.stdout, resume_step=resume_step)
+                                        stdout=cfg.log.stdout, wandb=cfg.log.wandb,
+                                        run_config=cfg.model_dump(mode="json"), resume_step=resume_step)
 
     # ---- construction from a config --------------------------------------------------------------------
 
@@ -336,10 +337,12 @@ class GRPOTrainer:
         start = time.perf_counter()
         self.policy.eval()
         with self.autocast(), self.scoring.gathered():
-            m = held_out_reward(self.cfg, self.policy, self.eval_prompts,
-                                {"eval": self.idm, "eval_idm": self.eval_idm}, self.parallel, self.device,
-                                self.head_names, judge=self.judge)
+            m, videos = held_out_reward(self.cfg, self.policy, self.eval_prompts,
+                                        {"eval": self.idm, "eval_idm": self.eval_idm}, self.parallel, self.device,
+                                        self.head_names, judge=self.judge, return_videos=True)
         m["time/eval"] = time.perf_counter() - start
+        if videos is not None and self.logger is not None and self.logger.logs_videos:
+            self.logger.eval_videos(self.step_count, videos)
         return m
 
     # ---- helpers --------------------------------------------------------------------------------------
