@@ -4,7 +4,7 @@ curves at the end. WANDB_MODE is respected, and a resumed run continues the same
 
 The offline run's history lives in ``run-<id>.wandb``: W&B's record log (a 7-byte file header, then 32 KiB
 blocks of records, each a 7-byte header - CRC, little-endian length, type: full, first, middle or last piece -
-and a piece of a serialised ``wandb_internal_pb2.Record``). wandb >= 0.20 ships no Python reader for it, so
+and a piece of a serialised ``wandb_internal_pb2.Record``). wandb 0.31 ships no Python reader for it, so
 ``offline_records`` below reads it.
 """
 import json
