@@ -16,7 +16,8 @@ Log-probs and entropies
     logits' dtype. Engines built before the call keep the entropy function they captured.
 
 The policy loss ``rlir_grpo``
-    Registered in verl's policy-loss registry (``verl.trainer.ppo.core_algos``) by :func:`patch_verl`. It is verl's ``vanilla`` loss (PPO clip with ``clip_ratio_low``/``clip_ratio_high``, dual-clip at
+    Registered in verl's policy-loss registry (``verl.trainer.ppo.core_algos``) by :func:`patch_verl`. It is
+    verl's ``vanilla`` loss (PPO clip with ``clip_ratio_low``/``clip_ratio_high``, dual-clip at
     ``clip_ratio_c`` for negative advantages, the log-ratio clamped to +-20) computed by
     :func:`rlir.kernels.grpo_loss` in one fused pass, with verl's aggregation (every ``loss_agg_mode``, and
     the global-batch denominators in ``config.global_batch_info``) passed as grpo_loss's ``normaliser``.
@@ -32,6 +33,7 @@ series patched with a warning.
 """
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
 from typing import Callable, Dict, List, Optional, Tuple
@@ -99,10 +101,8 @@ def _verl_module(name: str):
     if f"{version.major}.{version.minor}" not in VERIFIED_VERL_SERIES and "version" not in _warned:
         _warned.add("version")
         warnings.warn(f"rlir.integrations.verl was verified against verl {', '.join(VERIFIED_VERL_SERIES)}.x; verl "
-                      f"{verl.__version__} may have changed them: run tests/integrations/test_verl.py against it.",
+                      f"{verl.__version__} may have changed the functions or the loss: run tests/integrations/test_verl.py.",
                       UserWarning, stacklevel=3)
-    import importlib
-
     return importlib.import_module(name)
 
 
@@ -133,7 +133,8 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor, inplace_bac
     if not isinstance(labels, torch.Tensor) or labels.shape != logits.shape[:-1]:
         raise ValueError(f"labels must be a tensor of shape {tuple(logits.shape[:-1])}, got "
                          f"{tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__}")
-    return token_logprobs(_rows(logits), labels.reshape(_rows(logits).shape[:-1])).view(labels.shape)
+    z = _rows(logits)
+    return token_logprobs(z, labels.reshape(z.shape[:-1])).view(labels.shape)
 
 
 @torch.compiler.disable
