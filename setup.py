@@ -45,7 +45,10 @@ setup(
         # import. verl itself goes in with --no-deps (.ci/run), together with its pins tensordict 0.10.0 and
         # pyvers 0.1.0: verl's full requirements would replace transformers and packaging.
         # A verl training run installs verl as verl says (pip install verl==0.9.1).
-        "verl": ["ray>=2.41", "omegaconf", "codetiming", "cloudpickle", "orjson", "peft", "transformers"],
+        # Not peft, which verl's FSDP engine imports (its test skips without it): diffusers imports peft whenever it
+        # is installed, peft imports transformers' model code, and that imports Hugging Face's `kernels` package,
+        # which the repository's own kernels/ shadows wherever the checkout is on sys.path (tests, torchrun workers).
+        "verl": ["ray>=2.41", "omegaconf", "codetiming", "cloudpickle", "orjson", "transformers"],
         "wandb": ["wandb>=0.20"],  # log.wandb: true
         "bench": ["liger-kernel", "trl>=1.10"],
         "gpu": ["flash-attn", "xformers"],
