@@ -50,11 +50,6 @@ class MetricsLogger:
         self._wandb = open_wandb_run(self.out_dir, run_config, resume_step) if wandb else None
         self._last_step = resume_step or 0
 
-    @property
-    def logs_videos(self) -> bool:
-        """Whether :meth:`eval_videos` records anything (W&B is on)."""
-        return self._wandb is not None
-
     def log(self, step: int, metrics: Mapping[str, float], line: Optional[str] = None) -> None:
         clean = {k: _to_float(v) for k, v in metrics.items()}
         if self._jsonl is not None:

@@ -341,7 +341,7 @@ class GRPOTrainer:
                                         {"eval": self.idm, "eval_idm": self.eval_idm}, self.parallel, self.device,
                                         self.head_names, judge=self.judge, return_videos=True)
         m["time/eval"] = time.perf_counter() - start
-        if videos is not None and self.logger is not None and self.logger.logs_videos:
+        if videos is not None and self.logger is not None:  # a no-op unless log.wandb
             self.logger.eval_videos(self.step_count, videos)
         return m
 
