@@ -189,8 +189,8 @@ class DiffusionWorldModelPretrain(WorldModelPretrain):
     eval_every: int = Field(500, ge=0, description="steps between held-out lines in metrics.jsonl; 0: only at the end")
     frame_space: Literal["tokenizer_latents", "pixels"] = Field("tokenizer_latents",
                                                                 description="what a frame is to the model")
-    patch_size: Optional[int] = Field(None, ge=1, description="patch side in frame-space cells (default: 2 for "
-                                      "latents, 8 for pixels)")
+    patch_size: Optional[int] = Field(None, ge=1, description="patch side in frame-space cells (default: the "
+                                      "largest up to 2 for latents, 8 for pixels, that divides the frame grid)")
     context_frames: int = Field(1, ge=1, description="clean frames at the start of each training clip")
     sample_steps: int = Field(16, ge=1, description="ODE steps per frame in the held-out generation (default: "
                               "the evaluation sampler's, rlir.grpo.diffusion_policy.EVAL_ODE_STEPS)")

@@ -90,14 +90,24 @@ class FrameStore:
         return frames, torch.stack([self.actions[e][s:s + length - 1] for e, s in windows])
 
 
+def fitting_patch_size(grid, requested: Optional[int], default: int) -> int:
+    """The patch side: ``requested`` if it divides both sides of the frame grid; with none requested, the largest
+    side up to ``default`` that does, so a default fits any recording."""
+    fits = [p for p in range(max(requested or default, 1), 0, -1) if all(side % p == 0 for side in grid)]
+    if requested is not None and fits[0] != requested:
+        raise ValueError(f"patch_size: {requested} does not divide the frame grid {list(grid)}; {fits[0]} does")
+    return fits[0]
+
+
 def _model_config(frame_space: str, patch_size: int, recording: Recording, tokenizer, store: FrameStore,
                   train_ids: list[str], shape: dict) -> dict:
     heads = list(recording.action_space.head_sizes)
+    grid = recording.frame_size if frame_space == "pixels" else tokenizer.code_grid
     if frame_space == "pixels":
-        return dict(in_channels=3, frame_size=list(recording.frame_size), patch_size=patch_size, action_head_sizes=heads,
+        return dict(in_channels=3, frame_size=list(grid), patch_size=patch_size, action_head_sizes=heads,
                     frame_space="pixels", **shape)
     latents = torch.cat([store.frames[e] for e in train_ids])
-    return dict(in_channels=tokenizer.config.code_dim, frame_size=list(tokenizer.code_grid), patch_size=patch_size,
+    return dict(in_channels=tokenizer.config.code_dim, frame_size=list(grid), patch_size=patch_size,
                 action_head_sizes=heads, frame_space="tokenizer_latents", latent_shift=latents.mean().item(),
                 latent_scale=1 / latents.std().item(), **shape)
 
@@ -132,16 +142,17 @@ def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None
     set_threads(s.threads)
     frame_space, steps, batch, lr, clip_frames, context_frames, eval_frames, seed, dtype = (
         s.frame_space, s.steps, s.batch, s.lr, s.clip_frames, s.context_frames, s.eval_frames, s.seed, s.dtype)
-    patch_size = DEFAULT_PATCH[frame_space] if s.patch_size is None else s.patch_size
     progress = progress and not s.quiet
     out = Path(out)
     check_output_directory(out, s.overwrite)
     shape = dict(n_layers=s.layers, d_model=s.d_model, n_heads=s.heads, max_frames=s.max_frames,
                  previous_frame_neighbourhood=s.previous_frame_neighbourhood)
-    DiTWorldModel(in_channels=1, frame_size=patch_size, patch_size=patch_size, **shape)  # bad shapes raise now
+    DiTWorldModel(in_channels=1, frame_size=1, patch_size=1, **shape)  # bad shapes raise now
 
     recording = Recording(data)
     vq = load_tokenizer(tokenizer) if frame_space == "tokenizer_latents" else None
+    grid = recording.frame_size if frame_space == "pixels" else vq.code_grid
+    patch_size = fitting_patch_size(grid, s.patch_size, DEFAULT_PATCH[frame_space])
     train_ids, heldout_ids = split_episodes(recording.episode_ids, s.heldout_fraction)
     if not heldout_ids:
         raise ValueError(f"data: {recording.root} has {len(recording)} episode(s); holding out a fraction needs "

@@ -110,3 +110,24 @@ def test_a_second_stage_on_longer_clips_starts_from_the_first(tiny_recording, ti
     with pytest.raises(ValueError, match="init"):
         train(tiny_recording, tmp_path / "third", tiny_tokenizer, init=str(tmp_path / "first"), frame_space="pixels",
               steps=1, quiet=True, layers=1, d_model=32, heads=2, max_frames=6, clip_frames=3, eval_frames=4)
+
+
+@pytest.mark.parametrize("grid, requested, default, expected", [
+    ((9, 9), None, 2, 1),       # the Crafter tokenizer's 9x9 code grid
+    ((15, 20), None, 2, 1),     # a 160x120 recording's tokenizer grid: the default that stopped pretraining
+    ((18, 24), None, 2, 2),
+    ((120, 160), None, 8, 8),   # pixels
+    ((30, 45), None, 8, 5),
+    ((18, 24), 3, 2, 3),        # a requested size that fits is kept, even above the default
+])
+def test_the_default_patch_size_fits_any_frame_grid(grid, requested, default, expected):
+    from rlir.pretrain.diffusion_world_model import fitting_patch_size
+
+    assert fitting_patch_size(grid, requested, default) == expected
+
+
+def test_a_patch_size_that_does_not_fit_names_one_that_does():
+    from rlir.pretrain.diffusion_world_model import fitting_patch_size
+
+    with pytest.raises(ValueError, match=r"patch_size: 2 does not divide the frame grid \[15, 20\]; 1 does"):
+        fitting_patch_size((15, 20), 2, 2)
