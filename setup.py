@@ -1,6 +1,6 @@
 from setuptools import setup
 
-PACKAGES = ["rlir", "rlir.kernels", "rlir.profiling", "rlir.commands", "rlir.envs", "rlir.data", "rlir.models", "rlir.pretrain", "rlir.eval", "rlir.metrics", "rlir.grpo", "rlir.integrations"]
+PACKAGES = ["rlir", "rlir.kernels", "rlir.profiling", "rlir.commands", "rlir.envs", "rlir.data", "rlir.models", "rlir.pretrain", "rlir.eval", "rlir.metrics", "rlir.policies", "rlir.grpo", "rlir.integrations"]
 # The shipped run configs and Crafter checkpoints travel as package data (rlir.assets finds them).
 DATA_PACKAGES = {"rlir.configs": "configs", "rlir.checkpoints": "checkpoints"}
 

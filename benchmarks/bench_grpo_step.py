@@ -55,7 +55,7 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import write_results  # noqa: E402
-from rlir.grpo import ARPolicy, GRPOTrainer, PromptSampler, Prompts, load_config  # noqa: E402
+from rlir.grpo import GRPOTrainer, PromptSampler, load_config  # noqa: E402
 from rlir.grpo.builders import build_datasets, build_run  # noqa: E402
 from rlir.grpo.config import GRPOConfig  # noqa: E402
 from rlir.grpo.distributed import minibatch_orders, resolve_device  # noqa: E402
@@ -63,6 +63,7 @@ from rlir.models.generators import GroupGenerators  # noqa: E402
 from rlir.models.kv_cache import KVCache  # noqa: E402
 from rlir.models.sampling import sample_tokens  # noqa: E402
 from rlir.models.tokenizer import VQTokenizer  # noqa: E402
+from rlir.policies import ARPolicy, Prompts  # noqa: E402
 from rlir.profiling import PhaseTimer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

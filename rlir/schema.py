@@ -215,6 +215,19 @@ def with_overrides(data: Optional[dict], overrides=()) -> dict:
     return data
 
 
+def reject_moved_keys(data: dict, moved: dict) -> None:
+    """A ConfigError ``<old key>: moved to <new key>`` for the first dotted key of ``moved`` that ``data`` sets:
+    an old config fails naming the replacement, not with the section's unknown-key list."""
+    for old, new in moved.items():
+        node = data
+        for part in old.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            raise ConfigError(old, f"moved to {new}")
+
+
 def save_yaml(config: BaseModel, path) -> None:
     Path(path).write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
 
@@ -270,23 +283,23 @@ def _yaml_value(value) -> str:
 
 
 def key_reference(cls: type, prefix: str = "") -> str:
-    """Every key of the schema ``cls``, one entry each: ``key: type = default`` and its description; a section
-    starts with its model's docstring."""
-    lines = []
+    """Every key of the schema ``cls``, one entry each: ``key: type = default`` and its description, a section's
+    own keys before its subsections; a section starts with its model's docstring."""
+    lines, sections = [], []
     for name, field in cls.model_fields.items():
         key = prefix + name
         section = _schema_class(field.annotation)
         if section is not None and section is field.annotation:
             doc = " ".join((section.__doc__ or "").split())
-            lines.append(textwrap.fill(f"{key}: {doc}" if doc else f"{key}:", 118, subsequent_indent="    "))
-            lines.append(key_reference(section, key + "."))
+            sections.append(textwrap.fill(f"{key}: {doc}" if doc else f"{key}:", 118, subsequent_indent="    "))
+            sections.append(key_reference(section, key + "."))
             continue
         default = _yaml_value(field.get_default(call_default_factory=True))
         entry = f"  {key}: {describe_type(field.annotation, field.metadata)} = {default}"
         if field.description:
             entry += f". {field.description}"
         lines.append(textwrap.fill(entry, 118, subsequent_indent="      "))
-    return "\n".join(lines)
+    return "\n".join(lines + sections)
 
 
 def print_action(render: Callable[[], str]) -> type:

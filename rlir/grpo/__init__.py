@@ -4,33 +4,22 @@
     trainer = GRPOTrainer.from_config(load_config("configs/crafter_ar.yaml"))
     trainer.train()
 
-Pieces: ``config`` (GRPOConfig, load_config), ``policy`` (the Policy interface, Prompts, Rollout),
-``ar_policy`` (ARPolicy: ARWorldModel + VQTokenizer, its ARSample), ``diffusion_policy`` (DiffusionPolicy:
-DiTWorldModel with the SDE sampler's step log-probs), ``prompts`` (resumable PromptSampler),
-``trainer`` (GRPOTrainer: the loop), ``metrics`` (a step's metrics, read back once), ``evaluation``
-(in-training evaluation), ``distributed`` (torchrun, DDP / FSDP), ``checkpoint`` (atomic save, exact resume),
-``logging`` (jsonl + TensorBoard).
+Pieces: ``config`` (GRPOConfig, load_config), ``builders`` (a run's models, policy and prompts from a config),
+``prompts`` (resumable PromptSampler), ``trainer`` (GRPOTrainer: the loop), ``metrics`` (a step's metrics, read
+back once), ``evaluation`` (in-training evaluation), ``distributed`` (torchrun, DDP / FSDP), ``checkpoint`` (atomic
+save, exact resume), ``logging`` (jsonl + TensorBoard). The policies it trains (the Policy interface, Prompts,
+Rollout, ARPolicy, the diffusion policies, make_policy) are ``rlir.policies``.
 """
-from .ar_policy import ARPolicy, ARSample
 from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import ConfigError, GRPOConfig, config_from_dict, load_config
-from .diffusion_policy import DiffusionPolicy
-from .policy import ModelPolicy, Policy, Prompts, Rollout
 from .prompts import PromptSampler, SyntheticClips
 from .trainer import GRPOTrainer
 
 __all__ = [
-    "ARPolicy",
-    "ARSample",
     "ConfigError",
-    "DiffusionPolicy",
     "GRPOConfig",
     "GRPOTrainer",
-    "ModelPolicy",
-    "Policy",
     "PromptSampler",
-    "Prompts",
-    "Rollout",
     "SyntheticClips",
     "config_from_dict",
     "latest_checkpoint",

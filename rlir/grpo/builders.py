@@ -28,16 +28,13 @@ from rlir.models.ar_world_model import ARWorldModel
 from rlir.models.dit_world_model import DiTWorldModel
 from rlir.models.idm import InverseDynamicsModel
 from rlir.models.tokenizer import VQTokenizer
+from rlir.policies import Policy, Prompts, make_policy, policy_class
 
-from .ar_policy import ARPolicy
 from .config import ConfigError, GRPOConfig
-from .diffusion_policy import DiffusionPolicy
-from .policy import Policy, Prompts
 from .prompts import PromptSampler, SyntheticClips, fixed_prompts
 
 
 WORLD_MODEL_CLASSES = {"ar": ARWorldModel, "diffusion": DiTWorldModel}
-POLICY_CLASSES = {"ar": ARPolicy, "diffusion": DiffusionPolicy}
 # Arguments of the random models that the builder derives so that the models agree; giving one is an error.
 DERIVED_ARGUMENTS = {"tokenizer": {"image_size"}, "idm": {"head_sizes", "frame_size"},
                      "ar": {"codebook_size", "tokens_per_frame", "action_head_sizes"},
@@ -46,7 +43,7 @@ DERIVED_ARGUMENTS = {"tokenizer": {"image_size"}, "idm": {"head_sizes", "frame_s
 
 @dataclass
 class Run:
-    policy: object  # ARPolicy or DiffusionPolicy
+    policy: Policy  # rlir.policies.make_policy's
     idm: nn.Module
     eval_idm: Optional[nn.Module]
     prompts: PromptSampler
@@ -109,7 +106,7 @@ def check_models(cfg: GRPOConfig, check_paths: bool = True) -> None:
     KL loss.kl names; random models take the arguments given; a saved world model (with ``check_paths``) is a
     directory of the class models.kind needs; the clips fit the world model's max_frames."""
     m = cfg.models
-    policy = POLICY_CLASSES[m.kind]
+    policy = policy_class(m.kind, cfg.loss.objective)
     if cfg.loss.kl == "closed_form" and policy.logprobs_and_kl is Policy.logprobs_and_kl:
         raise ConfigError("loss.kl", f"closed_form needs the policy's exact KL, which {policy.__name__} "
                           f"(models.kind {m.kind}) does not have: use k3")
@@ -235,15 +232,6 @@ def build_datasets(cfg: GRPOConfig, frame_size: tuple[int, int], head_sizes):
     return train, heldout, [h.name for h in space.heads]
 
 
-def make_policy(world_model: nn.Module, tokenizer: Optional[VQTokenizer], **options):
-    """The Policy of a built-in world model: ARPolicy for an ARWorldModel, DiffusionPolicy for a DiTWorldModel
-    (given the tokenizer only when it works on tokenizer latents); ``options`` go to the policy."""
-    if isinstance(world_model, DiTWorldModel):
-        latents = world_model.config.frame_space == "tokenizer_latents"
-        return DiffusionPolicy(world_model, tokenizer if latents else None, **options)
-    return ARPolicy(world_model, tokenizer, **options)
-
-
 def freeze_all_but(model: nn.Module, patterns) -> None:
     """Only parameters whose name matches one of the regexes (re.search) keep requires_grad (optim.trainable)."""
     names = [name for name, _ in model.named_parameters()]
@@ -262,16 +250,8 @@ def build_run(cfg: GRPOConfig, device: torch.device) -> Run:
         freeze_all_but(world_model, cfg.optim.trainable)
     train, heldout, names = build_datasets(cfg, tokenizer.frame_size, list(world_model.head_sizes))
     r = cfg.rollout
-    reference = reference_factory if cfg.loss.beta > 0 else None
-    if cfg.models.kind == "diffusion":
-        sde = r.sde
-        policy = make_policy(world_model, tokenizer, num_steps=sde.num_steps, shift=sde.shift,
-                             noise_level=sde.noise_level, stochastic=sde.stochastic_arg(), reference_factory=reference,
-                             compile=r.compile, objective=sde.objective, train_sigmas=tuple(sde.train_sigmas),
-                             shared_noise=sde.shared_noise)
-    else:
-        policy = make_policy(world_model, tokenizer, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
-                             reference_factory=reference, compile=r.compile)
+    policy = make_policy(world_model, tokenizer, r, cfg.loss,
+                         reference_factory=reference_factory if cfg.loss.beta > 0 else None)
     sampler = PromptSampler(train, r.prompts_per_step, context_frames=cfg.data.context_frames, n_frames=r.n_frames,
                             seed=cfg.seed)
     eval_prompts = None

@@ -8,7 +8,8 @@ wrong type or out of range, an inconsistent combination, or a missing model/data
 Types, bounds and choices are on the fields below, rules between fields are validators of the section that
 holds them, and what the models themselves accept (constructor arguments, sizes they must share, the class
 in a model directory) is checked by ``rlir.grpo.builders.check_models``, which loading calls. Every key, with
-its type, default and meaning: ``rlir train --help-config`` (generated from these classes).
+its type, default and meaning: ``rlir train --help-config`` (generated from these classes). A key that moved
+(``MOVED_KEYS``) fails with one line naming where it went.
 """
 from __future__ import annotations
 
@@ -18,10 +19,14 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from rlir.schema import ConfigError, Number, Schema, key_reference, read_yaml, save_yaml, shipped_path, validate
-from rlir.schema import with_overrides
+from rlir.policies.config import ObjectiveConfig, SamplingConfig
+from rlir.schema import ConfigError, Number, Schema, key_reference, read_yaml, reject_moved_keys, save_yaml
+from rlir.schema import shipped_path, validate, with_overrides
 
 __all__ = ["ConfigError", "GRPOConfig", "config_from_dict", "load_config", "save_config", "help_config"]
+
+# old dotted key -> where it is now
+MOVED_KEYS = {"rollout.sde.objective": "loss.objective", "rollout.sde.train_sigmas": "loss.train_sigmas"}
 
 
 class RandomModelsConfig(Schema):
@@ -45,7 +50,8 @@ class ModelsConfig(Schema):
     """The world model, tokenizer and IDMs: ``save_pretrained`` directories, or tiny random ones."""
 
     kind: Literal["ar", "diffusion"] = Field("ar", description="ar: ARWorldModel + ARPolicy; diffusion: "
-                                             "DiTWorldModel + DiffusionPolicy (SDE sampler, rollout.sde)")
+                                             "DiTWorldModel + a DiffusionPolicy (its sampler in rollout.sde, "
+                                             "its objective in loss.objective)")
     source: Literal["pretrained", "random"] = "pretrained"
     world_model: Optional[str] = Field(None, description="ARWorldModel / DiTWorldModel save_pretrained directory")
     tokenizer: Optional[str] = Field(None, description="VQTokenizer save_pretrained directory")
@@ -84,56 +90,12 @@ class DataConfig(Schema):
         return self
 
 
-class SDEConfig(Schema):
-    """The diffusion world model's sampler (models.kind diffusion): Flow-GRPO's SDE on the stochastic steps."""
-
-    num_steps: int = Field(8, ge=1, description="denoising steps per generated frame")
-    shift: Number = Field(1.0, gt=0.0, description="schedule shift of FlowMatchEulerDiscreteScheduler")
-    noise_level: Number = Field(0.7, gt=0.0, description="the SDE's a: sigma_t = a sqrt(sigma / (1 - sigma))")
-    stochastic: Literal["all", "fraction", "window"] = Field(
-        "all", description="which steps are SDE steps with log-probs: all (Flow-GRPO), a random fraction per "
-        "rollout (DanceGRPO), or a window (MixGRPO); the others are Euler ODE steps")
-    fraction: Number = Field(0.5, gt=0.0, le=1.0, description="with stochastic: fraction")
-    window: list[int] = Field([0, 4], description="with stochastic: window, [first step, number of steps]")
-    objective: Literal["sde_step", "flow_matching"] = Field(
-        "sde_step", description="what a log-prob slot scores: each SDE step's Gaussian transition (Flow-GRPO), or "
-        "each generated frame's flow-matching target at a noise level drawn from train_sigmas (advantage-weighted "
-        "flow matching; rlir.grpo.diffusion_policy)")
-    train_sigmas: list[Number] = Field([0.5, 1.0], description="with objective: flow_matching, [low, high] of the "
-                                       "uniform noise level each frame's slot is scored at")
-    shared_noise: bool = Field(True, description="with objective: flow_matching, one noise level and noise per "
-                               "prompt, shared by its G samples (their noise terms cancel in the advantage-weighted "
-                               "sum); false: drawn per sample")
-
-    @model_validator(mode="after")
-    def _window(self):
-        lo_hi = self.train_sigmas
-        if len(lo_hi) != 2 or not 0 <= lo_hi[0] < lo_hi[1] <= 1:
-            raise ConfigError("train_sigmas", f"must be [low, high] with 0 <= low < high <= 1, got {lo_hi!r}")
-        w = self.window
-        if self.stochastic == "window" and (len(w) != 2 or not 0 <= w[0] < self.num_steps or w[1] < 1):
-            raise ConfigError("window", f"must be [first step, number of steps] with 0 <= first < "
-                              f"rollout.sde.num_steps ({self.num_steps}) and number >= 1, got {w!r}")
-        return self
-
-    def stochastic_arg(self):
-        """The ``stochastic`` argument of rlir.models.flow_sampling.generate."""
-        return {"fraction": self.fraction, "window": tuple(self.window)}.get(self.stochastic, "all")
-
-
-class RolloutConfig(Schema):
-    """What each step samples: B prompts x G samples of n frames."""
+class RolloutConfig(SamplingConfig):
+    """What each step samples: B prompts x G samples of n frames, with the policy's sampler (rlir.policies.config)."""
 
     prompts_per_step: int = Field(4, ge=1, description="B")
     group_size: int = Field(8, ge=2, description="G: samples per prompt")
     n_frames: int = Field(7, ge=1, description="generated frames per video")
-    temperature: Number = Field(1.0, gt=0.0)
-    top_k: Optional[int] = Field(None, ge=1)
-    top_p: Optional[Number] = Field(None, gt=0.0, le=1.0)
-    sde: SDEConfig = Field(default_factory=SDEConfig)
-    compile: bool = Field(False, description="run the rollout's per-token (AR) or per-denoising-step (diffusion) "
-                          "step under torch.compile(fullgraph=True), as CUDA graphs on CUDA; the first step "
-                          "compiles (seconds to a minute), the samples are the same as eager (rlir.models.compiled)")
 
 
 class RewardConfig(Schema):
@@ -159,8 +121,9 @@ class AdvantageConfig(Schema):
         "DiT's flow-matching objective it lost on every seed (docs/experiments.md)")
 
 
-class LossConfig(Schema):
-    """rlir.kernels.grpo_loss's options, and where the old and reference log-probs come from."""
+class LossConfig(ObjectiveConfig):
+    """What the slots score (the objective, rlir.policies.config), rlir.kernels.grpo_loss's options, and where the
+    old and reference log-probs come from."""
 
     eps_low: Number = Field(0.2, ge=0.0, lt=1.0)
     eps_high: Number = Field(0.2, ge=0.0)
@@ -292,14 +255,14 @@ class GRPOConfig(Schema):
             raise ConfigError("train.micro_batch_size", f"micro_batch_size x grad_accumulation = "
                               f"{t.micro_batch_size} x {t.grad_accumulation} must divide the {n} videos per step "
                               f"(rollout.prompts_per_step x rollout.group_size)")
-        if self.models.kind == "diffusion" and self.rollout.sde.objective == "flow_matching":
-            # rlir.grpo.diffusion_policy: a flow-matching slot is no sampled log-prob, and its negative-advantage
+        if self.models.kind == "diffusion" and self.loss.objective == "flow_matching":
+            # rlir.policies.flow_matching: a flow-matching slot is no sampled log-prob, and its negative-advantage
             # term is bounded only by the clipped ratio against old log-probs fixed before the updates.
             if self.loss.beta > 0 and self.loss.kl == "k3":
                 raise ConfigError("loss.kl", "'k3' needs log-probs of samples the policy drew, which a flow_matching "
-                                  "slot's are not (rollout.sde.objective): use closed_form")
+                                  "slot's are not (loss.objective): use closed_form")
             if self.loss.old_logprobs == "current" and self.updates_per_step > 1:
-                raise ConfigError("loss.old_logprobs", f"'current' leaves rollout.sde.objective flow_matching "
+                raise ConfigError("loss.old_logprobs", f"'current' leaves loss.objective flow_matching "
                                   f"unbounded below after a step's first update ({self.updates_per_step} a step): "
                                   f"use rollout, or one update a step")
         return self
@@ -324,7 +287,9 @@ class GRPOConfig(Schema):
 def config_from_dict(data: Optional[dict], overrides=(), check_paths: bool = True) -> GRPOConfig:
     """Validate a config mapping with ``key=value`` overrides applied (``data`` is not modified); with
     ``check_paths``, the model and data directories must exist. Raises ConfigError naming the key."""
-    cfg = validate(GRPOConfig, with_overrides(data, overrides))
+    data = with_overrides(data, overrides)
+    reject_moved_keys(data, MOVED_KEYS)
+    cfg = validate(GRPOConfig, data)
     from .builders import check_models  # the checks that need the model classes
 
     check_models(cfg, check_paths)

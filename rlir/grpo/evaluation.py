@@ -14,12 +14,12 @@ import torch.nn as nn
 
 from rlir.kernels import idm_reward
 from rlir.models.generators import EVAL, GroupGenerators
+from rlir.policies import Policy, Prompts
 from rlir.rewards import idm_logits
 
 from .config import GRPOConfig
 from .distributed import Parallel
 from .metrics import head_names
-from .policy import Policy, Prompts
 
 
 @torch.no_grad()

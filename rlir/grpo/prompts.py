@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .policy import Prompts
+from rlir.policies import Prompts
 
 
 def item_to_prompt(item: dict, context_frames: int, n_frames: int):

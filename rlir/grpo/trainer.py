@@ -22,7 +22,7 @@ One step (every phase inside ``PhaseTimer.phase``, i.e. an NVTX range plus a tim
     optim        grad-norm clip, AdamW step, lr schedule step (once per minibatch)
 
 Build from a config with ``GRPOTrainer.from_config(cfg)``, or pass your own policy / IDM / prompt sampler
-to the constructor (see ``rlir.grpo.policy``).
+to the constructor (see ``rlir.policies.policy``).
 
 Under torchrun (``torchrun --nproc_per_node N -m rlir train``) each rank runs this loop on B/N prompts: the
 rollout RNG is seeded per prompt by (seed, step, global prompt index), batch-wide statistics are reduced over
@@ -45,6 +45,7 @@ from rlir.kernels import (aggregate_tokens, group_advantage, grpo_loss, idm_adva
 from rlir.models.generators import GroupGenerators
 from rlir.optim import (adamw_decaying_matrices, clip_and_step, fused_adamw_supported, use_fused_adamw,
                         warmup_schedule)
+from rlir.policies import Policy, Prompts, Rollout
 from rlir.profiling import PhaseTimer, reset_peak_memory
 from rlir.rewards import idm_logits
 
@@ -56,7 +57,6 @@ from .distributed import (DataParallel, Parallel, check_divisible, global_rollou
 from .evaluation import held_out_reward
 from .logging import MetricsLogger, format_line
 from .metrics import rollout_metrics, throughput_metrics, to_host, update_metrics
-from .policy import Policy, Prompts, Rollout
 from .prompts import PromptSampler
 
 
@@ -71,7 +71,7 @@ def lr_lambda(cfg: GRPOConfig) -> Callable[[int], float]:
 class GRPOTrainer:
     """GRPO on a ``Policy`` with an IDM reward.
 
-    policy: the world model (see rlir.grpo.policy); idm: frames [N, n+1, 3, h, w] -> list of [N, n, C_h]
+    policy: the world model (see rlir.policies.policy); idm: frames [N, n+1, 3, h, w] -> list of [N, n, C_h]
     logits (frozen); prompts: a PromptSampler (or anything with next() -> Prompts and state_dict /
     load_state_dict); eval_prompts: fixed held-out Prompts for evaluation; eval_idm: a second IDM for
     evaluation only; out_dir: where metrics, TensorBoard events and checkpoints go (None: nowhere).

@@ -9,7 +9,8 @@ is integrated to sigma = 0 in ``num_steps`` steps over the schedule of diffusers
   on the others. ``stochastic`` picks them: "all" (Flow-GRPO), a fraction in (0, 1] of the steps drawn at
   random once per call (DanceGRPO's timestep subsampling), or a window (start, length) of consecutive steps
   (MixGRPO). A stochastic step records, for every sample and generated frame, x_t, x_next, the step's Gaussian
-  mean, its std and the log-prob of x_next; an Euler step records no log-prob.
+  mean, its std and the log-prob of x_next (unless ``record_transitions`` is False: then only the frames); an
+  Euler step records no log-prob.
 
 ``transition_logprobs`` scores recorded transitions under the model's current weights (differentiable, for
 the GRPO ratio) and returns their means (for a KL to a reference model: with equal stds the KL between two
@@ -103,9 +104,9 @@ class FlowSample:
 
     frames: [N, n, C, S, S] the generated frames (model space; ``model.decode_frames`` makes uint8 of them).
     context [N, n_ctx, C, S, S], actions [N, n, H], context_actions [N, n_ctx - 1, H]: the prompt, per row.
-    sigmas: [K + 1] the schedule. trajectory: [N, n, K + 1, C, S, S], x at every sigma (SDE only).
-    steps: [Ks] the stochastic step indices; means [N, n, Ks, C, S, S], stds [N, n, Ks] and log_probs
-    [N, n, Ks] fp32 of their transitions trajectory[:, :, i] -> trajectory[:, :, i + 1].
+    sigmas: [K + 1] the schedule. steps: [Ks] the stochastic step indices (SDE only). With the transitions
+    recorded (SDE only): trajectory [N, n, K + 1, C, S, S], x at every sigma; means [N, n, Ks, C, S, S], stds
+    [N, n, Ks] and log_probs [N, n, Ks] fp32 of their transitions trajectory[:, :, i] -> trajectory[:, :, i + 1].
     """
 
     frames: torch.Tensor
@@ -232,7 +233,8 @@ class _RecomputedHistory:
 def generate(model, context: torch.Tensor, actions: torch.Tensor, *, context_actions: Optional[torch.Tensor] = None,
              num_samples: int = 1, num_steps: int = 8, shift: float = 1.0, sampler: str = "ode",
              noise_level: float = 0.7, stochastic: Stochastic = "all", sigma_max: float = SIGMA_MAX,
-             generator: Generators = None, use_cache: bool = True, compile=False) -> FlowSample:
+             generator: Generators = None, use_cache: bool = True, compile=False,
+             record_transitions: bool = True) -> FlowSample:
     """Roll out ``num_samples`` (G) continuations of each of B prompts under commanded actions.
 
     context: model-space frames [B, n_ctx, C, S, S] (``model.encode_frames``); actions [B, n, H], actions[:, k]
@@ -244,6 +246,8 @@ def generate(model, context: torch.Tensor, actions: torch.Tensor, *, context_act
     KV cache) under torch.compile(fullgraph=True), as CUDA graphs on CUDA; a string names the mode (see
     rlir.models.compiled). Needs ``use_cache``. ``generator``: a torch.Generator, or a ``GroupGenerators`` (one
     generator per prompt for its rows' noise, the shared one for the stochastic-step subset).
+    ``record_transitions``: False keeps only the frames of an SDE sample (the same frames, from the same draws),
+    not its trajectory and step log-probs, for a caller that scores something else.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
@@ -257,11 +261,11 @@ def generate(model, context: torch.Tensor, actions: torch.Tensor, *, context_act
     steps = _stochastic_step_list(num_steps, stochastic, shared_generator(generator)) if sde else []
     with trusted_inputs():
         return _generate(model, context, actions, context_actions, num_samples, num_steps, shift, sampler,
-                         noise_level, steps, sigma_max, generator, use_cache, mode)
+                         noise_level, steps, sigma_max, generator, use_cache, mode, record_transitions)
 
 
 def _generate(model, context, actions, context_actions, num_samples, num_steps, shift, sampler, noise_level,
-              steps, sigma_max, generator, use_cache, mode=None) -> FlowSample:
+              steps, sigma_max, generator, use_cache, mode=None, record_transitions=True) -> FlowSample:
     sigmas = _device_sigmas(num_steps, shift, context.device)
     sde = sampler == "sde"
     g, n = num_samples, actions.shape[1]
@@ -275,10 +279,11 @@ def _generate(model, context, actions, context_actions, num_samples, num_steps, 
         ks = len(steps)
         sample.noise_level, sample.sigma_max = noise_level, sigma_max
         sample.steps = torch.tensor(steps, dtype=torch.long).to(context.device, non_blocking=True)
-        sample.trajectory = context.new_empty(rows, n, num_steps + 1, *frame)
-        sample.means = context.new_empty(rows, n, ks, *frame)
-        sample.stds = context.new_empty(rows, n, ks)
-        sample.log_probs = context.new_empty(rows, n, ks)
+        if record_transitions:
+            sample.trajectory = context.new_empty(rows, n, num_steps + 1, *frame)
+            sample.means = context.new_empty(rows, n, ks, *frame)
+            sample.stds = context.new_empty(rows, n, ks)
+            sample.log_probs = context.new_empty(rows, n, ks)
 
     initial_noise = randn_rows((rows, n, *frame), generator, context.device)
     for k in range(n):
@@ -302,24 +307,29 @@ def _ode_frame(history, x: torch.Tensor, num_steps: int, shift: float) -> torch.
 
 
 def _sde_frame(history, x: torch.Tensor, sample: FlowSample, k: int, steps: list, generator) -> torch.Tensor:
-    """Integrate frame k from noise x: SDE steps at ``steps`` (host ints, = sample.steps), recorded into sample;
-    Euler steps elsewhere. No host syncs: the sigmas stay on the device (flow_sde_step takes 0-d tensors)."""
+    """Integrate frame k from noise x: SDE steps at ``steps`` (host ints, = sample.steps), recorded into sample
+    when it has a trajectory; Euler steps elsewhere. No host syncs: the sigmas stay on the device (flow_sde_step
+    takes 0-d tensors)."""
     sigmas = sample.sigmas
     slots = {step: slot for slot, step in enumerate(steps)}
-    sample.trajectory[:, k, 0] = x
+    record = sample.trajectory is not None
+    if record:
+        sample.trajectory[:, k, 0] = x
     for i in range(len(sigmas) - 1):
         v = history.velocity(x, sigmas[i]).float()
         if i in slots:
             noise = randn_rows(x.shape, generator, x.device)
             out = flow_sde_step(x, v, sigmas[i], sigmas[i + 1], sample.noise_level, noise=noise,
                                 sigma_max=sample.sigma_max)
-            slot = slots[i]
-            sample.means[:, k, slot], sample.stds[:, k, slot], sample.log_probs[:, k, slot] = \
-                out.mean, out.std, out.log_prob
+            if record:
+                slot = slots[i]
+                sample.means[:, k, slot], sample.stds[:, k, slot], sample.log_probs[:, k, slot] = \
+                    out.mean, out.std, out.log_prob
             x = out.x_next
         else:
             x = x + (sigmas[i + 1] - sigmas[i]) * v
-        sample.trajectory[:, k, i + 1] = x
+        if record:
+            sample.trajectory[:, k, i + 1] = x
     return x
 
 
@@ -345,8 +355,9 @@ def transition_logprobs(model, sample: FlowSample, index: Optional[torch.Tensor]
     """Log-probs of the recorded stochastic transitions of ``sample`` (rows ``index``, default all) under the
     model's current weights, in one teacher-forced forward per call; differentiable w.r.t. the weights. With
     the weights that generated ``sample`` they equal ``sample.log_probs`` (up to float rounding)."""
-    if sample.sampler != "sde" or len(sample.steps) == 0:
-        raise ValueError("sample holds no stochastic transitions: generate it with sampler='sde'")
+    if sample.sampler != "sde" or sample.trajectory is None or len(sample.steps) == 0:
+        raise ValueError("sample holds no stochastic transitions: generate it with sampler='sde' (and "
+                         "record_transitions)")
     rows = slice(None) if index is None else index
     trajectory = sample.trajectory[rows]
     n_rows, n = trajectory.shape[:2]

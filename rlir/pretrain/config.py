@@ -193,7 +193,7 @@ class DiffusionWorldModelPretrain(WorldModelPretrain):
                                       "largest up to 2 for latents, 8 for pixels, that divides the frame grid)")
     context_frames: int = Field(1, ge=1, description="clean frames at the start of each training clip")
     sample_steps: int = Field(16, ge=1, description="ODE steps per frame in the held-out generation (default: "
-                              "the evaluation sampler's, rlir.grpo.diffusion_policy.EVAL_ODE_STEPS)")
+                              "the evaluation sampler's, rlir.policies.EVAL_ODE_STEPS)")
     previous_frame_neighbourhood: bool = Field(False, description="the previous frame enters also shifted by one "
                                                "cell in each direction (see DiTWorldModel)")
 

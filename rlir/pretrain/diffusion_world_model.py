@@ -34,10 +34,10 @@ import torch
 from tqdm.auto import tqdm
 
 from rlir.data import Recording, resize_frames, split_episodes
-from rlir.eval.action_following import evaluation_policy
 from rlir.models.dit_world_model import DiTWorldModel, latents_from_tokenizer
 from rlir.models.tokenizer import VQTokenizer
 from rlir.optim import adamw_decaying_matrices
+from rlir.policies import evaluation_policy
 from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_output_directory, clip_windows,
                                   learning_rate, load_tokenizer, shuffled_batches)
 from rlir.pretrain.config import DiffusionWorldModelPretrain, set_threads, settings

@@ -26,10 +26,10 @@ import torch
 from tqdm.auto import tqdm
 
 from rlir.data import Recording, split_episodes
-from rlir.eval.action_following import evaluation_policy
 from rlir.eval.verify import player_moved
 from rlir.models.ar_world_model import ARWorldModel
 from rlir.optim import adamw_decaying_matrices
+from rlir.policies import evaluation_policy
 from rlir.pretrain.tokenized import TokenizedRecording
 from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_output_directory, clip_windows,
                                   learning_rate, load_tokenizer, shuffled_batches)

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from rlir.data import Recording, resize_frames
-from rlir.grpo.policy import Policy, Prompts
 from rlir.models.ar_world_model import ARWorldModel
 from rlir.metrics.image import psnr
+from rlir.policies import Policy, Prompts
 
 
 @torch.no_grad()

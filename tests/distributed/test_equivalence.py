@@ -17,7 +17,7 @@ VARIANTS = {  # name: (model kind, overrides); each runs under ddp and fsdp
     "ar-batch-scale-frame-credit": ("ar", ["advantage.scale=batch", "advantage.credit=frame"]),
     "diffusion-token-mean": ("diffusion", ["loss.loss_agg=token-mean"]),
     "diffusion-seq-mean-token-mean": ("diffusion", ["loss.loss_agg=seq-mean-token-mean"]),
-    "diffusion-flow-matching": ("diffusion", ["rollout.sde.objective=flow_matching", "loss.kl=closed_form"]),
+    "diffusion-flow-matching": ("diffusion", ["loss.objective=flow_matching", "loss.kl=closed_form"]),
 }
 
 

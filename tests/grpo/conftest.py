@@ -77,7 +77,8 @@ def toy_config(**sections):
 @pytest.fixture
 def toy_trainer():
     """A GRPOTrainer on the toy world (no out_dir): ARPolicy(tiny ARWorldModel, ToyTokenizer) + ToyIDM."""
-    from rlir.grpo import ARPolicy, GRPOTrainer, PromptSampler, SyntheticClips
+    from rlir.grpo import GRPOTrainer, PromptSampler, SyntheticClips
+    from rlir.policies import ARPolicy
     from rlir.grpo.prompts import fixed_prompts
 
     def make(seed: int = 0, **sections):

@@ -128,7 +128,7 @@ def test_checkpoint_missing_weights_fails_naming_the_key(tmp_path):
 
 
 TINY_DIFFUSION = TINY_CONFIG.parent / "tiny_diffusion.yaml"
-FLOW_MATCHING = "rollout.sde.objective=flow_matching"
+FLOW_MATCHING = "loss.objective=flow_matching"
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -147,3 +147,21 @@ def test_diffusion_flow_matching_accepts_the_meaningful_combinations():
     one_update = ["train.inner_epochs=1", "train.micro_batch_size=8", "train.grad_accumulation=1"]
     load_config(TINY_DIFFUSION, [FLOW_MATCHING, "loss.beta=0", "loss.old_logprobs=current", *one_update])
     load_config(TINY_DIFFUSION, ["loss.beta=0.1", "loss.kl=k3"])  # the SDE-step objective's slots are sampled
+
+
+@pytest.mark.parametrize("old, new, value", [("rollout.sde.objective", "loss.objective", "flow_matching"),
+                                             ("rollout.sde.train_sigmas", "loss.train_sigmas", "[0.4,0.9]")])
+def test_a_moved_key_fails_in_one_line_naming_its_new_place(tmp_path, capsys, old, new, value):
+    import yaml
+
+    with pytest.raises(ConfigError) as info:  # as an override
+        load_config(TINY_DIFFUSION, [f"{old}={value}"])
+    assert str(info.value) == f"{old}: moved to {new}" and info.value.key == old
+    data = yaml.safe_load(TINY_DIFFUSION.read_text())  # in an old YAML file, through the CLI
+    data["rollout"]["sde"][old.rsplit(".", 1)[1]] = yaml.safe_load(value)
+    old_config = tmp_path / "old.yaml"
+    old_config.write_text(yaml.safe_dump(data))
+    assert main(["train", "--config", str(old_config), "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"{old}: moved to {new}")
+    assert not (tmp_path / "run").exists()
+    load_config(TINY_DIFFUSION, [f"{new}={value}", "loss.kl=closed_form"])  # where it is now

@@ -1,4 +1,4 @@
-"""DiffusionPolicy's flow-matching objective (rollout.sde.objective: flow_matching): one slot per generated
+"""FlowMatchingPolicy, the DiT's flow-matching objective (loss.objective: flow_matching): one slot per generated
 frame, the advantage-weighted flow-matching loss as its log-prob, its closed-form KL to the reference."""
 import json
 
@@ -7,14 +7,14 @@ import torch
 
 from rlir.cli import main
 from rlir.grpo.config import ConfigError
-from rlir.grpo.diffusion_policy import DiffusionPolicy, flow_matching_scores
-
-from rlir.grpo.diffusion_policy import summed
 from rlir.kernels import grpo_loss
+from rlir.policies import FlowMatchingPolicy, SDEStepPolicy
+from rlir.policies.diffusion import summed
+from rlir.policies.flow_matching import flow_matching_scores
 
 from .test_diffusion_policy import TINY_DIFFUSION, kl_after_a_perturbation, moving, tiny_run
 
-MATCHING = {"rollout.sde.objective": "flow_matching", "rollout.sde.train_sigmas": "[0.4,0.9]",
+MATCHING = {"loss.objective": "flow_matching", "loss.train_sigmas": "[0.4,0.9]",
             "loss.kl": "closed_form"}  # k3 means nothing for these slots: the config rejects it
 
 
@@ -90,7 +90,7 @@ def test_trains_end_to_end(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--config", str(TINY_DIFFUSION), "--out", str(out), "log.tensorboard=false",
             "log.stdout=false", "loss.beta=0.1", "loss.kl=closed_form", "train.steps=2", "advantage.credit=frame",
-            "reward.mode=loglik", "rollout.sde.objective=flow_matching",
+            "reward.mode=loglik", "loss.objective=flow_matching",
             "train.inner_epochs=1", "train.micro_batch_size=8", "train.grad_accumulation=1"]  # one update a step
     assert main(args) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -139,15 +139,33 @@ def test_current_old_log_probs_make_the_same_single_update_as_recomputed_ones():
 @pytest.mark.parametrize("sigmas", ["[0.5]", "[0.6,0.5]", "[0.2,1.2]", "[-0.1,0.5]"])
 def test_config_rejects_bad_train_sigmas(sigmas):
     with pytest.raises(ConfigError, match="train_sigmas"):
-        tiny_run(**{"rollout.sde.train_sigmas": sigmas})
+        tiny_run(**{"loss.train_sigmas": sigmas})
 
 
 def test_policy_rejects_bad_arguments():
     _, run = tiny_run()
-    with pytest.raises(ValueError, match="objective"):
-        DiffusionPolicy(run.policy.model, objective="elbo")
     with pytest.raises(ValueError, match="train_sigmas"):
-        DiffusionPolicy(run.policy.model, objective="flow_matching", train_sigmas=(0.9, 0.1))
+        FlowMatchingPolicy(run.policy.model, train_sigmas=(0.9, 0.1))
+
+
+def test_the_objective_picks_the_policy_class():
+    assert type(tiny_run()[1].policy) is SDEStepPolicy
+    assert type(tiny_run(**MATCHING)[1].policy) is FlowMatchingPolicy
+    with pytest.raises(ConfigError, match=r"^loss\.objective: must be one of \['sde_step', 'flow_matching'\]"):
+        tiny_run(**{"loss.objective": "elbo"})
+
+
+def test_the_rollout_keeps_the_sde_frames_but_not_their_trajectory():
+    """Sampling for flow matching draws what the SDE-step objective's rollout draws (the same frames), but records
+    no trajectory or step log-probs: nothing scores them."""
+    _, run = tiny_run(**MATCHING)
+    _, sde_run = tiny_run()
+    prompts = run.prompts.next()
+    flow = run.policy.rollout(prompts, 2, generator=torch.Generator().manual_seed(6)).sample.flow
+    recorded = sde_run.policy.rollout(prompts, 2, generator=torch.Generator().manual_seed(6)).sample
+    assert flow.trajectory is None and flow.log_probs is None and flow.means is None
+    assert recorded.trajectory is not None
+    assert torch.equal(flow.frames, recorded.frames)
 
 
 def test_a_slot_is_the_sum_over_its_elements_with_the_means_gradient():
@@ -170,7 +188,7 @@ def _moving_rollout(seed: int, **overrides):
 def test_the_clip_acts_on_a_large_enough_update(objective):
     """The ratio is of the summed log-probs: an update that moves each element's log-prob by ~1e-2 leaves the
     clip range, where, as means over the elements, every ratio stayed inside it."""
-    policy, rollout, idx = _moving_rollout(3, **{"rollout.sde.objective": objective})
+    policy, rollout, idx = _moving_rollout(3, **{"loss.objective": objective})
     with torch.no_grad():
         old = policy.logprobs(rollout, idx)
         g = torch.Generator().manual_seed(4)

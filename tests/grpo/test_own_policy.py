@@ -1,4 +1,4 @@
-"""The worked example in rlir/grpo/policy.py's docstring, run as written: a user's own world model with its own
+"""The worked example in rlir/policies/policy.py's docstring, run as written: a user's own world model with its own
 sample dataclass trains under GRPOTrainer."""
 import textwrap
 from dataclasses import dataclass
@@ -6,9 +6,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-import rlir.grpo.policy as policy_module
-from rlir.grpo import GRPOTrainer, Policy, PromptSampler, Rollout, SyntheticClips
-from rlir.grpo.ar_policy import to_uint8
+import rlir.policies.policy as policy_module
+from rlir.grpo import GRPOTrainer, PromptSampler, SyntheticClips
+from rlir.policies import Policy, Rollout, to_uint8
 
 from .conftest import ToyIDM, toy_config
 

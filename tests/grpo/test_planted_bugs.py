@@ -19,12 +19,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rlir.grpo import ARPolicy, GRPOTrainer, config_from_dict, list_checkpoints
-from rlir.grpo.diffusion_policy import DiffusionPolicy
+from rlir.grpo import GRPOTrainer, config_from_dict, list_checkpoints
 from rlir.grpo.logging import read_metrics
 from rlir.grpo.trainer import lr_lambda
 from rlir.models.flow_sampling import transition_logprobs
 from rlir.optim import adamw_decaying_matrices
+from rlir.policies import ARPolicy, SDEStepPolicy
 
 from .conftest import ToyTokenizer, toy_config, toy_model
 from .test_diffusion_policy import tiny_run
@@ -167,7 +167,7 @@ def test_dit_reference_of_a_perturbed_model_and_the_trainer_on_it():
                                           "loss.old_logprobs": "rollout"})
     model = run.policy.model
     initial = copy.deepcopy(model)
-    policy = DiffusionPolicy(model, run.policy.tokenizer, num_steps=cfg.rollout.sde.num_steps,
+    policy = SDEStepPolicy(model, run.policy.tokenizer, num_steps=cfg.rollout.sde.num_steps,
                              noise_level=cfg.rollout.sde.noise_level, reference_factory=lambda: copy.deepcopy(initial))
     rollout = policy.rollout(run.prompts.next(), 4, generator=torch.Generator().manual_seed(1))
     idx = torch.arange(len(rollout))

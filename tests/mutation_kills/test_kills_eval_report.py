@@ -330,7 +330,7 @@ def test_the_grid_labels_join_the_heads_of_one_action_with_a_plus():
 def test_the_evaluation_policy_takes_the_sampler_options_without_the_training_warning():
     import warnings
 
-    from rlir.eval.action_following import evaluation_policy
+    from rlir.policies import evaluation_policy
     from rlir.models.ar_world_model import ARWorldModel
     from rlir.models.tokenizer import VQTokenizer
 

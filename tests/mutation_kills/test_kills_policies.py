@@ -1,4 +1,4 @@
-"""Cases that kill mutants of rlir/grpo/ar_policy.py and rlir/grpo/policy.py which the GRPO tests let through
+"""Cases that kill mutants of rlir/policies/ar.py and rlir/policies/policy.py which the GRPO tests let through
 (docs/mutation.md): ARPolicy's defaults, its top_k/top_p warning, the frozen tokenizer, the tokenizer checks,
 the autocast rollout copy, rescoring with two context frames; Prompts.rows with context actions; the base
 Policy's messages; ModelPolicy.load_state_dict."""
@@ -8,9 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rlir.grpo.ar_policy import ARPolicy
-from rlir.grpo.policy import Policy, Prompts
 from rlir.models import ARWorldModel
+from rlir.policies import ARPolicy, Policy, Prompts
 
 WARNING = (r"^rollout\.top_k/top_p make the sampler differ from the policy being optimised: tokens come from the "
            r"truncated distribution while old and new log-probs are under the full softmax, so GRPO's importance "
@@ -146,10 +145,10 @@ def test_model_policy_loads_a_state_dict():
 
 
 def test_diffusion_policy_defaults():
-    from rlir.grpo.diffusion_policy import EVAL_ODE_STEPS, DiffusionPolicy
+    from rlir.policies import EVAL_ODE_STEPS, SDEStepPolicy
     from rlir.kernels.flow_sde_step import SIGMA_MAX
 
-    p = DiffusionPolicy(nn.Linear(1, 1))
+    p = SDEStepPolicy(nn.Linear(1, 1))
     assert (p.num_steps, p.shift, p.noise_level, p.stochastic) == (8, 1.0, 0.7, "all")
     assert (p.sigma_max, p.eval_steps, p.compile, p.tokenizer) == (SIGMA_MAX, EVAL_ODE_STEPS, False, None)
 
@@ -161,19 +160,19 @@ def test_tokenizer_grid_message_counts_rows_times_columns():
 
 
 def test_diffusion_policy_needs_exploration_noise_and_freezes_its_tokenizer():
-    from rlir.grpo.diffusion_policy import DiffusionPolicy
+    from rlir.policies import SDEStepPolicy
 
     for level in (0.0, -0.5):
         with pytest.raises(ValueError, match=rf"^noise_level must be > 0 for GRPO \(at 0 the sampler is deterministic "
                                              rf"and has no log-probs\), got {level!r}$"):
-            DiffusionPolicy(nn.Linear(1, 1), noise_level=level)
+            SDEStepPolicy(nn.Linear(1, 1), noise_level=level)
     tokenizer = Tokenizer()
-    DiffusionPolicy(nn.Linear(1, 1), tokenizer)
+    SDEStepPolicy(nn.Linear(1, 1), tokenizer)
     assert not tokenizer.training and not tokenizer.scale.requires_grad
 
 
 def test_after_context_puts_the_last_real_context_frame_first():
-    from rlir.grpo.policy import after_context
+    from rlir.policies.rollout import after_context
 
     p = prompts(context_frames=2)
     generated = torch.zeros(2 * 3, 2, 3, 4, 4, dtype=torch.uint8)  # 3 samples of each of 2 prompts
@@ -203,10 +202,10 @@ def test_reference_model_is_a_frozen_eval_copy_and_needs_a_factory():
 
 @pytest.mark.parametrize("kind", ["ar", "diffusion"])
 def test_a_bad_compile_mode_fails_at_construction(kind):
-    from rlir.grpo.diffusion_policy import DiffusionPolicy
+    from rlir.policies import SDEStepPolicy
 
     with pytest.raises(ValueError, match=r"^compile must be False, True or a torch\.compile mode"):
         if kind == "ar":
             ARPolicy(model(), Tokenizer(), compile="fastest")
         else:
-            DiffusionPolicy(nn.Linear(1, 1), compile="fastest")
+            SDEStepPolicy(nn.Linear(1, 1), compile="fastest")

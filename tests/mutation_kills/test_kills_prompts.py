@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from rlir.grpo.policy import Prompts
+from rlir.policies import Prompts
 
 
 def _context(b=2, c=1, h=4, w=6):

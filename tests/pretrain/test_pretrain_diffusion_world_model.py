@@ -93,7 +93,7 @@ def test_cli_rejects_options_of_the_other_kind(tiny_recording, tiny_tokenizer, t
 def test_pretraining_quality_check_defaults_to_the_evaluation_sampler():
     """The held-out generation of `rlir pretrain world-model --kind diffusion` uses rlir eval's ODE step count
     unless --sample-steps says otherwise (one documented evaluation sampler)."""
-    from rlir.grpo.diffusion_policy import EVAL_ODE_STEPS
+    from rlir.policies import EVAL_ODE_STEPS
     from rlir.pretrain.config import DiffusionWorldModelPretrain
 
     assert DiffusionWorldModelPretrain.model_fields["sample_steps"].default == EVAL_ODE_STEPS

@@ -1,10 +1,12 @@
-"""The policy interface the GRPO trainer optimises: any world model that samples videos with log-probs.
+"""The policy interface: any world model that samples videos with log-probs, for the GRPO trainer to optimise and
+for evaluation and pretraining to generate with (``generate``).
 
 The trainer only ever calls these methods, so an autoregressive token model (``ARPolicy``: one log-prob
-per sampled code) and a diffusion/flow model (one Gaussian log-prob per denoising step and frame, from
-``rlir.kernels.flow_sde_step``) plug in the same way. Shapes, with B prompts, G samples each,
+per sampled code) and a diffusion/flow model (``DiffusionPolicy``: one slot per SDE step and frame, or one per
+frame with the flow-matching objective) plug in the same way. Shapes, with B prompts, G samples each,
 N = B * G rows (row b*G + g is sample g of prompt b), n generated frames, H action heads and S log-prob
-slots per video (tokens for AR, denoising steps x frames for diffusion):
+slots per video (tokens for AR; stochastic steps x frames, or frames, for diffusion); ``Prompts`` and
+``Rollout`` are in ``rlir.policies.rollout``:
 
     rollout(prompts, num_samples=G, generator) -> Rollout     no grad; the samples (the policy's own dataclass)
                                                               with old_logp [N, S] fp32 (or None) and mask [N, S]
@@ -23,16 +25,16 @@ distribution (temperature), so that the ratio exp(logprobs - old_logp) is 1 befo
 
 What a rollout sampled is the policy's own dataclass, ``Rollout.sample``, row-aligned with the rollout; the
 trainer never looks inside it, only the policy's decode and logprobs do (``ARSample`` for the AR policy, the
-DiT sampler's ``FlowSample`` itself for the diffusion policy).
+DiT sampler's ``FlowSample`` for the SDE-step objective, ``MatchingSample`` for the flow-matching one).
 
 The trainer passes ``rollout`` a ``rlir.models.generators.GroupGenerators``: ``generator.groups[b]`` draws the
 noise of prompt b's G rows and ``generator.shared`` anything the batch shares, so a prompt's samples do not depend
 on the rest of its batch or on the number of processes. A policy that draws from one ``torch.Generator`` can use
 ``generator.shared`` (its samples then depend on the batch composition).
 
-Worked example (``to_uint8`` from rlir.grpo.ar_policy): a user's own frame-level world model, ``MyModel.sample(context, actions, generator) ->
-(frames float [N, n, 3, h, w] in [0, 1], logp [N, n])`` and ``MyModel.score(context, actions, frames) ->
-logp [N, n]`` (e.g. a per-frame Gaussian)::
+Worked example (``Policy``, ``Rollout`` and ``to_uint8`` from ``rlir.policies``): a user's own frame-level world
+model, ``MyModel.sample(context, actions, generator) -> (frames float [N, n, 3, h, w] in [0, 1], logp [N, n])``
+and ``MyModel.score(context, actions, frames) -> logp [N, n]`` (e.g. a per-frame Gaussian)::
 
     @dataclass
     class MySample:
@@ -68,93 +70,17 @@ logp [N, n]`` (e.g. a per-frame Gaussian)::
         def load_state_dict(self, sd):
             self.model.load_state_dict(sd)
 
-    trainer = GRPOTrainer(cfg, MyPolicy(model), idm=my_idm, prompts=my_prompt_sampler)
+    trainer = GRPOTrainer(cfg, MyPolicy(model), idm=my_idm, prompts=my_prompt_sampler)   # rlir.grpo
     trainer.train()
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 
-
-@dataclass
-class Prompts:
-    """B prompts. context: uint8 [B, C, 3, h, w] frames; actions: int [B, n, H], where actions[:, k] leads
-    to generated frame k (from the last context frame for k = 0); context_actions: int [B, C-1, H], the
-    actions between the context frames (None when C = 1)."""
-
-    context: torch.Tensor
-    actions: torch.Tensor
-    context_actions: Optional[torch.Tensor] = None
-
-    def __post_init__(self):
-        c, a = self.context, self.actions
-        if not isinstance(c, torch.Tensor) or c.dtype != torch.uint8 or c.ndim != 5 or c.shape[2] != 3:
-            raise ValueError(f"Prompts.context must be uint8 [B, C, 3, h, w], got "
-                             f"{getattr(c, 'dtype', type(c).__name__)} {tuple(getattr(c, 'shape', ()))}")
-        if not isinstance(a, torch.Tensor) or a.ndim != 3 or a.shape[0] != c.shape[0] or a.is_floating_point():
-            raise ValueError(f"Prompts.actions must be integer [B={c.shape[0]}, n, H], got "
-                             f"{tuple(getattr(a, 'shape', ()))}")
-        ca = self.context_actions
-        if c.shape[1] > 1 and (ca is None or tuple(ca.shape) != (c.shape[0], c.shape[1] - 1, a.shape[2])):
-            raise ValueError(f"Prompts.context_actions must be [B, C-1, H] = "
-                             f"{(c.shape[0], c.shape[1] - 1, a.shape[2])} with C = {c.shape[1]} context frames")
-
-    def __len__(self) -> int:
-        return self.context.shape[0]
-
-    @property
-    def n_frames(self) -> int:
-        return self.actions.shape[1]
-
-    def to(self, device) -> "Prompts":
-        ca = None if self.context_actions is None else self.context_actions.to(device)
-        return replace(self, context=self.context.to(device), actions=self.actions.to(device), context_actions=ca)
-
-    def rows(self, start: int, stop: int) -> "Prompts":
-        """Prompts start..stop-1."""
-        ca = None if self.context_actions is None else self.context_actions[start:stop]
-        return Prompts(self.context[start:stop], self.actions[start:stop], ca)
-
-
-@dataclass
-class Rollout:
-    """G = num_samples samples of each of B prompts, N = B * G rows: row b * G + g is sample g of prompt b, so
-    a group is G consecutive rows (what the group advantages assume).
-
-    sample: what the policy sampled, as its own dataclass of row-aligned tensors (AR: ``ARSample``; diffusion:
-    ``FlowSample``); only the policy reads it. old_logp: fp32 [N, S] log-probs recorded while sampling, or
-    None if sampling records none (the trainer then gets them as loss.old_logprobs says); mask: bool [N, S]
-    (valid slots); actions: [N, n, H] the commanded actions (the reward's labels).
-    slot_frame: int64 [S], the generated frame (0..n-1) each log-prob slot belongs to; needed for per-frame
-    credit (advantage.credit: frame), None if the policy cannot say.
-    """
-
-    prompts: Prompts
-    num_samples: int
-    sample: Any
-    old_logp: Optional[torch.Tensor]
-    mask: torch.Tensor
-    actions: torch.Tensor
-    slot_frame: Optional[torch.Tensor] = None
-
-    def __len__(self) -> int:
-        return self.mask.shape[0]
-
-    @property
-    def slots(self) -> int:
-        """S: log-prob slots per video."""
-        return self.mask.shape[1]
-
-
-def after_context(prompts: Prompts, num_samples: int, frames: torch.Tensor) -> torch.Tensor:
-    """uint8 videos [N, n+1, 3, h, w]: each row's last real context frame, then its generated ``frames``
-    [N, n, 3, h, w] (rows b*G + g, G = ``num_samples``)."""
-    context = prompts.context[:, -1:].repeat_interleave(num_samples, 0)
-    return torch.cat((context.to(frames.device), frames), dim=1)
+from .rollout import Prompts, Rollout
 
 
 class Policy(ABC):

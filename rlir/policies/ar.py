@@ -25,7 +25,8 @@ from rlir.models.compiled import compile_mode
 from rlir.models.sampling import generate
 from rlir.models.tokenizer import VQTokenizer
 
-from .policy import ModelPolicy, Prompts, Rollout, after_context
+from .policy import ModelPolicy
+from .rollout import Prompts, Rollout, after_context
 
 
 to_uint8 = VQTokenizer.to_uint8  # float frames in [0, 1] -> uint8; policy.py's worked example uses it
