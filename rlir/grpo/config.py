@@ -7,7 +7,7 @@ wrong type or out of range, an inconsistent combination, or a missing model/data
 (a ``ValueError``) whose message starts with the dotted key, e.g. ``optim.lrr: unknown key (known: lr, ...)``.
 Types, bounds and choices are on the fields below, rules between fields are validators of the section that
 holds them, and what the models themselves accept (constructor arguments, sizes they must share, the class
-in a model directory) is checked by ``rlir.grpo.builders.check_models``, which loading calls. Every key, with
+in a model directory) is checked by ``rlir.grpo.model_checks.check_models``, which loading calls. Every key, with
 its type, default and meaning: ``rlir train --help-config`` (generated from these classes). A key that moved
 (``MOVED_KEYS``) fails with one line naming where it went.
 """
@@ -22,6 +22,8 @@ from pydantic import Field, field_validator, model_validator
 from rlir.policies.config import ObjectiveConfig, SamplingConfig
 from rlir.schema import ConfigError, Number, Schema, key_reference, read_yaml, reject_moved_keys, save_yaml
 from rlir.schema import shipped_path, validate, with_overrides
+
+from .model_checks import check_models
 
 __all__ = ["ConfigError", "GRPOConfig", "config_from_dict", "load_config", "save_config", "help_config"]
 
@@ -290,8 +292,6 @@ def config_from_dict(data: Optional[dict], overrides=(), check_paths: bool = Tru
     data = with_overrides(data, overrides)
     reject_moved_keys(data, MOVED_KEYS)
     cfg = validate(GRPOConfig, data)
-    from .builders import check_models  # the checks that need the model classes
-
     check_models(cfg, check_paths)
     d = cfg.data
     if check_paths and d.source == "recording" and not (Path(d.path) / "manifest.json").is_file():

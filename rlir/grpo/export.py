@@ -32,7 +32,8 @@ def resolve_checkpoint(path) -> Path:
 
 def build_world_model(cfg):
     """The world model a run started from (its weights are replaced by the checkpoint's)."""
-    from .builders import WORLD_MODEL_CLASSES, _random_models, load_strict
+    from .builders import _random_models, load_strict
+    from .model_checks import WORLD_MODEL_CLASSES
 
     if cfg.models.source == "random":
         return _random_models(cfg)[0]
