@@ -20,8 +20,8 @@ or an exception mid-write leaves the previous checkpoints untouched and no parti
 rename is atomic on POSIX file systems. With several nodes, ``checkpoints/`` must be on a file system they
 share. After a successful save only the newest ``keep_last`` checkpoints are kept.
 
-``save_trainer``, ``load_trainer`` and ``resume_trainer`` save and restore a GRPOTrainer (its methods call them);
-``resume_trainer`` falls back to the newest checkpoint that loads.
+``save_trainer``, ``load_trainer`` and ``resume_trainer`` save and restore the ``TrainerState`` a GRPOTrainer hands
+them (its methods call them); ``resume_trainer`` falls back to the newest checkpoint that loads.
 """
 from __future__ import annotations
 
@@ -34,19 +34,18 @@ import shutil
 import time
 import uuid
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from rlir.optim import use_fused_adamw
+from rlir.policies import Policy
 
-from .distributed import Parallel
-
-if TYPE_CHECKING:
-    from .trainer import GRPOTrainer
+from .distributed import DataParallel, Parallel
 
 FORMAT = "rlir-grpo-checkpoint/2"
 FORMATS = ("rlir-grpo-checkpoint/1", FORMAT)
@@ -223,81 +222,95 @@ def _one_process_quiet():
         yield
 
 
-# ---- a GRPOTrainer's state ------------------------------------------------------------------------------
+# ---- a training run's state ----------------------------------------------------------------------------
 
-def trainer_state(trainer: "GRPOTrainer") -> dict:
+@dataclass
+class TrainerState:
+    """What a checkpoint saves of a run and restores into it, in place: the step, the policy, ``scoring`` (its
+    world model under parallel.strategy), the optimizer (``fused_adamw``: the fused AdamW) and its lr schedule, the
+    prompt sampler, and the processes. GRPOTrainer.checkpoint_state hands over its own objects."""
+
+    step: int
+    policy: Policy
+    scoring: DataParallel
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # torch.optim.lr_scheduler.LRScheduler
+    prompts: Any  # state_dict() / load_state_dict(state), e.g. a PromptSampler
+    fused_adamw: bool
+    parallel: Parallel
+
+
+def trainer_state(run: TrainerState) -> dict:
     """What trainer.pt holds: step, lr schedule, the global RNGs and the sampler's position. (Every random
     stream of a step is derived from (seed, step), so no generator state is needed; the world model and
     the optimizer are the DCP shards, or ``optimizer`` here for a policy without an nn.Module.)"""
     state = {
-        "step": trainer.step_count,
-        "scheduler": trainer.scheduler.state_dict(),
+        "step": run.step,
+        "scheduler": run.scheduler.state_dict(),
         "rng": rng_state(),
-        "sampler": trainer.prompts.state_dict(),
+        "sampler": run.prompts.state_dict(),
     }
-    if trainer.scoring.module is None:
-        state["optimizer"] = trainer.optimizer.state_dict()
+    if run.scoring.module is None:
+        state["optimizer"] = run.optimizer.state_dict()
     return state
 
 
-def _sharded_state(trainer: "GRPOTrainer") -> dict:
+def _sharded_state(run: TrainerState) -> dict:
     """The DCP state dict of the world model and AdamW state: every rank's shards under FSDP, keys
     ``model.<name>`` under every strategy (so a checkpoint resumes with any number of ranks and strategy)."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    model, optim = get_state_dict(trainer.scoring.module, trainer.optimizer)
+    model, optim = get_state_dict(run.scoring.module, run.optimizer)
     return {"model": model, "optim": optim}
 
 
-def save_trainer(trainer: "GRPOTrainer", root) -> Path:
-    """Checkpoint ``trainer`` at its step under ``root``. Every rank calls this (a collective under torchrun):
-    the DCP shards from every rank, the rest from rank 0."""
-    cfg = trainer.cfg
+def save_trainer(run: TrainerState, cfg, root) -> Path:
+    """Checkpoint ``run`` at its step under ``root``, with its GRPOConfig ``cfg`` (in meta.json; train.keep_last,
+    parallel.consolidated_weights). Every rank calls this (a collective under torchrun): the DCP shards from every
+    rank, the rest from rank 0."""
     meta = {"config": cfg.to_dict()}
-    if trainer.scoring.module is None:  # a policy without an nn.Module model: format 1, one process
-        return save_checkpoint(root, trainer.step_count, trainer.policy.state_dict(), trainer_state(trainer),
-                               meta=meta, keep_last=cfg.train.keep_last)
-    weights = trainer.scoring.full_state_dict() if cfg.parallel.consolidated_weights else None
-    return save_checkpoint(root, trainer.step_count, weights, trainer_state(trainer), meta=meta,
-                           keep_last=cfg.train.keep_last, sharded=_sharded_state(trainer))
+    if run.scoring.module is None:  # a policy without an nn.Module model: format 1, one process
+        return save_checkpoint(root, run.step, run.policy.state_dict(), trainer_state(run), meta=meta,
+                               keep_last=cfg.train.keep_last)
+    weights = run.scoring.full_state_dict() if cfg.parallel.consolidated_weights else None
+    return save_checkpoint(root, run.step, weights, trainer_state(run), meta=meta, keep_last=cfg.train.keep_last,
+                           sharded=_sharded_state(run))
 
 
-def load_trainer(trainer: "GRPOTrainer", path) -> int:
-    """Restore the world model, optimizer, scheduler, RNG states, sampler position and step of ``trainer``
-    from checkpoint ``path`` (a collective under torchrun); returns the step."""
+def load_trainer(run: TrainerState, path) -> int:
+    """Restore the world model, optimizer, scheduler, RNG states and sampler position of ``run`` from checkpoint
+    ``path`` (a collective under torchrun); returns the checkpoint's step, the step to go on from."""
     policy_state, state, _ = load_checkpoint(path)
     if is_sharded(path):
-        if trainer.scoring.module is None:
+        if run.scoring.module is None:
             raise ValueError(f"{path}: a sharded checkpoint needs a policy with an nn.Module model")
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
-        sharded = _sharded_state(trainer)
+        sharded = _sharded_state(run)
         load_sharded(path, sharded)
-        set_state_dict(trainer.scoring.module, trainer.optimizer, model_state_dict=sharded["model"],
+        set_state_dict(run.scoring.module, run.optimizer, model_state_dict=sharded["model"],
                        optim_state_dict=sharded["optim"])
-    elif trainer.parallel.distributed:
+    elif run.parallel.distributed:
         raise ValueError(f"{path}: a format-1 checkpoint (no DCP shards) resumes in one process only")
     else:
-        trainer.policy.load_state_dict(policy_state)
-        trainer.optimizer.load_state_dict(state["optimizer"])
-    if trainer.fused_adamw:  # a checkpoint from before the fused optimizer carries fused=None and CPU steps
-        use_fused_adamw(trainer.optimizer)
-    trainer.scheduler.load_state_dict(state["scheduler"])
+        run.policy.load_state_dict(policy_state)
+        run.optimizer.load_state_dict(state["optimizer"])
+    if run.fused_adamw:  # a checkpoint from before the fused optimizer carries fused=None and CPU steps
+        use_fused_adamw(run.optimizer)
+    run.scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
-    trainer.prompts.load_state_dict(state["sampler"])
-    trainer.step_count = int(state["step"])
-    return trainer.step_count
+    run.prompts.load_state_dict(state["sampler"])
+    return int(state["step"])
 
 
-def resume_trainer(trainer: "GRPOTrainer", root) -> int:
-    """Load the newest checkpoint under ``root`` that loads into ``trainer`` (a newer one that does not, a
-    corrupt or half-copied file, is skipped with a warning naming it); returns its step. FileNotFoundError
-    if none does."""
+def resume_trainer(run: TrainerState, root) -> int:
+    """Load the newest checkpoint under ``root`` that loads into ``run`` (a newer one that does not, a corrupt or
+    half-copied file, is skipped with a warning naming it); returns its step. FileNotFoundError if none does."""
     for _, path in reversed(list_checkpoints(root)):
         try:
-            return load_trainer(trainer, path)
+            return load_trainer(run, path)
         except Exception as error:  # noqa: BLE001 - any unreadable file: JSON, DCP, safetensors, torch
-            if trainer.parallel.is_main:
+            if run.parallel.is_main:
                 warnings.warn(f"{path}: cannot be loaded ({type(error).__name__}: {error}); trying an older "
                               f"checkpoint")
     raise FileNotFoundError(f"--resume: no loadable checkpoint under {root}")

@@ -389,16 +389,24 @@ class GRPOTrainer:
 
     # ---- checkpoints (rlir.grpo.checkpoint) -----------------------------------------------------------------
 
+    def checkpoint_state(self) -> ckpt.TrainerState:
+        """What a checkpoint saves of this run and restores into it: the run's own objects."""
+        return ckpt.TrainerState(self.step_count, self.policy, self.scoring, self.optimizer, self.scheduler,
+                                 self.prompts, self.fused_adamw, self.parallel)
+
     def trainer_state(self) -> dict:
-        return ckpt.trainer_state(self)
+        return ckpt.trainer_state(self.checkpoint_state())
 
     def save_checkpoint(self, root=None) -> Path:
         """Every rank calls this (a collective under torchrun); ``root`` defaults to out_dir/checkpoints."""
-        return ckpt.save_trainer(self, root if root is not None else self.out_dir / "checkpoints")
+        return ckpt.save_trainer(self.checkpoint_state(), self.cfg,
+                                 root if root is not None else self.out_dir / "checkpoints")
 
     def load_checkpoint(self, path) -> int:
-        return ckpt.load_trainer(self, path)
+        self.step_count = ckpt.load_trainer(self.checkpoint_state(), path)
+        return self.step_count
 
     def resume(self, root) -> int:
         """Load the newest checkpoint under ``root`` that loads; returns its step."""
-        return ckpt.resume_trainer(self, root)
+        self.step_count = ckpt.resume_trainer(self.checkpoint_state(), root)
+        return self.step_count
