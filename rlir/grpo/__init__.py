@@ -4,11 +4,12 @@
     trainer = GRPOTrainer.from_config(load_config("configs/crafter_ar.yaml"))
     trainer.train()
 
-Pieces: ``config`` (GRPOConfig, load_config), ``builders`` (a run's models, policy and prompts from a config),
-``prompts`` (resumable PromptSampler), ``trainer`` (GRPOTrainer: the loop), ``metrics`` (a step's metrics, read
-back once), ``evaluation`` (in-training evaluation), ``distributed`` (torchrun, DDP / FSDP), ``checkpoint`` (atomic
-save, exact resume), ``logging`` (jsonl + TensorBoard). The policies it trains (the Policy interface, Prompts,
-Rollout, ARPolicy, the diffusion policies, make_policy) are ``rlir.policies``.
+Pieces: ``config`` (GRPOConfig, load_config), ``model_checks`` (what a config asks of the models, checked as it
+loads), ``builders`` (a run's models, policy and prompts from a config), ``prompts`` (resumable PromptSampler),
+``trainer`` (GRPOTrainer: the loop), ``metrics`` (a step's metrics, read back once), ``evaluation`` (in-training
+evaluation), ``distributed`` (torchrun, DDP / FSDP), ``checkpoint`` (atomic save, exact resume), ``logging`` (jsonl +
+TensorBoard). The policies it trains (the Policy interface, Prompts, Rollout, ARPolicy, the diffusion policies,
+make_policy) are ``rlir.policies``.
 """
 from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import ConfigError, GRPOConfig, config_from_dict, load_config
