@@ -88,7 +88,8 @@ class DiffusionPolicy(ModelPolicy):
         return self.model.encode_frames(frames.to(self.device), self.tokenizer)
 
     @torch.no_grad()
-    def sample(self, prompts: Prompts, num_samples: int, generator, record_transitions: bool = True) -> FlowSample:
+    def sample_sde(self, prompts: Prompts, num_samples: int, generator,
+                   record_transitions: bool = True) -> FlowSample:
         """The SDE sampler's ``num_samples`` continuations of each of ``prompts`` (on the policy's device)."""
         return generate(self.model, self.encode(prompts.context), prompts.actions,
                         context_actions=prompts.context_actions, num_samples=num_samples, num_steps=self.num_steps,

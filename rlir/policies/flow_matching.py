@@ -96,7 +96,7 @@ class FlowMatchingPolicy(DiffusionPolicy):
     @torch.no_grad()
     def rollout(self, prompts: Prompts, num_samples: int, generator: Optional[torch.Generator] = None) -> Rollout:
         prompts = prompts.to(self.device)
-        flow = self.sample(prompts, num_samples, generator, record_transitions=False)
+        flow = self.sample_sde(prompts, num_samples, generator, record_transitions=False)
         n_rows, n = flow.frames.shape[:2]
         device = flow.frames.device
         low, high = self.train_sigmas

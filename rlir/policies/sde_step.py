@@ -30,7 +30,7 @@ class SDEStepPolicy(DiffusionPolicy):
     @torch.no_grad()
     def rollout(self, prompts: Prompts, num_samples: int, generator: Optional[torch.Generator] = None) -> Rollout:
         prompts = prompts.to(self.device)
-        sample = self.sample(prompts, num_samples, generator)
+        sample = self.sample_sde(prompts, num_samples, generator)
         n_rows, n, ks = sample.log_probs.shape
         return Rollout(
             prompts=prompts,
