@@ -18,6 +18,10 @@ the trainer scores them). Then a negative slot's term is |A| max(ratio, 1 - eps_
 its gradient stops once half its summed squared error exceeds the old model's by -log(1 - eps_low); the config
 rejects loss.old_logprobs: current, which takes the update's own, whenever a step makes more than one update
 (with one, current is the same update as scoring them first, without the pass).
+That bounds the loss, not the gradient: where an earlier update of the step moved a negative slot's frame the
+other way, its ratio (a sum over D elements) reaches thousands, and PPO's unclipped term weighs its gradient by
+it. ``loss.delta`` (the dual clip) caps that weight at delta |A|; without it one slot can steer a whole update
+(docs/experiments.md, "the importance ratio explodes").
 """
 from __future__ import annotations
 
