@@ -99,10 +99,9 @@ def fitting_patch_size(grid, requested: Optional[int], default: int) -> int:
     return fits[0]
 
 
-def _model_config(frame_space: str, patch_size: int, recording: Recording, tokenizer, store: FrameStore,
+def _model_config(frame_space: str, grid, patch_size: int, recording: Recording, tokenizer, store: FrameStore,
                   train_ids: list[str], shape: dict) -> dict:
     heads = list(recording.action_space.head_sizes)
-    grid = recording.frame_size if frame_space == "pixels" else tokenizer.code_grid
     if frame_space == "pixels":
         return dict(in_channels=3, frame_size=list(grid), patch_size=patch_size, action_head_sizes=heads,
                     frame_space="pixels", **shape)
@@ -165,7 +164,7 @@ def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None
 
     torch.manual_seed(seed)
     if s.init is None:
-        model = DiTWorldModel(**_model_config(frame_space, patch_size, recording, vq, store, train_ids, shape))
+        model = DiTWorldModel(**_model_config(frame_space, grid, patch_size, recording, vq, store, train_ids, shape))
     else:
         model = DiTWorldModel.from_pretrained(s.init, torch_dtype=torch.float32)
         if model.config.frame_space != frame_space or clip_frames > model.config.max_frames:
