@@ -16,8 +16,8 @@ How a step splits over N ranks (rank r of N):
   same number of rows of each minibatch, whatever N: each prompt's G samples are shuffled (seeded by
   (seed, step, epoch)), and the sample at position i of the prompt-major list goes to minibatch i mod M (M
   minibatches an epoch; their order is shuffled too). So the updates of N ranks are the updates of one process.
-- Batch-wide statistics are reduced over ranks: ``advantage.scale: batch`` (the rewards are gathered and the
-  batch std taken over all of them), the reward and advantage metrics, the loss normaliser of every minibatch
+- Batch-wide statistics are reduced over ranks: ``advantage.scale: batch`` (every rank's rewards are gathered and
+  normalised together, rlir.grpo.advantages), the reward and advantage metrics, the loss normaliser of every minibatch
   (tokens or sequences of the whole minibatch) and the loss metrics. Each rank's loss is multiplied by N
   before backward, because DDP and FSDP average gradients over ranks: the update then uses the sum of the
   ranks' gradients, i.e. the gradient of the global minibatch's loss.
@@ -46,10 +46,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from rlir.kernels.group_advantage import _batch_std
 from rlir.models.generators import derive_seed
 
-from .credit import frame_credit
 from .config import ConfigError
 
 SHUFFLE_STREAM = 3  # rlir.models.generators' stream tags: 0 rollout, 1 shared, 2 eval
@@ -364,25 +362,16 @@ def check_divisible(cfg, parallel: Parallel) -> None:
 
 # ---- a step's statistics over every rank -------------------------------------------------------------------
 
-def global_rollout_stats(parallel: Parallel, rollout, old_logp: Optional[torch.Tensor], rew, adv: torch.Tensor,
-                         advantage, batch_std: bool):
-    """-> (this rank's advantages, the step's statistics over every rank): rewards and advantages gathered
-    (small: one value per video, or per slot with frame credit), the NLL of ``old_logp`` (None: no NLL) and
-    head-accuracy sums all-reduced. With ``batch_std`` the advantages are divided by the std of all ranks'
-    rewards (``advantage``: the config's section), as group_advantage's scale="batch" does in one process."""
-    reward = parallel.all_gather_rows(rew.reward.float())
-    if batch_std:
-        values = (reward if advantage.credit == "video"
-                  else parallel.all_gather_rows(frame_credit(rew.frame_match, advantage.credit)))
-        denom = _batch_std(values.reshape(-1)) + advantage.eps
-        adv = torch.where(denom > 0, adv / torch.where(denom > 0, denom, 1.0), 0.0)
+def global_rollout_stats(parallel: Parallel, rollout, old_logp: Optional[torch.Tensor], rew, adv: torch.Tensor):
+    """The step's statistics over every rank: rewards and advantages gathered (small: one value per video, or per
+    slot with frame credit), the NLL of ``old_logp`` (None: no NLL) and head-accuracy sums all-reduced."""
     frames = float(rollout.actions.shape[0] * rollout.actions.shape[1])
     nll = rollout.mask.new_zeros((), dtype=torch.double) if old_logp is None else (old_logp * rollout.mask).sum()
     sums = torch.cat([torch.stack([nll.double(), rollout.mask.sum().double()]), rew.head_accuracy.double() * frames])
     sums = parallel.all_reduce(sums)
     heads = sums[2:] / (frames * parallel.world_size)
-    return adv, {"reward": reward, "adv": parallel.all_gather_rows(adv), "nll": None if old_logp is None else sums[0],
-                 "tokens": sums[1], "head_acc": heads}
+    return {"reward": parallel.all_gather_rows(rew.reward.float()), "adv": parallel.all_gather_rows(adv),
+            "nll": None if old_logp is None else sums[0], "tokens": sums[1], "head_acc": heads}
 
 
 # ---- evaluation across ranks -------------------------------------------------------------------------------

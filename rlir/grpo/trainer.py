@@ -6,7 +6,7 @@ One step (every phase inside ``PhaseTimer.phase``, i.e. an NVTX range plus a tim
     rollout      policy.rollout(prompts, G): N = B*G videos, recording old log-probs      (no grad)
     decode       policy.decode -> uint8 [N, n+1, 3, h, w] (last context frame + n generated)
     reward       one batched IDM call on all N videos -> per-head logits [N, n, C_h]
-    advantage    rlir.kernels.idm_advantage: exact-match reward per video, group-normalised advantages
+    advantage    rlir.grpo.advantages: the reward of each video (rlir.kernels.idm_reward), group-normalised
                  (advantage.credit = frame: per generated frame instead, broadcast to that frame's slots)
     logprob_old  (loss.old_logprobs = recompute, or a policy that records none, or bf16) no-grad teacher-forced
                  log-probs as old log-probs (loss.old_logprobs = current: none, each update's own, detached)
@@ -40,8 +40,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from rlir.kernels import (aggregate_tokens, group_advantage, grpo_loss, idm_advantage, idm_reward, loss_normaliser,
-                          trusted_inputs)
+from rlir.kernels import aggregate_tokens, grpo_loss, loss_normaliser, trusted_inputs
 from rlir.models.generators import GroupGenerators
 from rlir.optim import (adamw_decaying_matrices, clip_and_step, fused_adamw_supported, use_fused_adamw,
                         warmup_schedule)
@@ -51,7 +50,7 @@ from rlir.rewards import idm_logits
 
 from . import checkpoint as ckpt
 from .config import ConfigError, GRPOConfig, save_config
-from .credit import frame_credit
+from .advantages import advantages
 from .distributed import (DataParallel, Parallel, check_divisible, global_rollout_stats, minibatch_orders,
                           resolve_device)
 from .evaluation import held_out_reward
@@ -235,17 +234,9 @@ class GRPOTrainer:
             frames = self.policy.decode(rollout)
         with timer.phase("reward"), self.autocast():
             logits = idm_logits(self.idm, frames, cfg.reward.idm_batch_size)
-        # advantage.scale batch over several ranks: the group advantages unscaled here, then divided by the std
-        # of every rank's rewards (global_rollout_stats).
-        batch_std = cfg.advantage.scale == "batch" and self.parallel.distributed
-        scale = "none" if batch_std else cfg.advantage.scale
         with timer.phase("advantage"):
-            if cfg.advantage.credit != "video":
-                rew = idm_reward(logits, rollout.actions, mode=cfg.reward.mode)
-                adv = self.frame_advantages(frame_credit(rew.frame_match, cfg.advantage.credit), rollout, scale)
-            else:
-                rew, adv = idm_advantage(logits, rollout.actions, group_size=g, mode=cfg.reward.mode,
-                                         scale=scale, estimator=cfg.advantage.estimator, eps=cfg.advantage.eps)
+            rew, adv = advantages(logits, rollout, cfg.advantage, cfg.reward.mode, self.parallel,
+                                  policy_name=type(self.policy).__name__)
         prompts = len(rollout) // g * self.parallel.world_size
         orders = minibatch_orders(cfg.seed, self.step_count, cfg.train.inner_epochs, prompts, g,
                                   cfg.videos_per_step // cfg.minibatch_size, self.parallel)
@@ -259,9 +250,7 @@ class GRPOTrainer:
             with timer.phase("logprob_old"):
                 old = self._no_grad_logprobs(self.policy.logprobs, rollout, orders[0])
         with timer.phase("comm") if self.parallel.distributed else contextlib.nullcontext():
-            adv, stats = global_rollout_stats(self.parallel, rollout, old, rew, adv, cfg.advantage, batch_std)
-        if cfg.advantage.positive_only:
-            adv = adv.clamp_min(0.0)
+            stats = global_rollout_stats(self.parallel, rollout, old, rew, adv)
         ref = None
         if cfg.loss.beta > 0 and not self.closed_form_kl:
             with timer.phase("logprob_ref"):
@@ -372,20 +361,6 @@ class GRPOTrainer:
                 for idx in micro_batches:
                     out[idx] = fn(rollout, idx).float()
         return out
-
-    def frame_advantages(self, frame_match: torch.Tensor, rollout: Rollout,
-                         scale: Optional[str] = None) -> torch.Tensor:
-        """Per-frame credit: frame k of every video is compared with frame k of the other G - 1 samples of
-        its prompt (same commanded action), and each log-prob slot gets its frame's advantage -> [N, S]."""
-        if rollout.slot_frame is None:
-            raise ConfigError("advantage.credit", f"'frame' needs Rollout.slot_frame, which "
-                              f"{type(self.policy).__name__}.rollout does not set")
-        a = self.cfg.advantage
-        n_rows, n = frame_match.shape
-        by_frame = frame_match.float().t().reshape(-1)  # frame-major: groups of G stay contiguous
-        adv = group_advantage(by_frame, group_size=rollout.num_samples, scale=scale or a.scale,
-                              estimator=a.estimator, eps=a.eps)
-        return adv.view(n, n_rows).t()[:, rollout.slot_frame.to(frame_match.device)].contiguous()
 
     # ---- checkpoints (rlir.grpo.checkpoint) -----------------------------------------------------------------
 
