@@ -72,9 +72,9 @@ def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None,
 
     if frames < 1 or prompts < 1:
         raise EvalError("--frames and --prompts must be >= 1")
-    from rlir.grpo.distributed import init_distributed, quiet_unless_main
+    from rlir.parallel import init_distributed, quiet_unless_main
 
-    # Under torchrun: every rank generates its share of the prompts, rank 0 reports (rlir.grpo.distributed).
+    # Under torchrun: every rank generates its share of the prompts, rank 0 reports (rlir.eval.evaluate).
     parallel, _ = init_distributed("cpu")
     quiet_unless_main(parallel)
     models, paths = resolve_models(run, world_model, baseline, tokenizer=tokenizer, idm=idm, eval_idm=eval_idm)

@@ -19,11 +19,11 @@ from typing import Tuple
 import torch
 
 from rlir.kernels import IDMReward, group_advantage, idm_reward
+from rlir.parallel import Parallel
 from rlir.policies import Rollout
 from rlir.schema import ConfigError
 
 from .config import AdvantageConfig
-from .distributed import Parallel
 
 
 def advantages(logits, rollout: Rollout, advantage: AdvantageConfig, reward_mode: str, parallel: Parallel, *,

@@ -18,7 +18,7 @@ from rlir.policies import Policy, Prompts
 from rlir.rewards import idm_logits
 
 from .config import GRPOConfig
-from .distributed import Parallel
+from rlir.parallel import Parallel
 from .metrics import head_names
 
 

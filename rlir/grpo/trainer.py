@@ -44,15 +44,15 @@ from rlir.kernels import aggregate_tokens, grpo_loss, loss_normaliser, trusted_i
 from rlir.models.generators import GroupGenerators
 from rlir.optim import (adamw_decaying_matrices, clip_and_step, fused_adamw_supported, use_fused_adamw,
                         warmup_schedule)
+from rlir.parallel import Parallel, init_distributed, resolve_device
 from rlir.policies import Policy, Prompts, Rollout
 from rlir.profiling import PhaseTimer, reset_peak_memory
 from rlir.rewards import idm_logits
 
 from . import checkpoint as ckpt
-from .config import ConfigError, GRPOConfig, save_config
 from .advantages import advantages
-from .distributed import (DataParallel, Parallel, check_divisible, global_rollout_stats, minibatch_orders,
-                          resolve_device)
+from .config import ConfigError, GRPOConfig, save_config
+from .distributed import DataParallel, check_divisible, global_rollout_stats, minibatch_orders
 from .evaluation import held_out_reward
 from .logging import MetricsLogger, format_line
 from .metrics import rollout_metrics, throughput_metrics, to_host, update_metrics
@@ -138,7 +138,6 @@ class GRPOTrainer:
     def from_config(cls, cfg: GRPOConfig, *, out_dir=None, resume: bool = False) -> "GRPOTrainer":
         """Build models, data and trainer from ``cfg`` (and load the latest checkpoint under out_dir with resume)."""
         from .builders import build_run
-        from .distributed import init_distributed
 
         out_dir = Path(out_dir if out_dir is not None else cfg.out)
         if resume and not ckpt.list_checkpoints(out_dir / "checkpoints"):

@@ -6,6 +6,7 @@ import torch
 
 from rlir.grpo.advantages import advantages, group_normalised
 from rlir.grpo.config import AdvantageConfig
+from rlir.parallel import Parallel
 from rlir.policies import Prompts, Rollout
 
 EPS = 1e-6
@@ -49,8 +50,6 @@ class OtherRankFirst:
 
 
 def one_process(**options):
-    from rlir.grpo.distributed import Parallel
-
     return Parallel(), AdvantageConfig(eps=EPS, **options)
 
 

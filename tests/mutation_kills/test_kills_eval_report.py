@@ -301,7 +301,7 @@ def test_a_run_is_reported_before_and_after_with_its_training_curves(recording, 
 
 def test_one_process_under_torchrun_reports_as_a_plain_process(recording, tmp_path, monkeypatch):
     """torchrun's environment for a job of one CPU process: run_eval joins it (gloo) as rank 0 and reports."""
-    from rlir.grpo.distributed import close_distributed
+    from rlir.parallel import close_distributed
 
     plain, _ = quietly(run_eval, recording, frames=1, prompts=2)
     with socket.socket() as s:

@@ -309,7 +309,7 @@ def test_bf16_autocast_only_on_cuda_and_only_when_asked_or_supported(tmp_path):
 
 
 def test_on_two_ranks_the_prompt_source_needs_next_shard_and_the_batch_must_split(tmp_path):
-    from rlir.grpo.distributed import Parallel
+    from rlir.parallel import Parallel
 
     built = GRPOTrainer.from_config(config_from_dict(tiny()), out_dir=tmp_path)
 
