@@ -22,11 +22,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlir.grpo.export import ExportError, export_world_model
+    from rlir.grpo.trained_world_model import export_world_model
 
     try:
         info = export_world_model(args.run, args.out, dtype=args.dtype)
-    except (ExportError, ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError) as error:  # CheckpointError, ConfigError: one line each
         print(f"rlir export: error: {error}", file=sys.stderr)
         return 2
     print(f"rlir export: {info['class']} of {info['checkpoint']} (step {info['step']}) -> {args.out}")

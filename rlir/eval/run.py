@@ -38,7 +38,7 @@ def _run_config_models(run: Path) -> dict:
 
 def resolve_models(run=None, world_model=None, baseline=None, **paths) -> tuple[dict, dict]:
     """-> ({label: world model path} in report order, {"tokenizer"|"idm"|"eval_idm": path})."""
-    from rlir.eval.loading import run_base_world_model
+    from rlir.grpo.trained_world_model import run_base_world_model
 
     if run is not None:
         if world_model is not None:
@@ -60,14 +60,14 @@ def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None,
              action_sensitivity: bool = False, all_episodes: bool = False, out=None, command: str = "") -> dict:
     """Evaluate and return the report (see the module docstring); ``out`` defaults to RUN/eval for a run."""
     from rlir.data import Recording
-    from rlir.grpo.builders import load_strict
     from rlir.eval import cache
     from rlir.eval.evaluate import HeldOutPrompts, idm_metrics
-    from rlir.eval.loading import load_world_model
     from rlir.eval.media import plot_curves, write_video_grid
     from rlir.eval.report import HEADLINE, build_report, write_report
+    from rlir.grpo.trained_world_model import load_world_model
     from rlir.metrics import format_report
     from rlir.models.idm import InverseDynamicsModel
+    from rlir.models.loading import load_strict
     from rlir.models.tokenizer import VQTokenizer
 
     if frames < 1 or prompts < 1:
@@ -94,8 +94,10 @@ def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None,
                         **verifier_metrics(held_out.real, held_out.actions, recording.action_space)}}
     videos = {"real": held_out.real}
     info_models = {}
+    flags = {"before": "--run" if baseline is None else "--baseline", "after": "--run" if run else "--world-model",
+             "model": "--world-model"}  # the argument that named each model
     for label, path in models.items():
-        model, info = load_world_model(path)
+        model, info = load_world_model(path, flags[label])
         settings = {"prompts": len(held_out), "frames": frames, "temperature": temperature, "seed": seed,
                     "all_episodes": all_episodes, "action_sensitivity": action_sensitivity, "version": 1}
         folder = (cache.entry(recording.root, path, [paths[k] for k in sorted(paths)], settings)
