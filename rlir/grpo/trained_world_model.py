@@ -2,9 +2,10 @@
 
 A GRPO run directory (``rlir train --out DIR``) stands for its latest checkpoint; a checkpoint directory
 (``.../checkpoints/step_00000100``) holds the weights. The model is rebuilt as its run started it (the saved
-``models.world_model``, or from ``seed`` for ``models.source: random``), then takes the checkpoint's weights: the
-DCP shards (``dcp/``, from any number of ranks, read in this one process) or, for a format-1 checkpoint,
-policy.safetensors. Anything else is a ``save_pretrained`` directory (rlir.models.loading).
+``models.world_model``, or from ``seed`` for ``models.source: random``), then takes the checkpoint's weights: its
+policy.safetensors (the whole model, gathered by rank 0) or, without one (``parallel.consolidated_weights:
+false``), the DCP shards (``dcp/``, from any number of ranks). Anything else is a ``save_pretrained`` directory
+(rlir.models.loading).
 """
 from __future__ import annotations
 
@@ -53,14 +54,14 @@ def checkpoint_world_model(checkpoint) -> Tuple[nn.Module, dict]:
     else:
         model = load_pretrained_world_model(models.get("world_model"), "models.world_model")
     model = model.float()
-    if ckpt.is_sharded(checkpoint):
+    policy_state, _, _ = ckpt.load_checkpoint(checkpoint)
+    if policy_state is not None:
+        model.load_state_dict(policy_state)
+    else:  # parallel.consolidated_weights: false left the DCP shards alone
         module = ScoringModule(model)  # the checkpoint's key names: model.<name>
         state = {"model": module.state_dict()}
         ckpt.load_sharded(checkpoint, state)
         module.load_state_dict(state["model"])
-    else:
-        policy_state, _, _ = ckpt.load_checkpoint(checkpoint)
-        model.load_state_dict(policy_state)
     return model.eval(), meta
 
 
