@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from rlir.data import Recording
-from rlir.eval.action_following import generate_videos
+from rlir.eval.generation import generate_videos
 from rlir.eval.evaluate import HeldOutPrompts
 from rlir.grpo.trained_world_model import load_world_model
-from rlir.eval.run import resolve_models
+from rlir.commands.eval import resolve_models
 from rlir.models.loading import load_strict
 from rlir.kernels import idm_reward
 from rlir.models.idm import InverseDynamicsModel

@@ -53,7 +53,7 @@ from . import checkpoint as ckpt
 from .advantages import advantages
 from .config import ConfigError, GRPOConfig, save_config
 from .distributed import DataParallel, check_divisible, global_rollout_stats, minibatch_orders
-from .evaluation import held_out_reward
+from .held_out import held_out_metrics
 from .logging import MetricsLogger, format_line
 from .metrics import rollout_metrics, throughput_metrics, to_host, update_metrics
 from .prompts import PromptSampler
@@ -319,17 +319,18 @@ class GRPOTrainer:
     @torch.no_grad()
     def evaluate(self) -> Dict[str, float]:
         """Reward of the policy's evaluation sampler (the one ``rlir eval`` uses) on the fixed held-out prompts,
-        with both IDMs (``rlir.grpo.evaluation``); it never changes a run."""
+        with the reward IDM (``eval/``) and the evaluation IDM (``eval_idm/``), see ``rlir.grpo.held_out``; it never
+        changes a run."""
         if self.eval_prompts is None:
             return {}
         start = time.perf_counter()
         self.policy.eval()
         with self.autocast(), self.scoring.gathered():
-            m, videos = held_out_reward(self.cfg, self.policy, self.eval_prompts,
-                                        {"eval": self.idm, "eval_idm": self.eval_idm}, self.parallel, self.device,
-                                        self.head_names, judge=self.judge, return_videos=True)
+            m, videos = held_out_metrics(self.cfg, self.policy, self.eval_prompts,
+                                         {"eval": self.idm, "eval_idm": self.eval_idm}, self.parallel, self.device,
+                                         self.head_names, judge=self.judge)
         m["time/eval"] = time.perf_counter() - start
-        if videos is not None and self.logger is not None:  # a no-op unless log.wandb
+        if len(videos) and self.logger is not None:  # a no-op unless log.wandb
             self.logger.eval_videos(self.step_count, videos)
         return m
 

@@ -6,7 +6,7 @@ import torch
 from rlir.envs.crafter_verifier import VideoJudge
 from rlir.eval.verify import verifier_metrics
 from rlir.parallel import Parallel
-from rlir.grpo.evaluation import _verifier_means
+from rlir.grpo.held_out import _verifier_means
 
 pytest.importorskip("crafter")
 

@@ -1,6 +1,6 @@
-"""run_eval's report, file by file, and what it prints; its defaults in use; the held-out prompts it draws; how
-it picks its models (docs/mutation.md: these kill the mutants of rlir/eval/run.py, HeldOutPrompts.from_recording
-and evaluation_policy that the evaluation tests let through).
+"""run_eval's report, file by file, and what it prints; its defaults in use; the held-out prompts it draws; how it
+picks its models (docs/mutation.md: these kill the mutants of run_eval (rlir/commands/eval.py),
+HeldOutPrompts.from_recording and evaluation_policy that the evaluation tests let through).
 
 The recording is the evaluation tests' tiny Crafter recording, with longer episodes (66 frames) so that the
 default 64 prompts fit in its held-out episode. The shipped Crafter checkpoints score it.
@@ -21,7 +21,7 @@ from PIL import Image
 
 from rlir.data import ClipDataset, Recording, record
 from rlir.eval.evaluate import HeldOutPrompts, evaluate_world_model
-from rlir.eval.run import EvalError, action_names, resolve_models, run_eval
+from rlir.commands.eval import EvalError, action_names, resolve_models, run_eval
 
 SHIPPED = Path("checkpoints/crafter")
 EPISODE_FRAMES = 66  # 65 steps
