@@ -19,7 +19,7 @@ SAVE_DTYPES = {"fp32": "float", "bf16": "bfloat16", "fp16": "half"}
 
 def resolve_frame_size(frame_size, recording) -> tuple[int, int]:
     """--frame-size (None, [S], [H, W], an int or a pair) -> (height, width); None means the recording's own."""
-    from rlir.models.tokenizer import frame_size_pair
+    from rlir.models.arguments import frame_size_pair
 
     if frame_size is None:
         return tuple(recording.frame_size)
