@@ -25,6 +25,7 @@ from rlir.models.idm import InverseDynamicsModel
 from rlir.models.loading import WORLD_MODEL_CLASSES, load_strict
 from rlir.models.tokenizer import VQTokenizer
 from rlir.policies import Policy, Prompts, make_policy
+from rlir.policies.ar import check_codes_fit
 
 from .config import ConfigError, GRPOConfig
 from .model_checks import check_models
@@ -100,13 +101,10 @@ def build_models(cfg: GRPOConfig, device: torch.device):
 
 
 def _check_ar_codes(world_model: ARWorldModel, tokenizer: VQTokenizer) -> None:
-    wm = world_model.config
-    if tokenizer.codebook_size != wm.codebook_size:
-        raise ConfigError("models.tokenizer", f"codebook_size {tokenizer.codebook_size} != the world model's "
-                          f"{wm.codebook_size}")
-    if tokenizer.tokens_per_frame != wm.tokens_per_frame:
-        raise ConfigError("models.tokenizer", f"{tokenizer.tokens_per_frame} codes per frame != the world "
-                          f"model's tokens_per_frame {wm.tokens_per_frame}")
+    try:
+        check_codes_fit(world_model, tokenizer)
+    except ValueError as error:
+        raise ConfigError("models.tokenizer", str(error)) from None
 
 
 def _check_diffusion_frames(world_model: DiTWorldModel, tokenizer: VQTokenizer) -> None:

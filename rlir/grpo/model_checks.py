@@ -24,9 +24,8 @@ def check_models(cfg, check_paths: bool = True) -> None:
     is a directory of the class models.kind needs; the clips fit the world model's max_frames."""
     m = cfg.models
     policy = policy_class(m.kind, cfg.loss.objective)
-    if cfg.loss.kl == "closed_form" and policy.logprobs_and_kl is Policy.logprobs_and_kl:
-        raise ConfigError("loss.kl", f"closed_form needs the policy's exact KL, which {policy.__name__} "
-                          f"(models.kind {m.kind}) does not have: use k3")
+    if cfg.loss.kl == "closed_form":
+        check_closed_form_kl(policy)
     if m.source == "random":
         r = m.random
         classes = {"tokenizer": VQTokenizer, "world_model": WORLD_MODEL_CLASSES[m.kind], "idm": InverseDynamicsModel}
@@ -64,3 +63,10 @@ def check_models(cfg, check_paths: bool = True) -> None:
     if isinstance(max_frames, int) and need > max_frames:
         raise ConfigError("rollout.n_frames", f"data.context_frames + rollout.n_frames = {need} exceeds "
                           f"{where} ({max_frames})")
+
+
+def check_closed_form_kl(policy: type) -> None:
+    """loss.kl: closed_form needs the policy class's exact KL to the reference (``Policy.logprobs_and_kl``)."""
+    if policy.logprobs_and_kl is Policy.logprobs_and_kl:
+        raise ConfigError("loss.kl", f"'closed_form' needs a policy with logprobs_and_kl, which {policy.__name__} "
+                          f"does not implement: use k3")

@@ -56,6 +56,7 @@ from .distributed import DataParallel, check_divisible, global_rollout_stats, mi
 from .held_out import held_out_metrics
 from .logging import MetricsLogger, format_line
 from .metrics import rollout_metrics, throughput_metrics, to_host, update_metrics
+from .model_checks import check_closed_form_kl
 from .prompts import PromptSampler
 
 
@@ -83,9 +84,8 @@ class GRPOTrainer:
         self.cfg = cfg
         self.policy, self.idm, self.prompts = policy, idm, prompts
         self.closed_form_kl = cfg.loss.beta > 0 and cfg.loss.kl == "closed_form"
-        if self.closed_form_kl and not policy.has_closed_form_kl:
-            raise ConfigError("loss.kl", f"'closed_form' needs a policy with logprobs_and_kl, which "
-                              f"{type(policy).__name__} does not implement: use k3")
+        if self.closed_form_kl:  # a policy built by hand, which loading the config could not check
+            check_closed_form_kl(type(policy))
         self.eval_prompts, self.eval_idm, self.judge = eval_prompts, eval_idm, judge
         self.device = device if device is not None else resolve_device(cfg.device)
         self.out_dir = None if out_dir is None else Path(out_dir)
