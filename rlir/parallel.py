@@ -1,6 +1,6 @@
 """This process's place in a job that torchrun started, and the collectives the code needs, which are no-ops in
 one process: ``Parallel`` (rank, world size), ``init_distributed`` (join the job: NCCL on CUDA, gloo on CPU),
-``resolve_device``. Training (rlir.grpo.distributed says how a step splits) and evaluation (rlir.eval.evaluate)
+``resolve_device``. Training (rlir.grpo.distributed says how a step splits) and evaluation (rlir.eval.generation)
 split their work with it.
 """
 from __future__ import annotations
