@@ -31,12 +31,12 @@ from typing import Optional
 
 import torch
 
-from rlir.data import Recording, resize_frames, split_episodes
+from rlir.data import Recording, resize_frames
 from rlir.models.dit_world_model import DiTWorldModel, latents_from_tokenizer
 from rlir.models.tokenizer import VQTokenizer
 from rlir.optim import adamw_decaying_matrices
 from rlir.policies import evaluation_policy
-from rlir.pretrain.common import (check_output_directory, clip_windows, first_stage, learning_rate, load_tokenizer,
+from rlir.pretrain.common import (check_output_directory, clip_windows, first_stage, heldout_split, load_tokenizer,
                                   shuffled_batches)
 from rlir.pretrain.config import DiffusionWorldModelPretrain, set_threads, settings
 from rlir.pretrain.loop import Target, Trained, pretrain, checkpoint_summary
@@ -160,10 +160,7 @@ class DiTWorldModelTraining(Target):
         self.vq = vq = load_tokenizer(s.tokenizer) if s.frame_space == "tokenizer_latents" else None
         grid = recording.frame_size if s.frame_space == "pixels" else vq.code_grid
         patch_size = fitting_patch_size(grid, s.patch_size, DEFAULT_PATCH[s.frame_space])
-        self.train_ids, self.heldout_ids = split_episodes(recording.episode_ids, s.heldout_fraction)
-        if not self.heldout_ids:
-            raise ValueError(f"data: {recording.root} has {len(recording)} episode(s); holding out a fraction needs "
-                             f"at least 2")
+        self.train_ids, self.heldout_ids = heldout_split(recording, s.heldout_fraction)
         started = time.perf_counter()
         self.store = store = FrameStore.build(recording, recording.episode_ids, s.frame_space, vq)
         self.encode_seconds = time.perf_counter() - started
@@ -183,9 +180,6 @@ class DiTWorldModelTraining(Target):
         self.noise_generator = torch.Generator().manual_seed(s.seed + 1)
         self.heldout_frames, self.heldout_actions = store.clips(heldout_windows, s.clip_frames, self.model)
         self.throughput = ("frames_per_second", s.batch * (s.clip_frames - s.context_frames))
-
-    def learning_rate(self, step: int) -> float:
-        return learning_rate(step, self.cfg.steps, self.cfg.lr)
 
     def loss(self):
         s = self.cfg

@@ -17,7 +17,8 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from rlir.pretrain.common import SAVE_DTYPES, append_jsonl, atomic_directory
+from rlir.pretrain.common import SAVE_DTYPES, append_jsonl, atomic_directory, learning_rate
+from rlir.pretrain.config import Pretrain
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Trained:
 class Target:
     """What one `rlir pretrain` target supplies to the loop."""
 
+    cfg: Pretrain  # the target's settings
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     grad_clip: Optional[float] = None  # gradient-norm limit; metrics.jsonl then logs grad_norm
@@ -37,7 +39,8 @@ class Target:
     progress_fields: dict[str, tuple[str, str]] = {"loss": ("loss", ".3f")}  # metrics key -> (bar label, format)
 
     def learning_rate(self, step: int) -> float:
-        raise NotImplementedError
+        """Warm-up, then cosine decay from cfg.lr over cfg.steps (rlir.pretrain.common.learning_rate)."""
+        return learning_rate(step, self.cfg.steps, self.cfg.lr)
 
     def loss(self) -> tuple[torch.Tensor, Callable[[], dict]]:
         """One training batch's loss, and what else metrics.jsonl records of that batch (asked on logged steps)."""

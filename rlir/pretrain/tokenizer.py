@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rlir.data import Recording, resize_frames, split_episodes
+from rlir.data import Recording, resize_frames
 from rlir.metrics.image import psnr
 from rlir.models.tokenizer import VQTokenizer
-from rlir.pretrain.common import check_output_directory, learning_rate, resolve_frame_size, shuffled_batches
+from rlir.pretrain.common import check_output_directory, heldout_split, resolve_frame_size, shuffled_batches
 from rlir.pretrain.config import TokenizerPretrain, add_flags, set_threads, settings
 from rlir.pretrain.config import run as run_target
 from rlir.pretrain.loop import Target, Trained, pretrain
@@ -70,17 +70,11 @@ class TokenizerTraining(Target):
         size = resolve_frame_size(s.frame_size, recording)
         torch.manual_seed(s.seed)
         self.model = VQTokenizer(image_size=list(size), codebook_size=s.codebook_size, patch_size=s.patch_size)
-        self.train_ids, self.heldout_ids = split_episodes(recording.episode_ids, s.heldout_fraction)
-        if not self.heldout_ids:
-            raise ValueError(f"data: {recording.root} has {len(recording)} episode(s); holding out a fraction "
-                             f"needs at least 2")
+        self.train_ids, self.heldout_ids = heldout_split(recording, s.heldout_fraction)
         self.train_frames = load_frames(recording, self.train_ids, size)
         self.heldout_frames = load_frames(recording, self.heldout_ids, size)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=s.lr, betas=(0.9, 0.99), weight_decay=0.0)
         self.batches = shuffled_batches(len(self.train_frames), s.batch, torch.Generator().manual_seed(s.seed))
-
-    def learning_rate(self, step: int) -> float:
-        return learning_rate(step, self.cfg.steps, self.cfg.lr)
 
     def loss(self):
         frames = self.train_frames[next(self.batches)]

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from rlir.data import Recording, split_episodes
+from rlir.data import Recording
 from rlir.eval.verify import player_moved
 from rlir.models.ar_world_model import ARWorldModel
 from rlir.optim import adamw_decaying_matrices
 from rlir.policies import evaluation_policy
 from rlir.pretrain.tokenized import TokenizedRecording
-from rlir.pretrain.common import (check_output_directory, clip_windows, first_stage, learning_rate, load_tokenizer,
+from rlir.pretrain.common import (check_output_directory, clip_windows, first_stage, heldout_split, load_tokenizer,
                                   shuffled_batches)
 from rlir.pretrain.config import ARWorldModelPretrain, DiffusionWorldModelPretrain, add_flags, set_threads, settings
 from rlir.pretrain.config import run as run_target
@@ -120,10 +120,7 @@ class ARWorldModelTraining(Target):
         self.cfg = s
         self.recording = recording = Recording(s.data)
         self.vq = vq = load_tokenizer(s.tokenizer)
-        self.train_ids, self.heldout_ids = split_episodes(recording.episode_ids, s.heldout_fraction)
-        if not self.heldout_ids:
-            raise ValueError(f"data: {recording.root} has {len(recording)} episode(s); holding out a fraction needs "
-                             f"at least 2")
+        self.train_ids, self.heldout_ids = heldout_split(recording, s.heldout_fraction)
         started = time.perf_counter()
         self.tokenized = tokenized = TokenizedRecording.load_or_build(
             s.codes if s.codes is not None else Path(s.out) / "codes.safetensors", recording, vq)
@@ -146,9 +143,6 @@ class ARWorldModelTraining(Target):
         self.nll_codes, self.nll_actions = tokenized.clips(nll_windows, s.clip_frames)
         self.tokens_per_step = s.batch * s.clip_frames * self.model.frame_stride
         self.throughput = ("tokens_per_second", self.tokens_per_step)
-
-    def learning_rate(self, step: int) -> float:
-        return learning_rate(step, self.cfg.steps, self.cfg.lr)
 
     def loss(self):
         s = self.cfg
