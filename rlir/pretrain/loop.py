@@ -50,7 +50,7 @@ class Target:
         """Anything to do once the optimiser has stepped."""
 
     def validate(self) -> dict:
-        """Held-out metrics for metrics.jsonl."""
+        """Held-out metrics for metrics.jsonl (the loop has put the model in eval mode)."""
         raise NotImplementedError
 
     def weights(self) -> torch.nn.Module:
