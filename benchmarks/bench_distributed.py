@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlir.grpo.builders import build_run  # noqa: E402
 from rlir.grpo.config import load_config  # noqa: E402
-from rlir.grpo.distributed import close_distributed, init_distributed, resolve_device  # noqa: E402
+from rlir.parallel import close_distributed, init_distributed, resolve_device  # noqa: E402
 from rlir.grpo.trainer import GRPOTrainer  # noqa: E402
 
 BACKEND_EVENTS = ("gloo:", "nccl:")

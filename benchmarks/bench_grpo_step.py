@@ -58,7 +58,8 @@ from harness import write_results  # noqa: E402
 from rlir.grpo import GRPOTrainer, PromptSampler, load_config  # noqa: E402
 from rlir.grpo.builders import build_datasets, build_run  # noqa: E402
 from rlir.grpo.config import GRPOConfig  # noqa: E402
-from rlir.grpo.distributed import minibatch_orders, resolve_device  # noqa: E402
+from rlir.grpo.distributed import minibatch_orders  # noqa: E402
+from rlir.parallel import resolve_device  # noqa: E402
 from rlir.models.generators import GroupGenerators  # noqa: E402
 from rlir.models.kv_cache import KVCache  # noqa: E402
 from rlir.models.sampling import sample_tokens  # noqa: E402

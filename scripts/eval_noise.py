@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from rlir.data import Recording
-from rlir.eval.action_following import generate_videos
+from rlir.eval.generation import generate_videos
 from rlir.eval.evaluate import HeldOutPrompts
-from rlir.eval.loading import load_world_model
-from rlir.eval.run import resolve_models
-from rlir.grpo.builders import load_strict
+from rlir.grpo.trained_world_model import load_world_model
+from rlir.commands.eval import resolve_models
+from rlir.models.loading import load_strict
 from rlir.kernels import idm_reward
 from rlir.models.idm import InverseDynamicsModel
 from rlir.models.tokenizer import VQTokenizer
@@ -43,7 +43,7 @@ def main(argv=None) -> dict:
     jobs += [(str(run), run, 0) for run in args.runs]  # a run folder loads as its last checkpoint
     per_video = {}
     for label, path, seed in jobs:
-        model, _ = load_world_model(path)
+        model, _ = load_world_model(path, "world model")
         with torch.no_grad():
             videos = generate_videos(model, vq, prompts.real[:, 0], prompts.actions, seed=seed)
             per_video[label] = idm_reward(idm_logits(idm, videos), prompts.actions).frame_match.float().mean(1)

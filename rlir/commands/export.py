@@ -1,7 +1,7 @@
 """`rlir export RUN --out DIR`: the world model of a GRPO run (its latest checkpoint, or the one given) as a
 ``save_pretrained`` directory (config.json + safetensors) that ``rlir eval --world-model DIR``, ``rlir train``
-(models.world_model) and users' ``from_pretrained`` load. Reads the DCP shards of a checkpoint written by any
-number of ranks, in one process (no torchrun needed), or its policy.safetensors when there is one.
+(models.world_model) and users' ``from_pretrained`` load. Reads the checkpoint's policy.safetensors, or without
+one the DCP shards written by any number of ranks, in one process (no torchrun needed).
 """
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlir.grpo.export import ExportError, export_world_model
+    from rlir.grpo.trained_world_model import export_world_model
 
     try:
         info = export_world_model(args.run, args.out, dtype=args.dtype)
-    except (ExportError, ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError) as error:  # CheckpointError, ConfigError: one line each
         print(f"rlir export: error: {error}", file=sys.stderr)
         return 2
     print(f"rlir export: {info['class']} of {info['checkpoint']} (step {info['step']}) -> {args.out}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rlir.eval.run import SHIPPED
+from rlir.commands.eval import SHIPPED
 
 
 def register(subparsers) -> None:

@@ -51,7 +51,7 @@ def _banner(text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlir.eval.run import run_eval
+    from rlir.commands.eval import run_eval
     from rlir.data import record
     from rlir.grpo.checkpoint import latest_checkpoint
     from rlir.grpo.config import ConfigError, load_config

@@ -48,7 +48,7 @@ def _lost_rank(error: BaseException) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from rlir.grpo.config import ConfigError, load_config
-    from rlir.grpo.distributed import under_torchrun
+    from rlir.parallel import under_torchrun
 
     overrides = list(args.overrides)
     if args.out is not None:
@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"rlir train: error: {error}", file=sys.stderr)
         return 2
 
-    from rlir.grpo.distributed import check_divisible, close_distributed, init_distributed, quiet_unless_main
+    from rlir.grpo.distributed import check_divisible
+    from rlir.parallel import close_distributed, init_distributed, quiet_unless_main
 
     try:
         parallel, _ = init_distributed(cfg.device)

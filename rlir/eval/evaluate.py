@@ -1,14 +1,23 @@
-"""Evaluate one world model on fixed held-out prompts: action-following (both IDMs), PSNR and SSIM."""
+"""Evaluate one world model on fixed held-out prompts (``rlir eval``): action-following (both IDMs), PSNR and SSIM.
+
+The videos come from ``rlir.eval.generation.held_out_videos``, the path training's in-run evaluation takes too; in
+a torchrun job each rank generates its share of the prompts (seeded with seed + rank, so the videos depend on the
+number of ranks) and every rank gets all the videos and computes the same metrics (the IDM scoring is small next
+to generation).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
 from rlir.metrics.image import psnr, ssim
+from rlir.parallel import Parallel
+from rlir.policies import Prompts, evaluation_policy
 
-from .action_following import generate_videos, idm_scores
+from .action_following import idm_scores
+from .generation import held_out_videos
 
 
 @dataclass
@@ -41,6 +50,10 @@ class HeldOutPrompts:
     def __len__(self) -> int:
         return len(self.real)
 
+    def prompts(self) -> Prompts:
+        """The prompts a world model continues: each clip's first frame and its commanded actions."""
+        return Prompts(self.real[:, :1], self.actions)
+
 
 def idm_metrics(idms: Dict[str, torch.nn.Module], videos: torch.Tensor, prompts: HeldOutPrompts,
                 action_space) -> Dict[str, object]:
@@ -61,12 +74,18 @@ def idm_metrics(idms: Dict[str, torch.nn.Module], videos: torch.Tensor, prompts:
 
 @torch.no_grad()
 def evaluate_world_model(world_model, tokenizer, idms: Dict[str, torch.nn.Module], prompts: HeldOutPrompts,
-                         action_space, *, temperature: float = 1.0, seed: int = 0):
-    """-> (metrics, generated uint8 videos [K, n + 1, 3, S, S]). Metrics: ``<idm>/frame_accuracy`` for each
-    IDM, ``eval_idm/report`` (ClassificationReport), ``psnr_db`` and ``ssim`` of the generated frames against
-    the real continuation (frame 0, the prompt, excluded)."""
-    videos = generate_videos(world_model, tokenizer, prompts.real[:, 0], prompts.actions, temperature=temperature,
-                             seed=seed)
+                         action_space, *, temperature: float = 1.0, seed: int = 0, parallel: Optional[Parallel] = None):
+    """-> (metrics, generated uint8 videos [K, n + 1, 3, S, S], every rank's). Metrics: ``<idm>/frame_accuracy`` for
+    each IDM, ``eval_idm/report`` (ClassificationReport), ``psnr_db`` and ``ssim`` of the generated frames against
+    the real continuation (frame 0, the prompt, excluded). ``parallel``: the job (default: the current one)."""
+    parallel = parallel if parallel is not None else Parallel.current()
+    policy = evaluation_policy(world_model, tokenizer, temperature=temperature)
+
+    def rank_generator(start: int, stop: int) -> torch.Generator:
+        return torch.Generator(policy.device).manual_seed(seed + parallel.rank)
+
+    videos, _ = held_out_videos(policy, prompts.prompts(), rank_generator, batch=64, parallel=parallel)
+    videos = parallel.all_gather_uneven(videos)
     metrics = idm_metrics(idms, videos, prompts, action_space)
     real, fake = prompts.real[:, 1:].flatten(0, 1), videos[:, 1:].flatten(0, 1)
     metrics["psnr_db"] = psnr(real, fake).mean().item()

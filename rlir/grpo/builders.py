@@ -11,25 +11,24 @@ What the config asks of the models is checked before they are built, when the co
 """
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
 
 from rlir.models.ar_world_model import ARWorldModel
 from rlir.models.dit_world_model import DiTWorldModel
 from rlir.models.idm import InverseDynamicsModel
+from rlir.models.loading import WORLD_MODEL_CLASSES, load_strict
 from rlir.models.tokenizer import VQTokenizer
 from rlir.policies import Policy, Prompts, make_policy
+from rlir.policies.ar import check_codes_fit
 
 from .config import ConfigError, GRPOConfig
-from .model_checks import WORLD_MODEL_CLASSES, check_models
+from .model_checks import check_models
 from .prompts import PromptSampler, SyntheticClips, fixed_prompts
 
 
@@ -64,33 +63,11 @@ def _random_models(cfg: GRPOConfig):
     return world_model, tokenizer, idm
 
 
-def load_strict(cls, path, key: str):
-    """from_pretrained, but strict: diffusers silently re-initialises weights a checkpoint lacks (e.g. one
-    saved by an older version of the model code, or by another class), which would make a reward model or
-    policy garbage. Every failure is a ConfigError naming ``key`` (a config key or a CLI flag)."""
-    config = Path(path) / "config.json"
-    try:
-        found = json.loads(config.read_text()).get("_class_name")
-    except (OSError, ValueError) as error:
-        raise ConfigError(key, f"{path}: not a saved model directory ({config}: {error})") from None
-    if found != cls.__name__:
-        raise ConfigError(key, f"{config} holds a {found!r}, not a {cls.__name__}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = cls.from_pretrained(path).float()
-    except Exception as error:  # noqa: BLE001 - report which key pointed at the bad directory
-        raise ConfigError(key, f"cannot load a {cls.__name__} from {path}: {error}") from error
-    files = sorted(Path(path).glob("*.safetensors"))
-    weights = [f for f in files if f.name.startswith("diffusion_pytorch_model")]
-    if len(weights) == 1:
-        with safe_open(str(weights[0]), framework="pt") as f:
-            saved = set(f.keys())
-        missing = sorted(set(model.state_dict()) - saved)
-        if missing:
-            raise ConfigError(key, f"{weights[0]} lacks {len(missing)} weights of the current {cls.__name__} "
-                              f"(e.g. {missing[:3]}): saved by another version of the model code? retrain it")
-    return model
+def initial_world_model(cfg: GRPOConfig) -> nn.Module:
+    """The world model a run of ``cfg`` starts from: loaded from models.world_model, or built from ``seed``."""
+    if cfg.models.source == "random":
+        return _random_models(cfg)[0]
+    return load_strict(WORLD_MODEL_CLASSES[cfg.models.kind], cfg.models.world_model, "models.world_model")
 
 
 def build_models(cfg: GRPOConfig, device: torch.device):
@@ -99,18 +76,14 @@ def build_models(cfg: GRPOConfig, device: torch.device):
     if m.source == "random":
         world_model, tokenizer, idm = _random_models(cfg)
         eval_idm = None
-
-        def reference_factory() -> nn.Module:
-            return _random_models(cfg)[0]
     else:
-        world_model_class = WORLD_MODEL_CLASSES[m.kind]
-        world_model = load_strict(world_model_class, m.world_model, "models.world_model")
+        world_model = initial_world_model(cfg)
         tokenizer = load_strict(VQTokenizer, m.tokenizer, "models.tokenizer")
         idm = load_strict(InverseDynamicsModel, m.idm, "models.idm")
         eval_idm = load_strict(InverseDynamicsModel, m.eval_idm, "models.eval_idm") if m.eval_idm else None
 
-        def reference_factory() -> nn.Module:
-            return load_strict(world_model_class, m.world_model, "models.world_model")
+    def reference_factory() -> nn.Module:
+        return initial_world_model(cfg)
 
     if m.kind == "diffusion":
         _check_diffusion_frames(world_model, tokenizer)
@@ -128,13 +101,10 @@ def build_models(cfg: GRPOConfig, device: torch.device):
 
 
 def _check_ar_codes(world_model: ARWorldModel, tokenizer: VQTokenizer) -> None:
-    wm = world_model.config
-    if tokenizer.codebook_size != wm.codebook_size:
-        raise ConfigError("models.tokenizer", f"codebook_size {tokenizer.codebook_size} != the world model's "
-                          f"{wm.codebook_size}")
-    if tokenizer.tokens_per_frame != wm.tokens_per_frame:
-        raise ConfigError("models.tokenizer", f"{tokenizer.tokens_per_frame} codes per frame != the world "
-                          f"model's tokens_per_frame {wm.tokens_per_frame}")
+    try:
+        check_codes_fit(world_model, tokenizer)
+    except ValueError as error:
+        raise ConfigError("models.tokenizer", str(error)) from None
 
 
 def _check_diffusion_frames(world_model: DiTWorldModel, tokenizer: VQTokenizer) -> None:

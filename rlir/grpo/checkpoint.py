@@ -45,7 +45,9 @@ from safetensors.torch import load_file, save_file
 from rlir.optim import use_fused_adamw
 from rlir.policies import Policy
 
-from .distributed import DataParallel, Parallel
+from rlir.parallel import Parallel
+
+from .distributed import DataParallel
 
 FORMAT = "rlir-grpo-checkpoint/2"
 FORMATS = ("rlir-grpo-checkpoint/1", FORMAT)

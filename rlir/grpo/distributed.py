@@ -16,8 +16,8 @@ How a step splits over N ranks (rank r of N):
   same number of rows of each minibatch, whatever N: each prompt's G samples are shuffled (seeded by
   (seed, step, epoch)), and the sample at position i of the prompt-major list goes to minibatch i mod M (M
   minibatches an epoch; their order is shuffled too). So the updates of N ranks are the updates of one process.
-- Batch-wide statistics are reduced over ranks: ``advantage.scale: batch`` (the rewards are gathered and the
-  batch std taken over all of them), the reward and advantage metrics, the loss normaliser of every minibatch
+- Batch-wide statistics are reduced over ranks: ``advantage.scale: batch`` (every rank's rewards are gathered and
+  normalised together, rlir.grpo.advantages), the reward and advantage metrics, the loss normaliser of every minibatch
   (tokens or sequences of the whole minibatch) and the loss metrics. Each rank's loss is multiplied by N
   before backward, because DDP and FSDP average gradients over ranks: the update then uses the sum of the
   ranks' gradients, i.e. the gradient of the global minibatch's loss.
@@ -37,154 +37,17 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
-import sys
-from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
-from rlir.kernels.group_advantage import _batch_std
 from rlir.models.generators import derive_seed
+from rlir.parallel import Parallel
 
-from .credit import frame_credit
 from .config import ConfigError
 
 SHUFFLE_STREAM = 3  # rlir.models.generators' stream tags: 0 rollout, 1 shared, 2 eval
-
-
-@dataclass(frozen=True)
-class Parallel:
-    """This process's place in the job: rank, world size, local rank (0 / 1 / 0 for a plain process)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def current(cls) -> "Parallel":
-        if not (dist.is_available() and dist.is_initialized()):
-            return cls()
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    # ---- collectives: no-ops in one process ---------------------------------------------------------
-
-    def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        """A reduced copy of ``t`` (sum or max) over ranks."""
-        if not self.distributed:
-            return t
-        out = t.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-        return out
-
-    def all_gather_rows(self, t: torch.Tensor) -> torch.Tensor:
-        """Every rank's ``t`` (equal shapes), concatenated along dim 0 in rank order."""
-        if not self.distributed:
-            return t
-        t = t.contiguous()
-        out = t.new_empty(self.world_size * t.shape[0], *t.shape[1:])
-        _all_gather_single(out, t)
-        return out
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-    def broadcast_object(self, obj):
-        """Rank 0's ``obj`` on every rank."""
-        if not self.distributed:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def shard(self, count: int) -> tuple[int, int]:
-        """[start, stop) of this rank's share of ``count`` items split as evenly as possible, in rank order."""
-        return count * self.rank // self.world_size, count * (self.rank + 1) // self.world_size
-
-
-def _all_gather_single(out: torch.Tensor, t: torch.Tensor) -> None:
-    # all_gather_into_tensor is all_gather_single in newer torch (the old name warns)
-    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    gather(out, t)
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device a config names; ``auto`` is CUDA when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", f"{name} requested but CUDA is not available")
-    return device
-
-
-def under_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
-
-
-def init_distributed(device_name: str = "auto",
-                     timeout_s: Optional[float] = None) -> tuple[Parallel, Optional[torch.device]]:
-    """Join the job torchrun started (its RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR environment): the default
-    process group on NCCL when this rank's device is CUDA, else gloo. Returns (Parallel, this rank's device),
-    (Parallel(), None) outside torchrun. Each rank takes cuda:LOCAL_RANK (``device`` auto or cuda)."""
-    if not under_torchrun():
-        return Parallel(), None
-    if device_name not in ("auto", "cuda", "cpu"):
-        raise ConfigError("device", f"under torchrun each rank takes cuda:LOCAL_RANK: use auto, cuda or cpu, "
-                          f"not {device_name}")
-    device = resolve_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    if dist.is_initialized():
-        return Parallel.current(), device
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    kwargs = {}
-    if timeout_s is not None:
-        from datetime import timedelta
-
-        kwargs["timeout"] = timedelta(seconds=timeout_s)
-    store = _attempt_store()
-    if store is not None:
-        kwargs.update(store=store, rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                            device_id=device if device.type == "cuda" else None, **kwargs)
-    return Parallel.current(), device
-
-
-def _attempt_store():
-    """torchrun's own TCPStore (the agent's, which its workers share) under a prefix of the restart attempt, or
-    None when torchrun did not offer its store. Without the prefix, the workers torchrun --max-restarts starts
-    again read the keys their killed predecessors wrote (gloo's and NCCL's peer addresses) and fail to connect
-    (pytorch/pytorch#135712; seen here with gloo on torch 2.13 about every other restart)."""
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        return None
-    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    base = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"]),
-                         is_master=False)
-    return dist.PrefixStore(f"rlir/attempt_{attempt}", base)
-
-
-def close_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def quiet_unless_main(parallel: Parallel) -> None:
-    """Ranks other than 0 print nothing on stdout (rank 0 alone logs); their stderr stays for errors."""
-    if parallel.distributed and not parallel.is_main:
-        sys.stdout = open(os.devnull, "w")
 
 
 # ---- the world model under DDP / FSDP ---------------------------------------------------------------------
@@ -364,69 +227,13 @@ def check_divisible(cfg, parallel: Parallel) -> None:
 
 # ---- a step's statistics over every rank -------------------------------------------------------------------
 
-def global_rollout_stats(parallel: Parallel, rollout, old_logp: Optional[torch.Tensor], rew, adv: torch.Tensor,
-                         advantage, batch_std: bool):
-    """-> (this rank's advantages, the step's statistics over every rank): rewards and advantages gathered
-    (small: one value per video, or per slot with frame credit), the NLL of ``old_logp`` (None: no NLL) and
-    head-accuracy sums all-reduced. With ``batch_std`` the advantages are divided by the std of all ranks'
-    rewards (``advantage``: the config's section), as group_advantage's scale="batch" does in one process."""
-    reward = parallel.all_gather_rows(rew.reward.float())
-    if batch_std:
-        values = (reward if advantage.credit == "video"
-                  else parallel.all_gather_rows(frame_credit(rew.frame_match, advantage.credit)))
-        denom = _batch_std(values.reshape(-1)) + advantage.eps
-        adv = torch.where(denom > 0, adv / torch.where(denom > 0, denom, 1.0), 0.0)
+def global_rollout_stats(parallel: Parallel, rollout, old_logp: Optional[torch.Tensor], rew, adv: torch.Tensor):
+    """The step's statistics over every rank: rewards and advantages gathered (small: one value per video, or per
+    slot with frame credit), the NLL of ``old_logp`` (None: no NLL) and head-accuracy sums all-reduced."""
     frames = float(rollout.actions.shape[0] * rollout.actions.shape[1])
     nll = rollout.mask.new_zeros((), dtype=torch.double) if old_logp is None else (old_logp * rollout.mask).sum()
     sums = torch.cat([torch.stack([nll.double(), rollout.mask.sum().double()]), rew.head_accuracy.double() * frames])
     sums = parallel.all_reduce(sums)
     heads = sums[2:] / (frames * parallel.world_size)
-    return adv, {"reward": reward, "adv": parallel.all_gather_rows(adv), "nll": None if old_logp is None else sums[0],
-                 "tokens": sums[1], "head_acc": heads}
-
-
-# ---- evaluation across ranks -------------------------------------------------------------------------------
-
-def gather_rows_uneven(parallel: Parallel, t: torch.Tensor) -> torch.Tensor:
-    """Every rank's ``t`` (any number of rows, same trailing shape), concatenated in rank order (on the CPU)."""
-    if not parallel.distributed:
-        return t
-    parts = [None] * parallel.world_size
-    dist.all_gather_object(parts, t.cpu())
-    return torch.cat(parts)
-
-
-def sharded_generate(parallel: Parallel, generate, first_frames: torch.Tensor, actions: torch.Tensor,
-                     seed: int) -> torch.Tensor:
-    """``generate(first_frames, actions, seed=...)`` -> videos, with the prompts split over ranks (rank r
-    takes its contiguous share and seeds with seed + r) and the videos gathered on every rank, in prompt order."""
-    if not parallel.distributed:
-        return generate(first_frames, actions, seed=seed)
-    lo, hi = parallel.shard(len(first_frames))
-    if hi > lo:
-        local = generate(first_frames[lo:hi], actions[lo:hi], seed=seed + parallel.rank)
-    else:  # fewer prompts than ranks: the shapes only
-        local = generate(first_frames[:1], actions[:1], seed=seed)[:0]
-    return gather_rows_uneven(parallel, local)
-
-
-def evaluate_sharded(parallel: Parallel):
-    """``rlir.eval.evaluate.evaluate_world_model`` with the generation split over ranks: each rank generates its
-    share of the held-out prompts (its own seed, seed + rank), every rank gets all the videos and computes the
-    same metrics from them (the IDM scoring is small next to generation)."""
-    from rlir.eval.action_following import generate_videos
-    from rlir.eval.evaluate import idm_metrics
-    from rlir.metrics.image import psnr, ssim
-
-    def evaluate(world_model, tokenizer, idms, prompts, action_space, *, temperature: float = 1.0, seed: int = 0):
-        def generate(first_frames, actions, seed):
-            return generate_videos(world_model, tokenizer, first_frames, actions, temperature=temperature, seed=seed)
-
-        videos = sharded_generate(parallel, generate, prompts.real[:, 0], prompts.actions, seed)
-        metrics = idm_metrics(idms, videos, prompts, action_space)
-        real, fake = prompts.real[:, 1:].flatten(0, 1), videos[:, 1:].flatten(0, 1)
-        metrics["psnr_db"] = psnr(real, fake).mean().item()
-        metrics["ssim"] = ssim(real, fake).mean().item()
-        return metrics, videos
-
-    return evaluate
+    return {"reward": parallel.all_gather_rows(rew.reward.float()), "adv": parallel.all_gather_rows(adv),
+            "nll": None if old_logp is None else sums[0], "tokens": sums[1], "head_acc": heads}

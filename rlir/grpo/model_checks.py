@@ -4,17 +4,14 @@ must share are checked where they are built, rlir.grpo.builders.)"""
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 
-from rlir.models.ar_world_model import ARWorldModel
-from rlir.models.dit_world_model import DiTWorldModel
 from rlir.models.idm import InverseDynamicsModel
+from rlir.models.loading import WORLD_MODEL_CLASSES, saved_config
 from rlir.models.tokenizer import VQTokenizer
 from rlir.policies import Policy, policy_class
 from rlir.schema import ConfigError
 
-WORLD_MODEL_CLASSES = {"ar": ARWorldModel, "diffusion": DiTWorldModel}
 # Arguments of the random models that the builder derives so that the models agree; giving one is an error.
 DERIVED_ARGUMENTS = {"tokenizer": {"image_size"}, "idm": {"head_sizes", "frame_size"},
                      "ar": {"codebook_size", "tokens_per_frame", "action_head_sizes"},
@@ -27,9 +24,8 @@ def check_models(cfg, check_paths: bool = True) -> None:
     is a directory of the class models.kind needs; the clips fit the world model's max_frames."""
     m = cfg.models
     policy = policy_class(m.kind, cfg.loss.objective)
-    if cfg.loss.kl == "closed_form" and policy.logprobs_and_kl is Policy.logprobs_and_kl:
-        raise ConfigError("loss.kl", f"closed_form needs the policy's exact KL, which {policy.__name__} "
-                          f"(models.kind {m.kind}) does not have: use k3")
+    if cfg.loss.kl == "closed_form":
+        check_closed_form_kl(policy)
     if m.source == "random":
         r = m.random
         classes = {"tokenizer": VQTokenizer, "world_model": WORLD_MODEL_CLASSES[m.kind], "idm": InverseDynamicsModel}
@@ -55,7 +51,7 @@ def check_models(cfg, check_paths: bool = True) -> None:
             value = getattr(m, name)
             if value is not None and not (Path(value) / "config.json").is_file():
                 raise ConfigError(f"models.{name}", f"{value}: not a saved model directory (no config.json)")
-        saved = json.loads((Path(m.world_model) / "config.json").read_text())
+        saved = saved_config(m.world_model, "models.world_model")
         wanted = WORLD_MODEL_CLASSES[m.kind].__name__
         if saved.get("_class_name") != wanted:
             raise ConfigError("models.kind", f"{m.kind} needs a {wanted}, models.world_model {m.world_model} "
@@ -67,3 +63,10 @@ def check_models(cfg, check_paths: bool = True) -> None:
     if isinstance(max_frames, int) and need > max_frames:
         raise ConfigError("rollout.n_frames", f"data.context_frames + rollout.n_frames = {need} exceeds "
                           f"{where} ({max_frames})")
+
+
+def check_closed_form_kl(policy: type) -> None:
+    """loss.kl: closed_form needs the policy class's exact KL to the reference (``Policy.logprobs_and_kl``)."""
+    if policy.logprobs_and_kl is Policy.logprobs_and_kl:
+        raise ConfigError("loss.kl", f"'closed_form' needs a policy with logprobs_and_kl, which {policy.__name__} "
+                          f"does not implement: use k3")

@@ -6,7 +6,7 @@ One step (every phase inside ``PhaseTimer.phase``, i.e. an NVTX range plus a tim
     rollout      policy.rollout(prompts, G): N = B*G videos, recording old log-probs      (no grad)
     decode       policy.decode -> uint8 [N, n+1, 3, h, w] (last context frame + n generated)
     reward       one batched IDM call on all N videos -> per-head logits [N, n, C_h]
-    advantage    rlir.kernels.idm_advantage: exact-match reward per video, group-normalised advantages
+    advantage    rlir.grpo.advantages: the reward of each video (rlir.kernels.idm_reward), group-normalised
                  (advantage.credit = frame: per generated frame instead, broadcast to that frame's slots)
     logprob_old  (loss.old_logprobs = recompute, or a policy that records none, or bf16) no-grad teacher-forced
                  log-probs as old log-probs (loss.old_logprobs = current: none, each update's own, detached)
@@ -40,23 +40,23 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from rlir.kernels import (aggregate_tokens, group_advantage, grpo_loss, idm_advantage, idm_reward, loss_normaliser,
-                          trusted_inputs)
+from rlir.kernels import aggregate_tokens, grpo_loss, loss_normaliser, trusted_inputs
 from rlir.models.generators import GroupGenerators
 from rlir.optim import (adamw_decaying_matrices, clip_and_step, fused_adamw_supported, use_fused_adamw,
                         warmup_schedule)
+from rlir.parallel import Parallel, init_distributed, resolve_device
 from rlir.policies import Policy, Prompts, Rollout
 from rlir.profiling import PhaseTimer, reset_peak_memory
 from rlir.rewards import idm_logits
 
 from . import checkpoint as ckpt
+from .advantages import advantages
 from .config import ConfigError, GRPOConfig, save_config
-from .credit import frame_credit
-from .distributed import (DataParallel, Parallel, check_divisible, global_rollout_stats, minibatch_orders,
-                          resolve_device)
-from .evaluation import held_out_reward
+from .distributed import DataParallel, check_divisible, global_rollout_stats, minibatch_orders
+from .held_out import held_out_metrics
 from .logging import MetricsLogger, format_line
 from .metrics import rollout_metrics, throughput_metrics, to_host, update_metrics
+from .model_checks import check_closed_form_kl
 from .prompts import PromptSampler
 
 
@@ -84,9 +84,8 @@ class GRPOTrainer:
         self.cfg = cfg
         self.policy, self.idm, self.prompts = policy, idm, prompts
         self.closed_form_kl = cfg.loss.beta > 0 and cfg.loss.kl == "closed_form"
-        if self.closed_form_kl and not policy.has_closed_form_kl:
-            raise ConfigError("loss.kl", f"'closed_form' needs a policy with logprobs_and_kl, which "
-                              f"{type(policy).__name__} does not implement: use k3")
+        if self.closed_form_kl:  # a policy built by hand, which loading the config could not check
+            check_closed_form_kl(type(policy))
         self.eval_prompts, self.eval_idm, self.judge = eval_prompts, eval_idm, judge
         self.device = device if device is not None else resolve_device(cfg.device)
         self.out_dir = None if out_dir is None else Path(out_dir)
@@ -139,7 +138,6 @@ class GRPOTrainer:
     def from_config(cls, cfg: GRPOConfig, *, out_dir=None, resume: bool = False) -> "GRPOTrainer":
         """Build models, data and trainer from ``cfg`` (and load the latest checkpoint under out_dir with resume)."""
         from .builders import build_run
-        from .distributed import init_distributed
 
         out_dir = Path(out_dir if out_dir is not None else cfg.out)
         if resume and not ckpt.list_checkpoints(out_dir / "checkpoints"):
@@ -235,17 +233,9 @@ class GRPOTrainer:
             frames = self.policy.decode(rollout)
         with timer.phase("reward"), self.autocast():
             logits = idm_logits(self.idm, frames, cfg.reward.idm_batch_size)
-        # advantage.scale batch over several ranks: the group advantages unscaled here, then divided by the std
-        # of every rank's rewards (global_rollout_stats).
-        batch_std = cfg.advantage.scale == "batch" and self.parallel.distributed
-        scale = "none" if batch_std else cfg.advantage.scale
         with timer.phase("advantage"):
-            if cfg.advantage.credit != "video":
-                rew = idm_reward(logits, rollout.actions, mode=cfg.reward.mode)
-                adv = self.frame_advantages(frame_credit(rew.frame_match, cfg.advantage.credit), rollout, scale)
-            else:
-                rew, adv = idm_advantage(logits, rollout.actions, group_size=g, mode=cfg.reward.mode,
-                                         scale=scale, estimator=cfg.advantage.estimator, eps=cfg.advantage.eps)
+            rew, adv = advantages(logits, rollout, cfg.advantage, cfg.reward.mode, self.parallel,
+                                  policy_name=type(self.policy).__name__)
         prompts = len(rollout) // g * self.parallel.world_size
         orders = minibatch_orders(cfg.seed, self.step_count, cfg.train.inner_epochs, prompts, g,
                                   cfg.videos_per_step // cfg.minibatch_size, self.parallel)
@@ -259,9 +249,7 @@ class GRPOTrainer:
             with timer.phase("logprob_old"):
                 old = self._no_grad_logprobs(self.policy.logprobs, rollout, orders[0])
         with timer.phase("comm") if self.parallel.distributed else contextlib.nullcontext():
-            adv, stats = global_rollout_stats(self.parallel, rollout, old, rew, adv, cfg.advantage, batch_std)
-        if cfg.advantage.positive_only:
-            adv = adv.clamp_min(0.0)
+            stats = global_rollout_stats(self.parallel, rollout, old, rew, adv)
         ref = None
         if cfg.loss.beta > 0 and not self.closed_form_kl:
             with timer.phase("logprob_ref"):
@@ -331,17 +319,18 @@ class GRPOTrainer:
     @torch.no_grad()
     def evaluate(self) -> Dict[str, float]:
         """Reward of the policy's evaluation sampler (the one ``rlir eval`` uses) on the fixed held-out prompts,
-        with both IDMs (``rlir.grpo.evaluation``); it never changes a run."""
+        with the reward IDM (``eval/``) and the evaluation IDM (``eval_idm/``), see ``rlir.grpo.held_out``; it never
+        changes a run."""
         if self.eval_prompts is None:
             return {}
         start = time.perf_counter()
         self.policy.eval()
         with self.autocast(), self.scoring.gathered():
-            m, videos = held_out_reward(self.cfg, self.policy, self.eval_prompts,
-                                        {"eval": self.idm, "eval_idm": self.eval_idm}, self.parallel, self.device,
-                                        self.head_names, judge=self.judge, return_videos=True)
+            m, videos = held_out_metrics(self.cfg, self.policy, self.eval_prompts,
+                                         {"eval": self.idm, "eval_idm": self.eval_idm}, self.parallel, self.device,
+                                         self.head_names, judge=self.judge)
         m["time/eval"] = time.perf_counter() - start
-        if videos is not None and self.logger is not None:  # a no-op unless log.wandb
+        if len(videos) and self.logger is not None:  # a no-op unless log.wandb
             self.logger.eval_videos(self.step_count, videos)
         return m
 
@@ -372,20 +361,6 @@ class GRPOTrainer:
                 for idx in micro_batches:
                     out[idx] = fn(rollout, idx).float()
         return out
-
-    def frame_advantages(self, frame_match: torch.Tensor, rollout: Rollout,
-                         scale: Optional[str] = None) -> torch.Tensor:
-        """Per-frame credit: frame k of every video is compared with frame k of the other G - 1 samples of
-        its prompt (same commanded action), and each log-prob slot gets its frame's advantage -> [N, S]."""
-        if rollout.slot_frame is None:
-            raise ConfigError("advantage.credit", f"'frame' needs Rollout.slot_frame, which "
-                              f"{type(self.policy).__name__}.rollout does not set")
-        a = self.cfg.advantage
-        n_rows, n = frame_match.shape
-        by_frame = frame_match.float().t().reshape(-1)  # frame-major: groups of G stay contiguous
-        adv = group_advantage(by_frame, group_size=rollout.num_samples, scale=scale or a.scale,
-                              estimator=a.estimator, eps=a.eps)
-        return adv.view(n, n_rows).t()[:, rollout.slot_frame.to(frame_match.device)].contiguous()
 
     # ---- checkpoints (rlir.grpo.checkpoint) -----------------------------------------------------------------
 

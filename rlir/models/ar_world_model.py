@@ -31,18 +31,13 @@ from diffusers.configuration_utils import register_to_config
 
 from rlir.kernels import checking_values, fused_linear_logprobs, trusted_inputs
 
+from .arguments import check_int
 from .attention import BACKENDS, attention
 from .kv_cache import KVCache, StaticKVCache
 from .sampling import generate as _generate
 
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
-
-
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def _check_int_tensor(name: str, t) -> None:
@@ -98,12 +93,12 @@ def check_transformer_config(n_layers: int, d_model: int, n_heads: int, max_fram
                              action_head_sizes) -> None:
     """The checks every world model's transformer config needs (ValueError naming the key)."""
     for name, value in (("n_layers", n_layers), ("d_model", d_model), ("n_heads", n_heads)):
-        _check_int(name, value)
-    _check_int("max_frames", max_frames, minimum=2)
+        check_int(name, value)
+    check_int("max_frames", max_frames, minimum=2)
     if not isinstance(action_head_sizes, (list, tuple)) or not action_head_sizes:
         raise ValueError(f"action_head_sizes must be a non-empty list of ints, got {action_head_sizes!r}")
     for size in action_head_sizes:
-        _check_int("action_head_sizes entries", size, minimum=2)
+        check_int("action_head_sizes entries", size, minimum=2)
     if d_model % n_heads:
         raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
     if (d_model // n_heads) % 2:
@@ -134,13 +129,13 @@ class ARWorldModel(ModelMixin, ConfigMixin):
         super().__init__()
         for name, value in (("codebook_size", codebook_size), ("tokens_per_frame", tokens_per_frame),
                             ("n_kv_heads", n_kv_heads)):
-            _check_int(name, value)
+            check_int(name, value)
         check_transformer_config(n_layers, d_model, n_heads, max_frames, action_head_sizes)
         if n_heads % n_kv_heads:
             raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
         if ffn_hidden is None:
             ffn_hidden = -(-8 * d_model // 3 // 64) * 64
-        _check_int("ffn_hidden", ffn_hidden)
+        check_int("ffn_hidden", ffn_hidden)
         if not isinstance(rope_theta, (int, float)) or isinstance(rope_theta, bool) or rope_theta <= 1:
             raise ValueError(f"rope_theta must be a number > 1, got {rope_theta!r}")
         if not isinstance(norm_eps, (int, float)) or isinstance(norm_eps, bool) or norm_eps <= 0:
@@ -151,7 +146,7 @@ class ARWorldModel(ModelMixin, ConfigMixin):
             if not isinstance(frame_grid, (list, tuple)) or len(frame_grid) != 2:
                 raise ValueError(f"frame_grid must be [rows, cols], got {frame_grid!r}")
             for value in frame_grid:
-                _check_int("frame_grid entries", value)
+                check_int("frame_grid entries", value)
             if frame_grid[0] * frame_grid[1] != tokens_per_frame:
                 raise ValueError(f"frame_grid {list(frame_grid)} must hold tokens_per_frame={tokens_per_frame} codes")
         if previous_frame_input and frame_grid is None:

@@ -44,18 +44,12 @@ from rlir.kernels import checking_values
 
 from .ar_world_model import NEIGHBOURHOOD, apply_rope, check_transformer_config
 from .attention import BACKENDS, attention
-from .tokenizer import frame_size_pair
+from .arguments import check_int, frame_size_pair
 from .kv_cache import KVCache, StaticKVCache
 from .masks import FrameCausal
 
 FRAME_SPACES = ("pixels", "tokenizer_latents")
 SIGMA_EMBEDDING_DIM = 256
-
-
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def _check_number(name: str, value, minimum: float, inclusive: bool = False) -> None:
@@ -147,14 +141,14 @@ class DiTWorldModel(ModelMixin, ConfigMixin):
                  previous_frame_neighbourhood: bool = False):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("patch_size", patch_size)):
-            _check_int(name, value)
+            check_int(name, value)
         self.frame_shape = frame_size_pair("frame_size", frame_size)  # (rows, cols) of a model-space frame
         check_transformer_config(n_layers, d_model, n_heads, max_frames, action_head_sizes)
         if any(side % patch_size for side in self.frame_shape):
             raise ValueError(f"frame_size {list(self.frame_shape)} must be a multiple of patch_size ({patch_size})")
         if ffn_hidden is None:
             ffn_hidden = 4 * d_model
-        _check_int("ffn_hidden", ffn_hidden)
+        check_int("ffn_hidden", ffn_hidden)
         _check_number("rope_theta", rope_theta, 1.0)
         _check_number("norm_eps", norm_eps, 0.0)
         _check_number("latent_scale", latent_scale, 0.0)

@@ -17,20 +17,14 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
+from rlir.models.arguments import check_int, frame_size_pair
 from rlir.models.attention import attention
-from rlir.models.tokenizer import frame_size_pair
-
-
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def _int_list(name: str, values, minimum: int = 1) -> list[int]:
     if not isinstance(values, (list, tuple)) or not values:
         raise ValueError(f"{name} must be a non-empty list of ints, got {values!r}")
-    return [_check_int(f"{name} entries", v, minimum) for v in values]
+    return [check_int(f"{name} entries", v, minimum) for v in values]
 
 
 class TransitionEncoder(nn.Module):
@@ -100,10 +94,10 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
         super().__init__()
         self.head_sizes = _int_list("head_sizes", head_sizes, minimum=2)
         self.frame_size = frame_size_pair("frame_size", frame_size)
-        _check_int("window", window, minimum=2)
-        _check_int("width", width)
-        _check_int("depth", depth, minimum=0)
-        _check_int("heads", heads)
+        check_int("window", window, minimum=2)
+        check_int("width", width)
+        check_int("depth", depth, minimum=0)
+        check_int("heads", heads)
         if width % heads:
             raise ValueError(f"width ({width}) must be divisible by heads ({heads})")
         channels = _int_list("channels", channels)

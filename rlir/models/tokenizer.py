@@ -21,19 +21,7 @@ from diffusers.configuration_utils import register_to_config
 
 from rlir.kernels import checking_values
 
-
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def frame_size_pair(name: str, value) -> tuple[int, int]:
-    """A frame size given as one int (square) or [height, width] -> (height, width)."""
-    sizes = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
-    if not isinstance(sizes, (list, tuple)) or len(sizes) != 2:
-        raise ValueError(f"{name} must be an int or [height, width], got {value!r}")
-    return _check_int(name, sizes[0]), _check_int(name, sizes[1])
+from .arguments import check_int, frame_size_pair
 
 
 class VectorQuantizer(nn.Module):
@@ -155,13 +143,13 @@ class VQTokenizer(ModelMixin, ConfigMixin):
         self.frame_size = frame_size_pair("image_size", image_size)
         for name, value in (("patch_size", patch_size), ("in_channels", in_channels),
                             ("code_dim", code_dim), ("codebook_size", codebook_size)):
-            _check_int(name, value)
-        _check_int("hidden_channels", hidden_channels, 8)
+            check_int(name, value)
+        check_int("hidden_channels", hidden_channels, 8)
         if hidden_channels % 8:
             raise ValueError(f"hidden_channels must be a multiple of 8 (GroupNorm groups), got {hidden_channels}")
-        _check_int("dead_code_patience", dead_code_patience)
-        _check_int("encoder_blocks", encoder_blocks, 0)
-        _check_int("decoder_blocks", decoder_blocks, 0)
+        check_int("dead_code_patience", dead_code_patience)
+        check_int("encoder_blocks", encoder_blocks, 0)
+        check_int("decoder_blocks", decoder_blocks, 0)
         if any(side % patch_size for side in self.frame_size):
             raise ValueError(f"image_size {list(self.frame_size)} must be a multiple of patch_size ({patch_size})")
         if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0 <= ema_decay < 1:

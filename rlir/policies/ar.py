@@ -43,6 +43,19 @@ class ARSample:
     all_actions: torch.Tensor
 
 
+def check_codes_fit(model: nn.Module, tokenizer: nn.Module) -> None:
+    """The tokenizer's codes are the world model's: as many per frame, from a codebook of the same size (a
+    tokenizer that does not say is taken at its word)."""
+    f = model.config.tokens_per_frame
+    grid = getattr(tokenizer, "code_grid", None)
+    if grid is not None and grid[0] * grid[1] != f:
+        raise ValueError(f"tokenizer code grid {tuple(grid)} has {grid[0] * grid[1]} codes, the world model "
+                         f"expects tokens_per_frame={f}")
+    size = getattr(tokenizer, "codebook_size", None)
+    if size is not None and size != model.config.codebook_size:
+        raise ValueError(f"tokenizer codebook_size {size} != world model codebook_size {model.config.codebook_size}")
+
+
 class ARPolicy(ModelPolicy):
     """model: ARWorldModel (trained); tokenizer: frames <-> codes (``encode(uint8 [..., 3, s, s]) -> [..., g, g]``,
     ``decode(codes [..., g, g]) -> float [..., 3, s, s]`` in [0, 1]), frozen; reference_factory: returns a
@@ -62,15 +75,7 @@ class ARPolicy(ModelPolicy):
             warnings.warn("rollout.top_k/top_p make the sampler differ from the policy being optimised: tokens "
                           "come from the truncated distribution while old and new log-probs are under the full "
                           "softmax, so GRPO's importance ratios are off-policy-biased", stacklevel=2)
-        f = model.config.tokens_per_frame
-        grid = getattr(tokenizer, "code_grid", None)
-        if grid is not None and grid[0] * grid[1] != f:
-            raise ValueError(f"tokenizer code grid {tuple(grid)} has {grid[0] * grid[1]} codes, the world model "
-                             f"expects tokens_per_frame={f}")
-        size = getattr(tokenizer, "codebook_size", None)
-        if size is not None and size != model.config.codebook_size:
-            raise ValueError(f"tokenizer codebook_size {size} != world model codebook_size "
-                             f"{model.config.codebook_size}")
+        check_codes_fit(model, tokenizer)
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:

@@ -123,10 +123,6 @@ class Policy(ABC):
     def logprobs_and_kl(self, rollout: Rollout, indices: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} has no closed-form KL: set loss.kl: k3")
 
-    @property
-    def has_closed_form_kl(self) -> bool:
-        return type(self).logprobs_and_kl is not Policy.logprobs_and_kl
-
     @abstractmethod
     def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
         ...

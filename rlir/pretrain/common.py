@@ -19,7 +19,7 @@ SAVE_DTYPES = {"fp32": "float", "bf16": "bfloat16", "fp16": "half"}
 
 def resolve_frame_size(frame_size, recording) -> tuple[int, int]:
     """--frame-size (None, [S], [H, W], an int or a pair) -> (height, width); None means the recording's own."""
-    from rlir.models.tokenizer import frame_size_pair
+    from rlir.models.arguments import frame_size_pair
 
     if frame_size is None:
         return tuple(recording.frame_size)
@@ -35,6 +35,32 @@ def load_tokenizer(path):
     if not (Path(path) / "config.json").is_file():
         raise ValueError(f"tokenizer: {path} holds no config.json; train one with `rlir pretrain tokenizer`")
     return VQTokenizer.from_pretrained(path, torch_dtype=torch.float32).eval()
+
+
+def heldout_split(recording, heldout_fraction: float) -> tuple[list[str], list[str]]:
+    """(train, held-out) episode ids of ``recording`` (``rlir.data.split_episodes``); an error when none is held out."""
+    from rlir.data import split_episodes
+
+    train_ids, heldout_ids = split_episodes(recording.episode_ids, heldout_fraction)
+    if not heldout_ids:
+        raise ValueError(f"data: {recording.root} has {len(recording)} episode(s); holding out a fraction needs at "
+                         f"least 2")
+    return train_ids, heldout_ids
+
+
+def first_stage(model_class, init: str, clip_frames: int, **expected):
+    """The world model saved at ``init`` (``--init``: a first stage) in fp32, checked to fit this run: its config
+    holds ``expected`` and its max_frames takes ``clip_frames``."""
+    model = model_class.from_pretrained(init, torch_dtype=torch.float32)
+    found = {key: model.config[key] for key in expected}
+    if found != expected or clip_frames > model.config.max_frames:
+        raise ValueError(f"init: {init} has {_in_words(found)} and max_frames {model.config.max_frames}; this run "
+                         f"has {_in_words(expected)} and clip_frames {clip_frames}")
+    return model
+
+
+def _in_words(settings: dict) -> str:
+    return " and ".join(f"{key} {value}" for key, value in settings.items())
 
 
 def check_output_directory(out: Path, overwrite: bool) -> None:

@@ -37,6 +37,15 @@ def _sizes(value):
 PathStr = Annotated[str, BeforeValidator(_path)]
 Sizes = Annotated[list[Annotated[int, Field(ge=1)]], BeforeValidator(_sizes)]
 
+# Settings that several targets take, each with its own default.
+Steps = Annotated[int, Field(ge=1, description="optimiser steps")]
+ClipsPerStep = Annotated[int, Field(ge=1, description="clips per step")]
+PeakLr = Annotated[Number, Field(gt=0.0, description="peak AdamW learning rate")]
+EvalEvery = Annotated[int, Field(ge=0, description="steps between held-out lines in metrics.jsonl; 0: only at the end")]
+ClipFrames = Annotated[int, Field(ge=2, description="frames per training clip, at most max_frames")]
+FrameSize = Annotated[Optional[Sizes], Field(min_length=1, max_length=2, description="frame size the model reads: "
+                                             "SIZE (square) or HEIGHT WIDTH (default: the recording's)")]
+
 
 class Pretrain(Schema):
     """What every target takes."""
@@ -55,13 +64,12 @@ class Pretrain(Schema):
 class TokenizerPretrain(Pretrain):
     """`rlir pretrain tokenizer`: the VQ frame tokenizer."""
 
-    steps: int = Field(3000, ge=1, description="optimiser steps")
+    steps: Steps = 3000
     batch: int = Field(32, ge=1, description="frames per step")
-    lr: Number = Field(3e-3, gt=0.0, description="peak learning rate")
+    lr: PeakLr = 3e-3
     codebook_size: int = Field(512, ge=2, description="number of codes")
     patch_size: int = Field(8, ge=1, description="pixels per code, each side")
-    frame_size: Optional[Sizes] = Field(None, min_length=1, max_length=2, description="frame size the model reads: "
-                                        "SIZE (square) or HEIGHT WIDTH (default: the recording's)")
+    frame_size: FrameSize = None
     log_every: int = Field(25, ge=1, description="steps between metrics.jsonl lines")
     overwrite: bool = Field(False, description="replace OUT if it exists")
 
@@ -72,17 +80,16 @@ class IDMPretrain(Pretrain):
 
     role: Literal["reward"] = Field("reward", description="reward: the IDM GRPO optimises against; eval: the "
                                     "held-out evaluation IDM (another seed and width)")
-    steps: int = Field(250, ge=1, description="optimiser steps")
-    batch: int = Field(8, ge=1, description="clips per step")
-    lr: Number = Field(2e-3, gt=0.0, description="peak AdamW learning rate")
+    steps: Steps = 250
+    batch: ClipsPerStep = 8
+    lr: PeakLr = 2e-3
     weight_decay: Number = Field(0.01, ge=0.0, description="AdamW weight decay")
     window: int = Field(16, ge=2, description="frames per training clip and per transformer window")
     width: int = Field(128, ge=1, description="embedding width")
     depth: int = Field(2, ge=1, description="transformer blocks")
     heads: int = Field(4, ge=1, description="attention heads")
     channels: Sizes = Field([16, 32, 32], min_length=1, description="CNN channels, one stride-2 conv each")
-    frame_size: Optional[Sizes] = Field(None, min_length=1, max_length=2, description="frame size the model reads: "
-                                        "SIZE (square) or HEIGHT WIDTH (default: the recording's)")
+    frame_size: FrameSize = None
     class_weights: Literal["none", "inverse-sqrt"] = Field(
         "none", description="cross-entropy class weights: none, or inverse square root of the training frequency")
     avatar_box: Optional[Sizes] = Field(None, min_length=4, max_length=4, description="TOP LEFT HEIGHT WIDTH in px "
@@ -102,8 +109,7 @@ class IDMPretrain(Pretrain):
                                "at the first frame's, labelled as shown: a move in which the player did not move "
                                "(Crafter replayed) becomes noop, a scroll keeps its move whatever the avatar shows")
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="dtype of the saved weights")
-    eval_every: int = Field(100, ge=0, description="held-out evaluation every N steps into metrics.jsonl; 0: only "
-                            "at the end")
+    eval_every: EvalEvery = 100
     quiet: bool = Field(False, description="no progress bar and no table")
 
 
@@ -157,11 +163,11 @@ class ARWorldModelPretrain(WorldModelPretrain):
 
     kind: Literal["ar"] = Field("ar", description="world model family: ar (autoregressive over tokenizer codes) or "
                                 "diffusion (the flow-matching DiT)")
-    steps: int = Field(600, ge=1, description="optimiser steps")
-    batch: int = Field(4, ge=1, description="clips per step")
-    lr: Number = Field(3e-3, gt=0.0, description="peak AdamW learning rate")
-    clip_frames: int = Field(16, ge=2, description="frames per training clip, at most max_frames")
-    eval_every: int = Field(100, ge=0, description="steps between held-out lines in metrics.jsonl; 0: only at the end")
+    steps: Steps = 600
+    batch: ClipsPerStep = 4
+    lr: PeakLr = 3e-3
+    clip_frames: ClipFrames = 16
+    eval_every: EvalEvery = 100
     kv_heads: int = Field(2, ge=1, description="key/value heads (GQA)")
     codes: Optional[PathStr] = Field(None, description="pre-tokenised recording to reuse when it matches data and "
                                      "tokenizer (default: OUT/codes.safetensors of a previous run)")
@@ -182,11 +188,11 @@ class DiffusionWorldModelPretrain(WorldModelPretrain):
     """The frame-causal DiT trained with flow matching (--kind diffusion)."""
 
     kind: Literal["diffusion"] = "diffusion"
-    steps: int = Field(3000, ge=1, description="optimiser steps")
-    batch: int = Field(8, ge=1, description="clips per step")
-    lr: Number = Field(1e-3, gt=0.0, description="peak AdamW learning rate")
-    clip_frames: int = Field(4, ge=2, description="frames per training clip, at most max_frames")
-    eval_every: int = Field(500, ge=0, description="steps between held-out lines in metrics.jsonl; 0: only at the end")
+    steps: Steps = 3000
+    batch: ClipsPerStep = 8
+    lr: PeakLr = 1e-3
+    clip_frames: ClipFrames = 4
+    eval_every: EvalEvery = 500
     frame_space: Literal["tokenizer_latents", "pixels"] = Field("tokenizer_latents",
                                                                 description="what a frame is to the model")
     patch_size: Optional[int] = Field(None, ge=1, description="patch side in frame-space cells (default: the "

@@ -24,23 +24,22 @@ docs/experiments.md; the shipped 72x72 DiT overrides the patch size (configs/pre
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
-from tqdm.auto import tqdm
 
-from rlir.data import Recording, resize_frames, split_episodes
+from rlir.data import Recording, resize_frames
 from rlir.models.dit_world_model import DiTWorldModel, latents_from_tokenizer
 from rlir.models.tokenizer import VQTokenizer
 from rlir.optim import adamw_decaying_matrices
 from rlir.policies import evaluation_policy
-from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_output_directory, clip_windows,
-                                  learning_rate, load_tokenizer, shuffled_batches)
+from rlir.pretrain.common import (check_output_directory, clip_windows, first_stage, heldout_split, load_tokenizer,
+                                  shuffled_batches)
 from rlir.pretrain.config import DiffusionWorldModelPretrain, set_threads, settings
+from rlir.pretrain.loop import Target, Trained, pretrain, checkpoint_summary
 from rlir.pretrain.world_model_eval import generation_quality, real_frames, save_videos
 
 GRAD_CLIP = 1.0
@@ -139,100 +138,89 @@ def train(data: Path | str, out: Path | str, tokenizer: Path | str | None = None
     of ``DiffusionWorldModelPretrain``."""
     s = settings(DiffusionWorldModelPretrain, data=data, out=out, tokenizer=tokenizer, **options)
     set_threads(s.threads)
-    frame_space, steps, batch, lr, clip_frames, context_frames, eval_frames, seed, dtype = (
-        s.frame_space, s.steps, s.batch, s.lr, s.clip_frames, s.context_frames, s.eval_frames, s.seed, s.dtype)
-    progress = progress and not s.quiet
-    out = Path(out)
-    check_output_directory(out, s.overwrite)
+    check_output_directory(Path(out), s.overwrite)
     shape = dict(n_layers=s.layers, d_model=s.d_model, n_heads=s.heads, max_frames=s.max_frames,
                  previous_frame_neighbourhood=s.previous_frame_neighbourhood)
     DiTWorldModel(in_channels=1, frame_size=1, patch_size=1, **shape)  # bad shapes raise now
+    return pretrain(DiTWorldModelTraining(s, shape), Path(out), overwrite=s.overwrite, steps=s.steps,
+                    log_every=s.log_every, eval_every=s.eval_every, dtype=s.dtype,
+                    description="pretrain world-model (diffusion)", progress=progress and not s.quiet)
 
-    recording = Recording(data)
-    vq = load_tokenizer(tokenizer) if frame_space == "tokenizer_latents" else None
-    grid = recording.frame_size if frame_space == "pixels" else vq.code_grid
-    patch_size = fitting_patch_size(grid, s.patch_size, DEFAULT_PATCH[frame_space])
-    train_ids, heldout_ids = split_episodes(recording.episode_ids, s.heldout_fraction)
-    if not heldout_ids:
-        raise ValueError(f"data: {recording.root} has {len(recording)} episode(s); holding out a fraction needs "
-                         f"at least 2")
-    started = time.perf_counter()
-    store = FrameStore.build(recording, recording.episode_ids, frame_space, vq)
-    encode_seconds = time.perf_counter() - started
-    train_windows, heldout_windows, prompt_windows = clip_windows(store, recording, train_ids, heldout_ids,
-                                                                  clip_frames, eval_frames + 1, s.eval_prompts)
 
-    torch.manual_seed(seed)
-    if s.init is None:
-        model = DiTWorldModel(**_model_config(frame_space, grid, patch_size, recording, vq, store, train_ids, shape))
-    else:
-        model = DiTWorldModel.from_pretrained(s.init, torch_dtype=torch.float32)
-        if model.config.frame_space != frame_space or clip_frames > model.config.max_frames:
-            raise ValueError(f"init: {s.init} is a {model.config.frame_space} DiT of max_frames "
-                             f"{model.config.max_frames}; this run wants {frame_space} and clip_frames {clip_frames}")
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = adamw_decaying_matrices(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.99))
-    batches = shuffled_batches(len(train_windows), batch, torch.Generator().manual_seed(seed))
-    noise_generator = torch.Generator().manual_seed(seed + 1)
-    heldout_frames, heldout_actions = store.clips(heldout_windows, clip_frames, model)
+class DiTWorldModelTraining(Target):
+    """The DiT, its moving average (what is validated and saved), its optimiser and the recording in the model's
+    frame space: train clips, held-out clips and prompts."""
 
-    with atomic_directory(out, s.overwrite) as staging:
+    grad_clip = GRAD_CLIP
+    progress_fields = {"loss": ("loss", ".4f"), "heldout_loss": ("heldout", ".4f")}
+
+    def __init__(self, s: DiffusionWorldModelPretrain, shape: dict):
+        self.cfg = s
+        self.recording = recording = Recording(s.data)
+        self.vq = vq = load_tokenizer(s.tokenizer) if s.frame_space == "tokenizer_latents" else None
+        grid = recording.frame_size if s.frame_space == "pixels" else vq.code_grid
+        patch_size = fitting_patch_size(grid, s.patch_size, DEFAULT_PATCH[s.frame_space])
+        self.train_ids, self.heldout_ids = heldout_split(recording, s.heldout_fraction)
         started = time.perf_counter()
-        bar = tqdm(range(1, steps + 1), desc="pretrain world-model (diffusion)", unit="step", disable=not progress)
-        for step in bar:
-            model.train()
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, steps, lr)
-            frames, actions = store.clips([train_windows[i] for i in next(batches).tolist()], clip_frames, model)
-            loss = model.loss(frames, actions, context_frames, noise_generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-            optimizer.step()
-            _update_ema(ema, model, step)
-            if step % s.log_every == 0 or step == steps:
-                seconds = time.perf_counter() - started
-                append_jsonl(staging / "metrics.jsonl", {
-                    "step": step, "loss": loss.item(), "grad_norm": grad_norm.item(),
-                    "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
-                    "frames_per_second": step * batch * (clip_frames - context_frames) / seconds})
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            if s.eval_every and step % s.eval_every == 0 and step < steps:
-                value = heldout_loss(ema, heldout_frames, heldout_actions, context_frames)
-                append_jsonl(staging / "metrics.jsonl", {"step": step, "heldout_loss": value})
-                bar.set_postfix(loss=f"{loss.item():.4f}", heldout=f"{value:.4f}")
-        train_seconds = time.perf_counter() - started
+        self.store = store = FrameStore.build(recording, recording.episode_ids, s.frame_space, vq)
+        self.encode_seconds = time.perf_counter() - started
+        self.train_windows, heldout_windows, self.prompt_windows = clip_windows(
+            store, recording, self.train_ids, self.heldout_ids, s.clip_frames, s.eval_frames + 1, s.eval_prompts)
 
-        # Evaluate what is saved: the EMA weights rounded to --dtype, computing in fp32.
-        started = time.perf_counter()
-        getattr(ema, SAVE_DTYPES[dtype])().save_pretrained(staging)
-        saved = DiTWorldModel.from_pretrained(staging, torch_dtype=torch.float32).eval()
+        torch.manual_seed(s.seed)
+        if s.init is None:
+            self.model = DiTWorldModel(**_model_config(s.frame_space, grid, patch_size, recording, vq, store,
+                                                       self.train_ids, shape))
+        else:
+            self.model = first_stage(DiTWorldModel, s.init, s.clip_frames, frame_space=s.frame_space)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optimizer = adamw_decaying_matrices(self.model.parameters(), lr=s.lr, weight_decay=WEIGHT_DECAY,
+                                                 betas=(0.9, 0.99))
+        self.batches = shuffled_batches(len(self.train_windows), s.batch, torch.Generator().manual_seed(s.seed))
+        self.noise_generator = torch.Generator().manual_seed(s.seed + 1)
+        self.heldout_frames, self.heldout_actions = store.clips(heldout_windows, s.clip_frames, self.model)
+        self.throughput = ("frames_per_second", s.batch * (s.clip_frames - s.context_frames))
+
+    def loss(self):
+        s = self.cfg
+        windows = [self.train_windows[i] for i in next(self.batches).tolist()]
+        frames, actions = self.store.clips(windows, s.clip_frames, self.model)
+        return self.model.loss(frames, actions, s.context_frames, self.noise_generator), lambda: {}
+
+    def after_step(self, step: int) -> None:
+        _update_ema(self.ema, self.model, step)
+
+    def validate(self) -> dict:
+        return {"heldout_loss": heldout_loss(self.ema, self.heldout_frames, self.heldout_actions,
+                                             self.cfg.context_frames)}
+
+    def weights(self) -> DiTWorldModel:
+        return self.ema
+
+    def report(self, staging: Path, saved: DiTWorldModel, trained: Trained) -> dict:
+        s, vq, recording = self.cfg, self.vq, self.recording
         size = vq.frame_size if vq is not None else recording.frame_size
-        prompts = real_frames(recording, prompt_windows, eval_frames + 1, size)
-        prompt_actions = torch.stack([store.actions[e][s:s + eval_frames] for e, s in prompt_windows])
+        prompts = real_frames(recording, self.prompt_windows, s.eval_frames + 1, size)
+        prompt_actions = torch.stack([self.store.actions[e][i:i + s.eval_frames] for e, i in self.prompt_windows])
         ceiling = saved.decode_frames(saved.encode_frames(prompts[:, 1:], vq), vq)
         generation, videos = generation_quality({"ode": evaluation_policy(saved, vq, eval_steps=s.sample_steps)},
-                                                prompts, prompt_actions, ("frame_space_ceiling", ceiling), seed=seed,
+                                                prompts, prompt_actions, ("frame_space_ceiling", ceiling), seed=s.seed,
                                                 batch=GENERATION_BATCH)
         generation["sample_steps"] = s.sample_steps
         save_videos(staging / "generations.png", videos)
         metrics = {
             "kind": "diffusion",
-            "model": {"parameters": sum(p.numel() for p in saved.parameters()),
-                      "checkpoint_bytes": sum(p.stat().st_size for p in staging.glob("diffusion_pytorch_model*")),
-                      "dtype": dtype,
-                      "config": {k: v for k, v in saved.config.items() if not k.startswith("_")}},
+            "model": checkpoint_summary(saved, staging, s.dtype),
             "training": {"data": str(recording.root),
-                         "tokenizer": str(Path(tokenizer).resolve()) if vq is not None else None,
-                         "steps": steps, "batch": batch, "lr": lr, "clip_frames": clip_frames,
-                         "context_frames": context_frames, "ema_decay": EMA_DECAY, "seed": seed, "init": s.init,
-                         "seconds": round(train_seconds, 1), "encode_seconds": round(encode_seconds, 1),
-                         "final_loss": loss.item(), "train_episodes": train_ids,
-                         "train_windows": len(train_windows), "torch_threads": torch.get_num_threads()},
-            "heldout": {"episodes": heldout_ids, "clips": len(heldout_frames),
-                        "loss": heldout_loss(saved, heldout_frames, heldout_actions, context_frames),
+                         "tokenizer": str(Path(s.tokenizer).resolve()) if vq is not None else None,
+                         "steps": s.steps, "batch": s.batch, "lr": s.lr, "clip_frames": s.clip_frames,
+                         "context_frames": s.context_frames, "ema_decay": EMA_DECAY, "seed": s.seed, "init": s.init,
+                         "seconds": round(trained.seconds, 1), "encode_seconds": round(self.encode_seconds, 1),
+                         "final_loss": trained.final_loss, "train_episodes": self.train_ids,
+                         "train_windows": len(self.train_windows), "torch_threads": torch.get_num_threads()},
+            "heldout": {"episodes": self.heldout_ids, "clips": len(self.heldout_frames),
+                        "loss": heldout_loss(saved, self.heldout_frames, self.heldout_actions, s.context_frames),
                         "generation": generation},
         }
-        metrics["training"]["eval_seconds"] = round(time.perf_counter() - started, 1)
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
-    return metrics
+        metrics["training"]["eval_seconds"] = round(time.perf_counter() - trained.finished_at, 1)
+        return metrics

@@ -11,16 +11,13 @@ model size, training settings) and confusion.png. It is written to a temporary d
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from rlir.data.clips import ClipDataset, split_episodes
 from rlir.data.recording import Recording
@@ -28,9 +25,10 @@ from rlir.eval.verify import player_moved
 from rlir.metrics.classification import ClassificationReport, classification_report, format_report
 from rlir.metrics.plots import plot_confusion
 from rlir.models.idm import InverseDynamicsModel
-from rlir.pretrain.common import SAVE_DTYPES, atomic_directory, resolve_frame_size
+from rlir.pretrain.common import resolve_frame_size
 from rlir.pretrain.config import EvalIDMPretrain, IDMPretrain, add_flags, set_threads, settings
 from rlir.pretrain.config import run as run_target
+from rlir.pretrain.loop import Target, Trained, pretrain, checkpoint_summary
 
 # The evaluation IDM differs from the reward IDM in seed and width (its schema's defaults), so the two do not
 # share the same blind spots; everything else is shared.
@@ -57,84 +55,74 @@ def train(data: str | Path, out: str | Path, **options) -> dict:
         raise ValueError(f"role must be one of {list(ROLES)}, got {role!r}")
     s = settings(ROLES[role], data=data, out=out, **options)
     set_threads(s.threads)
-    steps, batch, lr, window, seed, dtype, quiet = s.steps, s.batch, s.lr, s.window, s.seed, s.dtype, s.quiet
-    out = Path(out)
-    recording = Recording(data)
-    clips = ClipDataset(recording, "train", context_frames=1, clip_frames=window - 1, stride=1,
-                        heldout_fraction=s.heldout_fraction)
-    heldout = split_episodes(recording.episode_ids, s.heldout_fraction)[1]
-    space = recording.action_space
+    metrics = pretrain(IDMTraining(s), Path(out), overwrite=True,  # an existing --out is replaced only when complete
+                       steps=s.steps, log_every=s.log_every, eval_every=s.eval_every, dtype=s.dtype,
+                       description=f"pretrain idm ({role})", progress=not s.quiet)
+    if not s.quiet:
+        print(format_report(ClassificationReport.from_json(metrics["heldout"])))
+        size = metrics["model"]
+        print(f"{Path(out)}: {size['parameters']:,} parameters, {size['checkpoint_bytes'] / 1e6:.2f} MB ({s.dtype}), "
+              f"trained in {metrics['training']['seconds']:.0f} s")
+    return metrics
 
-    torch.manual_seed(seed)
-    model = InverseDynamicsModel(head_sizes=space.head_sizes, window=window, width=s.width, depth=s.depth,
-                                 heads=s.heads, channels=s.channels,
-                                 frame_size=list(resolve_frame_size(s.frame_size, recording)),
-                                 ignore_box=s.avatar_box if s.avatar == "ignored" else None)
-    moved = (player_moved(recording, clips.episode_ids)
-             if s.world_only or (s.counterfeits and s.counterfeit_labels == "as_shown") else None)
-    counterfeit = _counterfeiter(space, s.avatar_box, s.counterfeits, s.world_only, moved, model.frame_size)
-    weights = _class_weights(recording, clips.episode_ids, s.class_weights)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=s.weight_decay)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    generator = torch.Generator().manual_seed(seed)
 
-    with atomic_directory(out, overwrite=True) as tmp:  # an existing --out is replaced only when complete
-        start = time.perf_counter()
-        with open(tmp / "metrics.jsonl", "w") as log, \
-                tqdm(total=steps, desc=f"pretrain idm ({role})", unit="step", disable=quiet) as bar:
-            for step in range(1, steps + 1):
-                model.train()
-                frames, actions = counterfeit(*_batch(clips, batch, generator), generator)
-                logits = model(frames)
-                loss = sum(F.cross_entropy(lg.flatten(0, 1), actions[..., h].flatten(), weight=weights[h])
-                           for h, lg in enumerate(logits)) / len(logits)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                bar.update()
-                if step % s.log_every == 0 or step == steps:
-                    accuracy = _frame_accuracy(logits, actions)
-                    bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.3f}")
-                    _log(log, {"step": step, "loss": loss.item(), "frame_accuracy": accuracy,
-                               "lr": schedule.get_last_lr()[0], "seconds": time.perf_counter() - start})
-                if s.eval_every and step % s.eval_every == 0 and step < steps:
-                    report = evaluate(model, recording, heldout)
-                    _log(log, {"step": step, "heldout_frame_accuracy": report.frame_accuracy})
-        seconds = time.perf_counter() - start
+class IDMTraining(Target):
+    """The IDM, its optimiser, the recording's train clips (some made counterfeit) and its held-out episodes."""
 
-        # Evaluate what is saved: the weights rounded to --dtype (computing in fp32).
-        getattr(model, SAVE_DTYPES[dtype])().save_pretrained(tmp)
-        model.float()
-        report = evaluate(model, recording, heldout)
-        metrics = {
-            "role": role,
-            "model": {
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "checkpoint_bytes": sum(f.stat().st_size for f in tmp.glob("*.safetensors")),
-                "dtype": dtype,
-                "config": {k: v for k, v in model.config.items() if not k.startswith("_")},
-            },
+    progress_fields = {"loss": ("loss", ".3f"), "frame_accuracy": ("acc", ".3f")}
+
+    def __init__(self, s: IDMPretrain):
+        self.cfg = s
+        self.recording = recording = Recording(s.data)
+        self.clips = ClipDataset(recording, "train", context_frames=1, clip_frames=s.window - 1, stride=1,
+                                 heldout_fraction=s.heldout_fraction)
+        self.heldout = split_episodes(recording.episode_ids, s.heldout_fraction)[1]
+        space = recording.action_space
+        torch.manual_seed(s.seed)
+        self.model = InverseDynamicsModel(head_sizes=space.head_sizes, window=s.window, width=s.width, depth=s.depth,
+                                          heads=s.heads, channels=s.channels,
+                                          frame_size=list(resolve_frame_size(s.frame_size, recording)),
+                                          ignore_box=s.avatar_box if s.avatar == "ignored" else None)
+        moved = (player_moved(recording, self.clips.episode_ids)
+                 if s.world_only or (s.counterfeits and s.counterfeit_labels == "as_shown") else None)
+        self.counterfeit = _counterfeiter(space, s.avatar_box, s.counterfeits, s.world_only, moved,
+                                          self.model.frame_size)
+        self.class_weights = _class_weights(recording, self.clips.episode_ids, s.class_weights)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        self.generator = torch.Generator().manual_seed(s.seed)
+
+    def learning_rate(self, step: int) -> float:
+        """Linear warm-up over steps // 20 steps, then cosine decay to 0."""
+        warmup, steps = max(1, self.cfg.steps // 20), self.cfg.steps
+        return self.cfg.lr * (min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * (step - 1) / steps)))
+
+    def loss(self):
+        frames, actions = self.counterfeit(*_batch(self.clips, self.cfg.batch, self.generator), self.generator)
+        logits = self.model(frames)
+        loss = sum(F.cross_entropy(lg.flatten(0, 1), actions[..., h].flatten(), weight=self.class_weights[h])
+                   for h, lg in enumerate(logits)) / len(logits)
+        return loss, lambda: {"frame_accuracy": _frame_accuracy(logits, actions)}
+
+    def validate(self) -> dict:
+        return {"heldout_frame_accuracy": evaluate(self.model, self.recording, self.heldout).frame_accuracy}
+
+    def report(self, staging: Path, saved: InverseDynamicsModel, trained: Trained) -> dict:
+        s, recording = self.cfg, self.recording
+        report = evaluate(saved, recording, self.heldout)
+        plot_confusion(report, staging / "confusion.png", f"{s.role} IDM, held-out episodes of {recording.root.name}")
+        return {
+            "role": s.role,
+            "model": checkpoint_summary(saved, staging, s.dtype),
             "training": {
-                "data": str(recording.root), "steps": steps, "batch": batch, "lr": lr, "weight_decay": s.weight_decay,
-                "seed": seed, "class_weights": s.class_weights, "avatar_box": s.avatar_box, "avatar": s.avatar,
-                "counterfeits": s.counterfeits, "counterfeit_labels": s.counterfeit_labels,
-                "world_only": s.world_only, "seconds": seconds,
-                "transitions_seen": steps * batch * (window - 1), "train_episodes": len(clips.episode_ids),
+                "data": str(recording.root), "steps": s.steps, "batch": s.batch, "lr": s.lr,
+                "weight_decay": s.weight_decay, "seed": s.seed, "class_weights": s.class_weights,
+                "avatar_box": s.avatar_box, "avatar": s.avatar, "counterfeits": s.counterfeits,
+                "counterfeit_labels": s.counterfeit_labels, "world_only": s.world_only, "seconds": trained.seconds,
+                "transitions_seen": s.steps * s.batch * (s.window - 1), "train_episodes": len(self.clips.episode_ids),
                 "torch_threads": torch.get_num_threads(),
             },
-            "heldout": {"episodes": heldout, **report.to_json()},
+            "heldout": {"episodes": self.heldout, **report.to_json()},
         }
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        plot_confusion(report, tmp / "confusion.png", f"{role} IDM, held-out episodes of {recording.root.name}")
-    if not quiet:
-        print(format_report(report))
-        size = metrics["model"]
-        print(f"{out}: {size['parameters']:,} parameters, {size['checkpoint_bytes'] / 1e6:.2f} MB ({dtype}), "
-              f"trained in {seconds:.0f} s")
-    return metrics
 
 
 @torch.no_grad()
@@ -215,7 +203,3 @@ def _frame_accuracy(logits: list[torch.Tensor], actions: torch.Tensor) -> float:
     predicted = torch.stack([lg.argmax(-1) for lg in logits], dim=-1)
     return (predicted == actions).all(-1).float().mean().item()
 
-
-def _log(log, record: dict) -> None:
-    log.write(json.dumps(record) + "\n")
-    log.flush()

@@ -13,23 +13,20 @@ same episodes the world model and the IDM hold out.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from rlir.data import Recording, resize_frames, split_episodes
+from rlir.data import Recording, resize_frames
 from rlir.metrics.image import psnr
 from rlir.models.tokenizer import VQTokenizer
-from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_output_directory, learning_rate,
-                                  resolve_frame_size, shuffled_batches)
+from rlir.pretrain.common import check_output_directory, heldout_split, resolve_frame_size, shuffled_batches
 from rlir.pretrain.config import TokenizerPretrain, add_flags, set_threads, settings
 from rlir.pretrain.config import run as run_target
+from rlir.pretrain.loop import Target, Trained, pretrain
 
 GRID_FRAMES = 8
 
@@ -57,62 +54,50 @@ def train(data: Path | str, out: Path | str, *, progress: bool = True, **options
     (height, width), None for the recording's own size, ...)."""
     s = settings(TokenizerPretrain, data=data, out=out, **options)
     set_threads(s.threads)
-    steps, batch, lr, codebook_size, patch_size, seed, dtype = s.steps, s.batch, s.lr, s.codebook_size, \
-        s.patch_size, s.seed, s.dtype
-    progress = progress and not s.quiet
-    out = Path(out)
-    check_output_directory(out, s.overwrite)
+    check_output_directory(Path(out), s.overwrite)
+    return pretrain(TokenizerTraining(s), Path(out), overwrite=s.overwrite, steps=s.steps, log_every=s.log_every,
+                    eval_every=0, dtype=s.dtype, description="pretrain tokenizer", progress=progress and not s.quiet)
 
-    recording = Recording(data)
-    size = resolve_frame_size(s.frame_size, recording)
-    torch.manual_seed(seed)
-    model = VQTokenizer(image_size=list(size), codebook_size=codebook_size, patch_size=patch_size)
-    train_ids, heldout_ids = split_episodes(recording.episode_ids, s.heldout_fraction)
-    if not heldout_ids:
-        raise ValueError(f"data: {recording.root} has {len(recording)} episode(s); holding out a fraction "
-                         f"needs at least 2")
-    train_frames = load_frames(recording, train_ids, size)
-    heldout_frames = load_frames(recording, heldout_ids, size)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
-    batches = shuffled_batches(len(train_frames), batch, torch.Generator().manual_seed(seed))
-    with atomic_directory(out, s.overwrite) as staging:
-        started = time.perf_counter()
-        model.train()
-        bar = tqdm(range(1, steps + 1), desc="pretrain tokenizer", unit="step", disable=not progress)
-        for step in bar:
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, steps, lr)
-            frames = train_frames[next(batches)]
-            recon, vq_loss, codes = model(frames)
-            recon_loss = F.mse_loss(recon, frames.float() / 255)
-            loss = recon_loss + vq_loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if step % s.log_every == 0 or step == steps:
-                record = {"step": step, "loss": loss.item(), "recon_mse": recon_loss.item(), "vq_loss": vq_loss.item(),
-                          "train_psnr_db": 10 * math.log10(1 / max(recon_loss.item(), 1e-10)),
-                          **code_statistics(codes, codebook_size), "restarts": model.quantizer.restarts,
-                          "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
-                append_jsonl(staging / "metrics.jsonl", record)
-                bar.set_postfix(psnr=f"{record['train_psnr_db']:.1f}", used=record["codes_used"])
-        train_seconds = time.perf_counter() - started
+class TokenizerTraining(Target):
+    """The tokenizer, its optimiser and the frames of the recording's train and held-out episodes."""
 
-        getattr(model, SAVE_DTYPES[dtype])().save_pretrained(staging)
-        saved = VQTokenizer.from_pretrained(staging, torch_dtype=torch.float32).eval()
-        reconstructions, metrics = evaluate(saved, heldout_frames)
+    progress_fields = {"train_psnr_db": ("psnr", ".1f"), "codes_used": ("used", "")}
+
+    def __init__(self, s: TokenizerPretrain):
+        self.cfg = s
+        self.recording = recording = Recording(s.data)
+        size = resolve_frame_size(s.frame_size, recording)
+        torch.manual_seed(s.seed)
+        self.model = VQTokenizer(image_size=list(size), codebook_size=s.codebook_size, patch_size=s.patch_size)
+        self.train_ids, self.heldout_ids = heldout_split(recording, s.heldout_fraction)
+        self.train_frames = load_frames(recording, self.train_ids, size)
+        self.heldout_frames = load_frames(recording, self.heldout_ids, size)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=s.lr, betas=(0.9, 0.99), weight_decay=0.0)
+        self.batches = shuffled_batches(len(self.train_frames), s.batch, torch.Generator().manual_seed(s.seed))
+
+    def loss(self):
+        frames = self.train_frames[next(self.batches)]
+        recon, vq_loss, codes = self.model(frames)
+        recon_loss = F.mse_loss(recon, frames.float() / 255)
+        return recon_loss + vq_loss, lambda: {
+            "recon_mse": recon_loss.item(), "vq_loss": vq_loss.item(),
+            "train_psnr_db": 10 * math.log10(1 / max(recon_loss.item(), 1e-10)),
+            **code_statistics(codes, self.cfg.codebook_size), "restarts": self.model.quantizer.restarts}
+
+    def report(self, staging: Path, saved: VQTokenizer, trained: Trained) -> dict:
+        s = self.cfg
+        reconstructions, metrics = evaluate(saved, self.heldout_frames)
         metrics.update(
             checkpoint_bytes=sum(p.stat().st_size for p in staging.glob("*.safetensors")),
             parameters=sum(p.numel() for p in saved.parameters()),
-            dtype=dtype, steps=steps, batch=batch, lr=lr, seed=seed, train_seconds=round(train_seconds, 1),
-            train_frames=len(train_frames), train_episodes=train_ids, heldout_episodes=heldout_ids,
-            data=str(recording.root),
+            dtype=s.dtype, steps=s.steps, batch=s.batch, lr=s.lr, seed=s.seed,
+            train_seconds=round(trained.seconds, 1), train_frames=len(self.train_frames),
+            train_episodes=self.train_ids, heldout_episodes=self.heldout_ids, data=str(self.recording.root),
         )
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
-        picks = torch.linspace(0, len(heldout_frames) - 1, GRID_FRAMES).round().long()
-        save_grid(staging / "reconstructions.png", heldout_frames[picks], reconstructions[picks])
-    return metrics
+        picks = torch.linspace(0, len(self.heldout_frames) - 1, GRID_FRAMES).round().long()
+        save_grid(staging / "reconstructions.png", self.heldout_frames[picks], reconstructions[picks])
+        return metrics
 
 
 def load_frames(recording: Recording, episode_ids: list[str], size: tuple[int, int]) -> torch.Tensor:

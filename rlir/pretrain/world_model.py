@@ -18,23 +18,22 @@ tokenizer and the IDM hold out.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from rlir.data import Recording, split_episodes
+from rlir.data import Recording
 from rlir.eval.verify import player_moved
 from rlir.models.ar_world_model import ARWorldModel
 from rlir.optim import adamw_decaying_matrices
 from rlir.policies import evaluation_policy
 from rlir.pretrain.tokenized import TokenizedRecording
-from rlir.pretrain.common import (SAVE_DTYPES, append_jsonl, atomic_directory, check_output_directory, clip_windows,
-                                  learning_rate, load_tokenizer, shuffled_batches)
+from rlir.pretrain.common import (check_output_directory, clip_windows, first_stage, heldout_split, load_tokenizer,
+                                  shuffled_batches)
 from rlir.pretrain.config import ARWorldModelPretrain, DiffusionWorldModelPretrain, add_flags, set_threads, settings
 from rlir.pretrain.config import run as run_target
+from rlir.pretrain.loop import Target, Trained, pretrain, checkpoint_summary
 from rlir.pretrain.world_model_eval import generation_quality, heldout_nll, real_frames, save_videos
 
 GRAD_CLIP = 1.0
@@ -101,105 +100,86 @@ def train(data: Path | str, tokenizer: Path | str | None, out: Path | str, *, pr
                          f"rlir.pretrain.diffusion_world_model.train")
     s = settings(ARWorldModelPretrain, data=data, tokenizer=tokenizer, out=out, **options)
     set_threads(s.threads)
-    steps, batch, lr, clip_frames, eval_frames, seed, dtype = s.steps, s.batch, s.lr, s.clip_frames, \
-        s.eval_frames, s.seed, s.dtype
-    progress = progress and not s.quiet
-    out = Path(out)
-    check_output_directory(out, s.overwrite)
+    check_output_directory(Path(out), s.overwrite)
     shape = dict(n_layers=s.layers, d_model=s.d_model, n_heads=s.heads, n_kv_heads=s.kv_heads,
                  max_frames=s.max_frames, frame_action_embedding=s.frame_action_embedding)
     ARWorldModel(codebook_size=2, tokens_per_frame=1, **shape)  # raises on a bad shape before the slow part
     if s.previous_frame_input:
         shape.update(previous_frame_input=True)
+    return pretrain(ARWorldModelTraining(s, shape), Path(out), overwrite=s.overwrite, steps=s.steps,
+                    log_every=s.log_every, eval_every=s.eval_every, dtype=s.dtype, description="pretrain world-model",
+                    progress=progress and not s.quiet)
 
-    recording = Recording(data)
-    vq = load_tokenizer(tokenizer)
-    train_ids, heldout_ids = split_episodes(recording.episode_ids, s.heldout_fraction)
-    if not heldout_ids:
-        raise ValueError(f"data: {recording.root} has {len(recording)} episode(s); holding out a fraction needs "
-                         f"at least 2")
-    started = time.perf_counter()
-    tokenized = TokenizedRecording.load_or_build(s.codes if s.codes is not None else out / "codes.safetensors",
-                                                 recording, vq)
-    tokenize_seconds = time.perf_counter() - started
-    train_windows, nll_windows, prompt_windows = clip_windows(tokenized, recording, train_ids, heldout_ids,
-                                                              clip_frames, eval_frames + 1, s.eval_prompts)
 
-    torch.manual_seed(seed)
-    if s.init is None:
-        model = ARWorldModel(codebook_size=tokenized.codebook_size, tokens_per_frame=tokenized.tokens_per_frame,
-                             action_head_sizes=list(recording.action_space.head_sizes),
-                             frame_grid=list(vq.code_grid), **shape)
-    else:
-        model = ARWorldModel.from_pretrained(s.init, torch_dtype=torch.float32)
-        if model.config.codebook_size != tokenized.codebook_size or clip_frames > model.config.max_frames:
-            raise ValueError(f"init: {s.init} has codebook {model.config.codebook_size} and max_frames "
-                             f"{model.config.max_frames}; this run has codebook {tokenized.codebook_size} and "
-                             f"clip_frames {clip_frames}")
-    optimizer = adamw_decaying_matrices(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.95))
-    batches = shuffled_batches(len(train_windows), batch, torch.Generator().manual_seed(seed))
-    moved = player_moved(recording, train_ids) if s.changed_codes == "moved" else None
-    nll_codes, nll_actions = tokenized.clips(nll_windows, clip_frames)
+class ARWorldModelTraining(Target):
+    """The AR world model, its optimiser and the tokenised recording: train clips, held-out clips and prompts."""
 
-    with atomic_directory(out, s.overwrite) as staging:
-        tokenized.save(staging / "codes.safetensors")
+    grad_clip = GRAD_CLIP
+
+    def __init__(self, s: ARWorldModelPretrain, shape: dict):
+        self.cfg = s
+        self.recording = recording = Recording(s.data)
+        self.vq = vq = load_tokenizer(s.tokenizer)
+        self.train_ids, self.heldout_ids = heldout_split(recording, s.heldout_fraction)
         started = time.perf_counter()
-        bar = tqdm(range(1, steps + 1), desc="pretrain world-model", unit="step", disable=not progress)
-        for step in bar:
-            model.train()
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, steps, lr)
-            windows = [train_windows[i] for i in next(batches).tolist()]
-            frames, actions = tokenized.clips(windows, clip_frames)
-            weighed = None if moved is None else torch.stack([moved[e][i:i + clip_frames - 1] for e, i in windows])
-            loss = weighted_code_loss(model, frames, actions, s.changed_code_weight, weighed)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-            optimizer.step()
-            if step % s.log_every == 0 or step == steps:
-                seconds = time.perf_counter() - started
-                append_jsonl(staging / "metrics.jsonl", {
-                    "step": step, "loss": loss.item(), "grad_norm": grad_norm.item(),
-                    "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
-                    "tokens_per_second": step * batch * clip_frames * model.frame_stride / seconds})
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            if s.eval_every and step % s.eval_every == 0 and step < steps:
-                model.eval()
-                nll = heldout_nll(model, nll_codes[:NLL_CLIPS_DURING_TRAINING], nll_actions[:NLL_CLIPS_DURING_TRAINING])
-                append_jsonl(staging / "metrics.jsonl", {"step": step, "heldout_nll": nll["nll"],
-                                                         "heldout_perplexity": nll["perplexity"]})
-        train_seconds = time.perf_counter() - started
+        self.tokenized = tokenized = TokenizedRecording.load_or_build(
+            s.codes if s.codes is not None else Path(s.out) / "codes.safetensors", recording, vq)
+        self.tokenize_seconds = time.perf_counter() - started
+        self.train_windows, nll_windows, self.prompt_windows = clip_windows(
+            tokenized, recording, self.train_ids, self.heldout_ids, s.clip_frames, s.eval_frames + 1, s.eval_prompts)
 
-        # Evaluate what is saved: the weights rounded to --dtype, computing in fp32.
-        started = time.perf_counter()
-        getattr(model, SAVE_DTYPES[dtype])().save_pretrained(staging)
-        saved = ARWorldModel.from_pretrained(staging, torch_dtype=torch.float32).eval()
-        prompt_codes, prompt_actions = tokenized.clips(prompt_windows, eval_frames + 1)
+        torch.manual_seed(s.seed)
+        if s.init is None:
+            self.model = ARWorldModel(codebook_size=tokenized.codebook_size,
+                                      tokens_per_frame=tokenized.tokens_per_frame,
+                                      action_head_sizes=list(recording.action_space.head_sizes),
+                                      frame_grid=list(vq.code_grid), **shape)
+        else:
+            self.model = first_stage(ARWorldModel, s.init, s.clip_frames, codebook_size=tokenized.codebook_size)
+        self.optimizer = adamw_decaying_matrices(self.model.parameters(), lr=s.lr, weight_decay=WEIGHT_DECAY,
+                                                 betas=(0.9, 0.95))
+        self.batches = shuffled_batches(len(self.train_windows), s.batch, torch.Generator().manual_seed(s.seed))
+        self.moved = player_moved(recording, self.train_ids) if s.changed_codes == "moved" else None
+        self.nll_codes, self.nll_actions = tokenized.clips(nll_windows, s.clip_frames)
+        self.tokens_per_step = s.batch * s.clip_frames * self.model.frame_stride
+        self.throughput = ("tokens_per_second", self.tokens_per_step)
+
+    def loss(self):
+        s = self.cfg
+        windows = [self.train_windows[i] for i in next(self.batches).tolist()]
+        frames, actions = self.tokenized.clips(windows, s.clip_frames)
+        weighed = (None if self.moved is None else
+                   torch.stack([self.moved[e][i:i + s.clip_frames - 1] for e, i in windows]))
+        return weighted_code_loss(self.model, frames, actions, s.changed_code_weight, weighed), lambda: {}
+
+    def validate(self) -> dict:
+        nll = heldout_nll(self.model, self.nll_codes[:NLL_CLIPS_DURING_TRAINING],
+                          self.nll_actions[:NLL_CLIPS_DURING_TRAINING])
+        return {"heldout_nll": nll["nll"], "heldout_perplexity": nll["perplexity"]}
+
+    def report(self, staging: Path, saved: ARWorldModel, trained: Trained) -> dict:
+        s, vq, recording = self.cfg, self.vq, self.recording
+        self.tokenized.save(staging / "codes.safetensors")
+        prompt_codes, prompt_actions = self.tokenized.clips(self.prompt_windows, s.eval_frames + 1)
         policies = {"greedy": evaluation_policy(saved, vq, top_k=1),
                     "sampled": evaluation_policy(saved, vq, temperature=1.0)}
         generation, videos = generation_quality(
-            policies, real_frames(recording, prompt_windows, eval_frames + 1, vq.frame_size), prompt_actions,
-            ("tokenizer_ceiling", vq.decode_tokens(prompt_codes[:, 1:])), codes=prompt_codes, seed=seed)
+            policies, real_frames(recording, self.prompt_windows, s.eval_frames + 1, vq.frame_size), prompt_actions,
+            ("tokenizer_ceiling", vq.decode_tokens(prompt_codes[:, 1:])), codes=prompt_codes, seed=s.seed)
         save_videos(staging / "generations.png", videos)
         metrics = {
             "kind": "ar",
-            "model": {"parameters": sum(p.numel() for p in saved.parameters()),
-                      "checkpoint_bytes": sum(p.stat().st_size for p in staging.glob("diffusion_pytorch_model*")),
-                      "dtype": dtype,
-                      "config": {k: v for k, v in saved.config.items() if not k.startswith("_")}},
-            "training": {"data": str(recording.root), "tokenizer": str(Path(tokenizer).resolve()),
-                         "codes_fingerprint": tokenized.fingerprint, "steps": steps, "batch": batch, "lr": lr,
-                         "clip_frames": clip_frames, "seed": seed, "init": s.init,
-                         "changed_code_weight": s.changed_code_weight,
-                         "changed_codes": s.changed_codes, "seconds": round(train_seconds, 1),
-                         "tokens_seen": steps * batch * clip_frames * model.frame_stride,
-                         "final_loss": loss.item(), "train_episodes": train_ids, "train_windows": len(train_windows),
-                         "torch_threads": torch.get_num_threads()},
-            "heldout": {"episodes": heldout_ids, **heldout_nll(saved, nll_codes, nll_actions),
+            "model": checkpoint_summary(saved, staging, s.dtype),
+            "training": {"data": str(recording.root), "tokenizer": str(Path(s.tokenizer).resolve()),
+                         "codes_fingerprint": self.tokenized.fingerprint, "steps": s.steps, "batch": s.batch,
+                         "lr": s.lr, "clip_frames": s.clip_frames, "seed": s.seed, "init": s.init,
+                         "changed_code_weight": s.changed_code_weight, "changed_codes": s.changed_codes,
+                         "seconds": round(trained.seconds, 1), "tokens_seen": s.steps * self.tokens_per_step,
+                         "final_loss": trained.final_loss, "train_episodes": self.train_ids,
+                         "train_windows": len(self.train_windows), "torch_threads": torch.get_num_threads()},
+            "heldout": {"episodes": self.heldout_ids, **heldout_nll(saved, self.nll_codes, self.nll_actions),
                         "generation": generation},
         }
-        metrics["training"].update(tokenize_seconds=round(tokenize_seconds, 1),
-                                   eval_seconds=round(time.perf_counter() - started, 1))
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
-    return metrics
+        metrics["training"].update(tokenize_seconds=round(self.tokenize_seconds, 1),
+                                   eval_seconds=round(time.perf_counter() - trained.finished_at, 1))
+        return metrics

@@ -2,7 +2,7 @@
 
 The README's base-model table comes from docs/base_models/{ar,dit}_seed1000/report.json: 64 prompts x 15 frames
 from a recording of 20 new episodes (seeds 1000-1019, 500 steps each), scored by `rlir eval --all-episodes`. Here
-the same path (``rlir.data.record`` then ``rlir.eval.run.run_eval``, what `rlir data record` and `rlir eval` run)
+the same path (``rlir.data.record`` then ``rlir.commands.eval.run_eval``, what `rlir data record` and `rlir eval` run)
 on the first 5 of those episodes and 24 prompts, so that it fits in about 4 minutes on 2 CPU cores, is held
 against those reports ("after", the shipped model, and "real"). Plus the tokenizer's reconstruction PSNR ("The
 tokenizer went from 31.3 to 42.1 dB") on the same real frames.
@@ -63,7 +63,7 @@ def _check(measured: dict, expected: dict, what: str):
 @pytest.mark.shipped
 @pytest.mark.parametrize("model", ["ar_world_model", "dit_world_model"])
 def test_world_model_and_idms_match_the_readme(recording, model, one_thread):
-    from rlir.eval.run import run_eval
+    from rlir.commands.eval import run_eval
 
     report = run_eval(recording, world_model=ROOT / model, tokenizer=ROOT / "tokenizer", idm=ROOT / "idm",
                       eval_idm=ROOT / "eval_idm", prompts=PROMPTS, frames=FRAMES, all_episodes=True, seed=0)

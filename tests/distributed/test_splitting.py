@@ -4,7 +4,8 @@ the same share of every minibatch whatever N."""
 import pytest
 import torch
 
-from rlir.grpo.distributed import Parallel, minibatch_orders
+from rlir.grpo.distributed import minibatch_orders
+from rlir.parallel import Parallel
 from rlir.models.generators import GroupGenerators
 
 from .conftest import TINY

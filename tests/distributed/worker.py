@@ -37,7 +37,7 @@ def install_kill(rank: int, step: int) -> None:
 
 def runs(spec_path: str) -> int:
     from rlir.grpo.config import load_config
-    from rlir.grpo.distributed import close_distributed, init_distributed
+    from rlir.parallel import close_distributed, init_distributed
     from rlir.grpo.trainer import GRPOTrainer
 
     init_distributed("cpu")

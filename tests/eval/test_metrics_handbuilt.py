@@ -93,18 +93,21 @@ def case():
 
 
 def evaluate_with(monkeypatch, model_videos, prompts, idms):
-    """evaluate_world_model with a hand-built "world model": it returns ``model_videos`` (and records what it
-    was asked to generate)."""
+    """evaluate_world_model with a hand-built "world model": its policy returns ``model_videos`` (and records
+    what it was asked to generate)."""
     asked = {}
 
-    def generate_videos(world_model, tokenizer, first_frames, actions, **kwargs):
-        asked.update(first_frames=first_frames, actions=actions)
-        return model_videos
+    class HandBuilt:
+        device = torch.device("cpu")
 
-    monkeypatch.setattr(evaluate_module, "generate_videos", generate_videos)
+        def generate(self, prompts, num_samples, *, sampler, generator):
+            asked.update(context=prompts.context, actions=prompts.actions, sampler=sampler)
+            return model_videos
+
+    monkeypatch.setattr(evaluate_module, "evaluation_policy", lambda *args, **kwargs: HandBuilt())
     metrics, videos = evaluate_world_model(None, None, idms, prompts, HEADS)
-    assert torch.equal(asked["first_frames"], prompts.real[:, 0]) and torch.equal(asked["actions"], prompts.actions)
-    assert videos is model_videos
+    assert torch.equal(asked["context"], prompts.real[:, :1]) and torch.equal(asked["actions"], prompts.actions)
+    assert asked["sampler"] == "eval" and torch.equal(videos, model_videos)
     return metrics
 
 

@@ -76,12 +76,13 @@ def toy_config(**sections):
 
 @pytest.fixture
 def toy_trainer():
-    """A GRPOTrainer on the toy world (no out_dir): ARPolicy(tiny ARWorldModel, ToyTokenizer) + ToyIDM."""
+    """A GRPOTrainer on the toy world (no out_dir): ARPolicy(tiny ARWorldModel, ToyTokenizer) + ToyIDM, and the
+    ``eval_idm`` given (none by default)."""
     from rlir.grpo import GRPOTrainer, PromptSampler, SyntheticClips
     from rlir.policies import ARPolicy
     from rlir.grpo.prompts import fixed_prompts
 
-    def make(seed: int = 0, **sections):
+    def make(seed: int = 0, eval_idm=None, **sections):
         cfg = toy_config(**sections)
         model = toy_model(seed)
         policy = ARPolicy(model, ToyTokenizer(), temperature=cfg.rollout.temperature,
@@ -90,6 +91,7 @@ def toy_trainer():
         heldout = SyntheticClips(32, 1, cfg.rollout.n_frames, image_size=4, head_sizes=[4], seed=seed, split="heldout")
         sampler = PromptSampler(clips, cfg.rollout.prompts_per_step, context_frames=1,
                                 n_frames=cfg.rollout.n_frames, seed=seed)
-        return GRPOTrainer(cfg, policy, ToyIDM(), sampler, eval_prompts=fixed_prompts(heldout, 16, 1, cfg.rollout.n_frames))
+        return GRPOTrainer(cfg, policy, ToyIDM(), sampler, eval_prompts=fixed_prompts(heldout, 16, 1, cfg.rollout.n_frames),
+                           eval_idm=eval_idm)
 
     return make

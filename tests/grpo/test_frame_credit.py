@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from rlir.grpo.advantages import frame_advantages, frame_credit
 from rlir.grpo.config import ConfigError
 
 
@@ -14,7 +15,7 @@ def test_frame_advantages_normalise_each_frame_within_its_group(toy_trainer):
     match = torch.zeros(8, 2)
     match[0, 0] = 1.0
     match[:, 1] = 1.0
-    adv = trainer.frame_advantages(match, rollout)
+    adv = frame_advantages(match, rollout, trainer.cfg.advantage, policy_name="ARPolicy")
     assert adv.shape == (8, rollout.slots)
     g0 = match[:4, 0]
     expected = (g0 - g0.mean()) / (g0.std() + trainer.cfg.advantage.eps)
@@ -36,7 +37,7 @@ def test_frame_credit_needs_slot_frames(toy_trainer):
     rollout = trainer.policy.rollout(trainer.prompts.next(), 8, generator=torch.Generator().manual_seed(0))
     rollout.slot_frame = None
     with pytest.raises(ConfigError, match="advantage.credit"):
-        trainer.frame_advantages(torch.zeros(len(rollout), 2), rollout)
+        frame_advantages(torch.zeros(len(rollout), 2), rollout, trainer.cfg.advantage, policy_name="ARPolicy")
 
 
 def test_positive_only_feeds_the_loss_no_negative_advantage_and_still_learns(toy_trainer, monkeypatch):
@@ -60,19 +61,17 @@ def test_positive_only_feeds_the_loss_no_negative_advantage_and_still_learns(toy
 
 
 def test_reward_to_go_credits_a_frame_with_its_own_and_every_later_match():
-    from rlir.grpo.credit import frame_credit
-
     match = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
     torch.testing.assert_close(frame_credit(match, "reward_to_go"), torch.tensor([[2.0, 1.0, 1.0], [1.0, 1.0, 0.0]]))
     torch.testing.assert_close(frame_credit(match, "frame"), match)
 
 
 def test_reward_to_go_credit_reaches_the_loss_and_learns_the_toy_world(toy_trainer, monkeypatch):
-    import rlir.grpo.trainer as trainer_module
+    import rlir.grpo.advantages as advantages_module
 
     seen = []
-    real = trainer_module.frame_credit
-    monkeypatch.setattr(trainer_module, "frame_credit", lambda m, c: seen.append(c) or real(m, c))
+    real = advantages_module.frame_credit
+    monkeypatch.setattr(advantages_module, "frame_credit", lambda m, c: seen.append(c) or real(m, c))
     trainer = toy_trainer(advantage={"credit": "reward_to_go"}, eval={"num_samples": 8})
     before = trainer.evaluate()["eval/reward_mean"]
     trainer.train()

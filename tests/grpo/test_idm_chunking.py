@@ -32,14 +32,14 @@ def step_with(tiny_dict, monkeypatch, idm_batch_size):
     idm = CountingIDM(run.idm)
     trainer = GRPOTrainer(cfg, run.policy, idm, run.prompts, eval_prompts=run.eval_prompts)
     seen = {}
-    real = trainer_module.idm_advantage
+    real = trainer_module.advantages
 
-    def recording_idm_advantage(logits, *args, **kwargs):
+    def recording_advantages(logits, *args, **kwargs):
         rewards, advantages = real(logits, *args, **kwargs)
         seen.update(logits=[x.clone() for x in logits], advantages=advantages.clone(), reward=rewards.reward.clone())
         return rewards, advantages
 
-    monkeypatch.setattr(trainer_module, "idm_advantage", recording_idm_advantage)
+    monkeypatch.setattr(trainer_module, "advantages", recording_advantages)
     m = trainer.step()
     calls = list(idm.calls)
     m.update(trainer.evaluate())

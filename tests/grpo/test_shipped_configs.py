@@ -18,8 +18,8 @@ def test_shipped_config_is_valid(path):
     for name in ("world_model", "tokenizer", "idm", "eval_idm"):
         assert (REPO / getattr(cfg.models, name) / "config.json").is_file(), name
     if cfg.optim.trainable is not None:
-        from rlir.eval.loading import load_pretrained_world_model
+        from rlir.models.loading import load_pretrained_world_model
 
-        model = load_pretrained_world_model(REPO / cfg.models.world_model)
+        model = load_pretrained_world_model(REPO / cfg.models.world_model, "models.world_model")
         freeze_all_but(model, cfg.optim.trainable)  # raises if a pattern matches nothing
         assert 0 < sum(p.requires_grad for p in model.parameters()) < len(list(model.parameters()))

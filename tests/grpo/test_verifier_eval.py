@@ -5,8 +5,8 @@ import torch
 
 from rlir.envs.crafter_verifier import VideoJudge
 from rlir.eval.verify import verifier_metrics
-from rlir.grpo.distributed import Parallel
-from rlir.grpo.evaluation import _verifier_means
+from rlir.parallel import Parallel
+from rlir.grpo.held_out import _verifier_means
 
 pytest.importorskip("crafter")
 

@@ -126,7 +126,7 @@ def test_bad_arguments_raise():
 
 
 def test_eval_generates_videos_with_a_diffusion_model():
-    from rlir.eval.action_following import generate_videos
+    from rlir.eval.generation import generate_videos
 
     model = make_model(in_channels=3, frame_size=64, patch_size=16, frame_space="pixels", n_layers=1)
     first = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)

@@ -1,8 +1,8 @@
-"""Cases that kill mutants of rlir/eval/run.py which the evaluation tests let through (docs/mutation.md): a GRPO
-run's own config.yaml names the tokenizer and IDMs the evaluation uses."""
+"""Cases that kill mutants of run_eval (rlir/commands/eval.py) which the evaluation tests let through
+(docs/mutation.md): a GRPO run's own config.yaml names the tokenizer and IDMs the evaluation uses."""
 import yaml
 
-from rlir.eval.run import _run_config_models
+from rlir.commands.eval import _run_config_models
 
 
 def test_a_runs_config_names_its_scoring_models(tmp_path):

@@ -1,6 +1,6 @@
-"""run_eval's report, file by file, and what it prints; its defaults in use; the held-out prompts it draws; how
-it picks its models (docs/mutation.md: these kill the mutants of rlir/eval/run.py, HeldOutPrompts.from_recording
-and evaluation_policy that the evaluation tests let through).
+"""run_eval's report, file by file, and what it prints; its defaults in use; the held-out prompts it draws; how it
+picks its models (docs/mutation.md: these kill the mutants of run_eval (rlir/commands/eval.py),
+HeldOutPrompts.from_recording and evaluation_policy that the evaluation tests let through).
 
 The recording is the evaluation tests' tiny Crafter recording, with longer episodes (66 frames) so that the
 default 64 prompts fit in its held-out episode. The shipped Crafter checkpoints score it.
@@ -21,7 +21,7 @@ from PIL import Image
 
 from rlir.data import ClipDataset, Recording, record
 from rlir.eval.evaluate import HeldOutPrompts, evaluate_world_model
-from rlir.eval.run import EvalError, action_names, resolve_models, run_eval
+from rlir.commands.eval import EvalError, action_names, resolve_models, run_eval
 
 SHIPPED = Path("checkpoints/crafter")
 EPISODE_FRAMES = 66  # 65 steps
@@ -118,7 +118,7 @@ def grpo_run(tmp_path_factory):
     """A GRPO run as `rlir train --out` leaves it: one checkpoint (the shipped AR model's weights) whose config
     names the model it started from, a config.yaml naming its scoring models (copies of the shipped ones), and
     a metrics.jsonl with the training reward."""
-    from rlir.eval.loading import load_pretrained_world_model
+    from rlir.models.loading import load_pretrained_world_model
     from rlir.grpo.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("grpo_run")
@@ -127,7 +127,7 @@ def grpo_run(tmp_path_factory):
     for key, path in scoring.items():
         shutil.copytree(SHIPPED / key, path)
     base = str((SHIPPED / "ar_world_model").resolve())
-    model = load_pretrained_world_model(base)
+    model = load_pretrained_world_model(base, "base")
     save_checkpoint(run / "checkpoints", 1, model.state_dict(), {},
                     meta={"config": {"models": {"world_model": base}}})
     (run / "config.yaml").write_text(yaml.safe_dump({"models": {"world_model": base,
@@ -166,7 +166,7 @@ def written(recording, tmp_path_factory):
     """run_eval of a copy of the shipped AR model with every option away from its default, into a directory
     whose parents do not exist yet; and what the report should hold, computed from the parts."""
     from rlir.eval.action_sensitivity import action_sensitivity
-    from rlir.eval.loading import load_pretrained_world_model
+    from rlir.models.loading import load_pretrained_world_model
 
     root = tmp_path_factory.mktemp("written")
     world_model = root / "my_model"
@@ -179,7 +179,7 @@ def written(recording, tmp_path_factory):
     vq, idms = scoring_models()
     data = Recording(recording, frame_size=vq.frame_size)
     held = HeldOutPrompts.from_recording(data, PROMPTS, FRAMES)
-    model = load_pretrained_world_model(world_model)
+    model = load_pretrained_world_model(world_model, "world_model")
     metrics, videos = evaluate_world_model(model, vq, idms, held, data.action_space, temperature=TEMPERATURE,
                                            seed=SEED)
     # The sampler's settings change the videos here, so matching them is not an accident.
@@ -301,7 +301,7 @@ def test_a_run_is_reported_before_and_after_with_its_training_curves(recording, 
 
 def test_one_process_under_torchrun_reports_as_a_plain_process(recording, tmp_path, monkeypatch):
     """torchrun's environment for a job of one CPU process: run_eval joins it (gloo) as rank 0 and reports."""
-    from rlir.grpo.distributed import close_distributed
+    from rlir.parallel import close_distributed
 
     plain, _ = quietly(run_eval, recording, frames=1, prompts=2)
     with socket.socket() as s:

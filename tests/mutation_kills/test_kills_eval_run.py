@@ -1,6 +1,6 @@
-"""run_eval at its boundary (docs/mutation.md: these kill the mutants of rlir/eval/run.py): the documented
-protocol's defaults, the bounds on frames and prompts, explicit scoring models honoured, bad inputs named by
-their flag, and no report written without an out directory."""
+"""run_eval at its boundary (docs/mutation.md: these kill the mutants of run_eval, now in rlir/commands/eval.py):
+the documented protocol's defaults, the bounds on frames and prompts, explicit scoring models honoured, bad inputs
+named by their flag, and no report written without an out directory."""
 import inspect
 import re
 import shutil
@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from rlir.data import record
-from rlir.eval.run import EvalError, run_eval
+from rlir.commands.eval import EvalError, run_eval
 
 SHIPPED = "checkpoints/crafter"
 

@@ -133,7 +133,6 @@ def test_base_policy_messages():
         Bare().reference_logprobs(None, None)
     with pytest.raises(NotImplementedError, match=r"^Bare has no closed-form KL: set loss\.kl: k3$"):
         Bare().logprobs_and_kl(None, None)
-    assert not Bare().has_closed_form_kl
 
 
 def test_model_policy_loads_a_state_dict():

@@ -12,8 +12,10 @@ import pytest
 import torch
 import yaml
 
+import rlir.grpo.advantages as advantages_module
 import rlir.grpo.trainer as trainer_module
 from rlir.grpo import GRPOTrainer, config_from_dict
+from rlir.grpo.advantages import frame_advantages
 from rlir.grpo.config import ConfigError
 from rlir.grpo.logging import read_metrics
 from rlir.kernels import group_advantage
@@ -36,15 +38,15 @@ def tiny(kind="ar", **sections):
     return data
 
 
-def spy(monkeypatch, name):
-    """Wrap rlir.grpo.trainer.<name> so that every call's arguments are recorded (the real function still runs)."""
-    real, calls = getattr(trainer_module, name), []
+def spy(monkeypatch, name, module=trainer_module):
+    """Wrap <module>.<name> so that every call's arguments are recorded (the real function still runs)."""
+    real, calls = getattr(module, name), []
 
     def wrapper(*args, **kwargs):
         calls.append((args, kwargs))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, name, wrapper)
+    monkeypatch.setattr(module, name, wrapper)
     return calls
 
 
@@ -72,17 +74,21 @@ def test_a_step_hands_the_configured_loss_options_to_grpo_loss_and_the_normalise
     assert clips and all(args[2] == 0.5 and args[3] is trainer.fused_adamw for args, _ in clips)
 
 
-def test_video_credit_hands_mode_scale_estimator_and_eps_to_idm_advantage(monkeypatch, tmp_path):
-    calls = spy(monkeypatch, "idm_advantage")
+def test_video_credit_hands_mode_scale_estimator_and_eps_to_the_kernels(monkeypatch, tmp_path):
+    rewards, groups = spy(monkeypatch, "idm_reward", advantages_module), spy(monkeypatch, "group_advantage",
+                                                                             advantages_module)
     cfg = tiny(advantage={"scale": "none", "estimator": "rloo", "eps": 0.5})
     GRPOTrainer.from_config(config_from_dict(cfg), out_dir=tmp_path).step()
-    (_, kwargs), = calls
-    assert {k: kwargs[k] for k in ("mode", "scale", "estimator", "eps", "group_size")} == \
-        {"mode": "loglik", "scale": "none", "estimator": "rloo", "eps": 0.5, "group_size": 4}
+    (_, kwargs), = rewards
+    assert kwargs["mode"] == "loglik"
+    (args, kwargs), = groups
+    assert args[0].shape == (8,)  # one reward per video
+    assert {k: kwargs[k] for k in ("scale", "estimator", "eps", "group_size")} == \
+        {"scale": "none", "estimator": "rloo", "eps": 0.5, "group_size": 4}
 
 
 def test_frame_credit_scores_with_the_configured_reward_mode(monkeypatch, tmp_path):
-    calls = spy(monkeypatch, "idm_reward")
+    calls = spy(monkeypatch, "idm_reward", advantages_module)
     m = GRPOTrainer.from_config(config_from_dict(tiny(advantage={"credit": "frame"})), out_dir=tmp_path).step()
     assert [kwargs["mode"] for _, kwargs in calls] == ["loglik"]
     assert m["reward/mean"] < 0  # a log-likelihood, not a match fraction
@@ -96,17 +102,23 @@ def test_frame_advantages_follow_the_configured_estimator(tmp_path, options):
     rollout = trainer.policy.rollout(trainer.prompts.next(), 4, generator=torch.Generator().manual_seed(0))
     match = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 1.0, 1.0],
                           [0.0, 0.0, 0.0], [1.0, 0.0, 1.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
-    adv = trainer.frame_advantages(match, rollout)
+    adv = frame_advantages(match, rollout, trainer.cfg.advantage, policy_name="ARPolicy")
     by_frame = group_advantage(match.t().reshape(-1), group_size=4, **options).view(3, 8).t()
     torch.testing.assert_close(adv, by_frame[:, rollout.slot_frame])
 
 
-def test_frame_credit_without_slot_frames_names_the_policy(tmp_path):
+def test_frame_credit_without_slot_frames_names_the_policy(tmp_path, monkeypatch):
     trainer = GRPOTrainer.from_config(config_from_dict(tiny(advantage={"credit": "frame"})), out_dir=tmp_path)
-    rollout = trainer.policy.rollout(trainer.prompts.next(), 4, generator=torch.Generator().manual_seed(0))
-    rollout.slot_frame = None
+    rollout = trainer.policy.rollout
+
+    def without_slot_frames(*args, **kwargs):
+        out = rollout(*args, **kwargs)
+        out.slot_frame = None
+        return out
+
+    monkeypatch.setattr(trainer.policy, "rollout", without_slot_frames)
     with pytest.raises(ConfigError) as err:
-        trainer.frame_advantages(torch.zeros(len(rollout), 3), rollout)
+        trainer.step()
     assert str(err.value) == ("advantage.credit: 'frame' needs Rollout.slot_frame, which ARPolicy.rollout does "
                               "not set")
 
@@ -297,7 +309,7 @@ def test_bf16_autocast_only_on_cuda_and_only_when_asked_or_supported(tmp_path):
 
 
 def test_on_two_ranks_the_prompt_source_needs_next_shard_and_the_batch_must_split(tmp_path):
-    from rlir.grpo.distributed import Parallel
+    from rlir.parallel import Parallel
 
     built = GRPOTrainer.from_config(config_from_dict(tiny()), out_dir=tmp_path)
 

@@ -1,9 +1,9 @@
-"""In-training evaluation: the IDM reward of the policy's evaluation sampler on fixed held-out prompts.
+"""In-training evaluation: the IDM reward of the policy's evaluation sampler on the run's fixed held-out prompts.
 
-The videos come from ``Policy.generate(..., sampler="eval")``, the sampler ``rlir eval`` uses, drawn from
-generators seeded per prompt on their own stream (``EVAL``), so evaluating never touches the training RNG
-streams and never changes a run. Over N ranks each generates its share of the prompts and the sums are
-all-reduced, so the metrics do not depend on N.
+The videos come from ``rlir.eval.generation.held_out_videos`` (the path ``rlir eval`` takes), drawn from
+generators seeded per prompt on their own stream (``EVAL``), so evaluating never touches the training RNG streams,
+never changes a run, and draws the same videos whatever the number of ranks. Each rank scores its share of the
+prompts and the sums are all-reduced.
 """
 from __future__ import annotations
 
@@ -12,38 +12,35 @@ from typing import Dict, Mapping, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from rlir.eval.generation import held_out_videos
 from rlir.kernels import idm_reward
 from rlir.models.generators import EVAL, GroupGenerators
+from rlir.parallel import Parallel
 from rlir.policies import Policy, Prompts
 from rlir.rewards import idm_logits
 
 from .config import GRPOConfig
-from .distributed import Parallel
 from .metrics import head_names
 
 
 @torch.no_grad()
-def held_out_reward(cfg: GRPOConfig, policy: Policy, prompts: Prompts, idms: Mapping[str, Optional[nn.Module]],
-                    parallel: Parallel, device: torch.device,
-                    names: Optional[Sequence[str]] = None, judge=None, return_videos: bool = False):
-    """``<prefix>/reward_mean`` and ``<prefix>/head_acc/<head>`` for each ``prefix: idm`` of ``idms`` (None: left
-    out), over ``cfg.eval.num_samples`` videos of each prompt; with a ``judge`` (Crafter's verifier,
-    ``rlir.envs.crafter_verifier.VideoJudge``) also ``verifier/scroll_fidelity`` (ties miss), ``verifier/stillness``
-    and ``verifier/content``, so the curves show whether an IDM's gain moves the world. With ``return_videos``,
-    (metrics, videos): the first sample of each of this rank's prompts, uint8 [n, F, 3, h, w] (None without any)."""
-    lo, hi = parallel.shard(len(prompts))
-    frames = None
-    if hi > lo:
-        mine = prompts.rows(lo, hi)
-        generator = GroupGenerators.seeded(cfg.seed, 0, range(lo, hi), device, stream=EVAL)
-        frames = policy.generate(mine, cfg.eval.num_samples, sampler="eval", generator=generator)
-        actions = mine.actions.to(frames.device).repeat_interleave(cfg.eval.num_samples, 0)
+def held_out_metrics(cfg: GRPOConfig, policy: Policy, prompts: Prompts, idms: Mapping[str, Optional[nn.Module]],
+                     parallel: Parallel, device: torch.device, names: Optional[Sequence[str]] = None, judge=None):
+    """-> (metrics, videos). Metrics: ``<prefix>/reward_mean`` and ``<prefix>/head_acc/<head>`` for each
+    ``prefix: idm`` of ``idms`` (None: left out), over ``cfg.eval.num_samples`` videos of each prompt; with a
+    ``judge`` (Crafter's verifier, ``rlir.envs.crafter_verifier.VideoJudge``) also ``verifier/scroll_fidelity``
+    (ties miss), ``verifier/stillness`` and ``verifier/content``, so the curves show whether an IDM's gain moves the
+    world. Videos: the first sample of each of this rank's prompts, uint8 [k, F, 3, h, w]."""
+    def per_prompt(start: int, stop: int) -> GroupGenerators:
+        return GroupGenerators.seeded(cfg.seed, 0, range(start, stop), device, stream=EVAL)
+
+    frames, actions = held_out_videos(policy, prompts, per_prompt, samples=cfg.eval.num_samples, parallel=parallel)
     m = {}
     for prefix, idm in idms.items():
         if idm is None:
             continue
         heads = len(names) if names else len(getattr(idm, "head_sizes", [0]))
-        if frames is not None:
+        if len(frames):
             out = idm_reward(idm_logits(idm, frames, cfg.reward.idm_batch_size), actions, mode=cfg.reward.mode)
             r = out.reward.double()
             n = float(actions.shape[0] * actions.shape[1])
@@ -56,16 +53,14 @@ def held_out_reward(cfg: GRPOConfig, policy: Policy, prompts: Prompts, idms: Map
         for name, acc in zip(head_names(names, len(sums) - 3), sums[3:]):
             m[f"{prefix}/head_acc/{name}"] = acc / sums[2] if sums[2] else float("nan")
     if judge is not None:
-        m.update(_verifier_means(judge, frames, actions if frames is not None else None, parallel, device))
-    if return_videos:
-        return m, None if frames is None else frames[::cfg.eval.num_samples]
-    return m
+        m.update(_verifier_means(judge, frames, actions, parallel, device))
+    return m, frames[::cfg.eval.num_samples]
 
 
 def _verifier_means(judge, frames, actions, parallel: Parallel, device) -> Dict[str, float]:
     """The verifier's shares over every rank's videos: hits and counts are summed, then divided."""
     sums = torch.zeros(6, dtype=torch.float64, device=device)
-    if frames is not None:
+    if len(frames):
         hits = judge.hits(frames, actions)
         move = hits["is_move"]
         counts = [(hits["scrolled_as_commanded"] & move).sum(), move.sum(), (hits["still"] & ~move).sum(),
