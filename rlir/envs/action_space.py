@@ -26,13 +26,17 @@ class ActionHead:
             raise ValueError(f"action head {name!r}: classes must be a list of at least 2 names, got {classes!r}")
         if not all(isinstance(c, str) for c in classes):
             raise ValueError(f"action head {name!r}: every class must be a string, got {list(classes)!r}")
-        if len(set(classes)) != len(classes):
-            raise ValueError(f"action head {name!r}: class names must be unique, got {list(classes)!r}")
+        _require_unique(classes, f"action head {name!r}: class names")
         object.__setattr__(self, "classes", tuple(classes))
 
     @property
     def size(self) -> int:
         return len(self.classes)
+
+
+def _require_unique(names, what: str) -> None:
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} must be unique, got {list(names)!r}")
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,7 @@ class ActionSpace:
             raise ValueError(f"an action space needs a non-empty list of heads, got {heads!r}")
         if not all(isinstance(h, ActionHead) for h in heads):
             raise ValueError(f"heads must be ActionHead objects, got {list(heads)!r}")
-        names = [h.name for h in heads]
-        if len(set(names)) != len(names):
-            raise ValueError(f"action head names must be unique, got {names!r}")
+        _require_unique([h.name for h in heads], "action head names")
         object.__setattr__(self, "heads", tuple(heads))
 
     @property
