@@ -1,6 +1,6 @@
 """rlir.grpo.advantages on hand-made rewards whose advantages are worked out here, not by the kernels: each group
 normalised by its own std, the batch's std only with scale batch (over every rank's rows), per-frame credit
-compared frame by frame, and positive_only's clamp."""
+compared frame by frame."""
 import pytest
 import torch
 
@@ -108,13 +108,3 @@ def test_scale_group_over_two_ranks_stays_on_the_rank(credit):
                      policy_name="Hand")[1]
     torch.testing.assert_close(adv, one)
     assert parallel.gathers == 0
-
-
-def test_positive_only_drops_the_negative_advantages_after_normalising():
-    logits, rollout = rollout_reading(MATCHES)
-    parallel, config = one_process()
-    _, adv = advantages(logits, rollout, config, "exact", parallel, policy_name="Hand")
-    _, positive = advantages(logits, rollout, AdvantageConfig(eps=EPS, positive_only=True), "exact", parallel,
-                             policy_name="Hand")
-    assert (adv < 0).any()
-    torch.testing.assert_close(positive, adv.clamp_min(0.0))
