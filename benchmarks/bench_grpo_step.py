@@ -207,7 +207,6 @@ class StraightforwardGRPO:
             "loss.is_level": cfg.loss.is_level != "token", "loss.delta": cfg.loss.delta is not None,
             "loss.old_logprobs": cfg.loss.old_logprobs != "rollout", "reward.mode": cfg.reward.mode != "exact",
             "advantage": (cfg.advantage.scale, cfg.advantage.estimator) != ("group", "grpo"),
-            "rollout.top_k/top_p": cfg.rollout.top_k is not None or cfg.rollout.top_p is not None,
         }
         bad = [key for key, is_bad in unsupported.items() if is_bad]
         if bad:

@@ -33,6 +33,8 @@ MOVED_KEYS = {"rollout.sde.objective": "loss.objective", "rollout.sde.train_sigm
 # removed dotted key, or "key: choice" -> (why, what to write instead); docs/experiments.md, "Options removed"
 REMOVED_KEYS = {
     "advantage.positive_only": ("lost on every seed, docs/experiments.md", "drop the key"),
+    "rollout.top_k": ("it sampled off the policy being optimised; no run used it", "drop the key"),
+    "rollout.top_p": ("it sampled off the policy being optimised; no run used it", "drop the key"),
 }
 
 

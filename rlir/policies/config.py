@@ -2,11 +2,11 @@
 
 These are the policy's part of a run config (``rlir.grpo.config``): ``SamplingConfig`` is the ``rollout``
 section's sampler, ``ObjectiveConfig`` the ``loss`` section's objective. Evaluation and pretraining build them
-directly (``SamplingConfig(temperature=1.0, top_k=1)``); every other field keeps its default.
+directly (``SamplingConfig(temperature=0.5)``); every other field keeps its default.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -47,8 +47,6 @@ class SamplingConfig(Schema):
     """How the policy samples: the AR model's token distribution, the DiT's SDE (sde), compiled or eager."""
 
     temperature: Number = Field(1.0, gt=0.0)
-    top_k: Optional[int] = Field(None, ge=1)
-    top_p: Optional[Number] = Field(None, gt=0.0, le=1.0)
     sde: SDEConfig = Field(default_factory=SDEConfig)
     compile: bool = Field(False, description="run the rollout's per-token (AR) or per-denoising-step (diffusion) "
                           "step under torch.compile(fullgraph=True), as CUDA graphs on CUDA; the first step "

@@ -37,7 +37,7 @@ from .conftest import TINY_CONFIG
     (["models.random.tokenizer.patch_size=5"], "models.random.image_size"),
     (["loss.beta=0.1", "loss.kl=closed_form"], "loss.kl"),
     (["train.bf16=true"], "train.bf16"),
-    (["rollout.top_p=0"], "rollout.top_p"),
+    (["rollout.temperature=0"], "rollout.temperature"),
     (["parallel.strategy=zero3"], "parallel.strategy"),
     (["models=[1]"], "models"),
 ])
@@ -49,8 +49,8 @@ def test_bad_values_name_the_key(overrides, key):
 
 
 def test_good_overrides_and_yaml_floats():
-    cfg = load_config(TINY_CONFIG, ["optim.lr=1e-5", "rollout.top_k=null", "optim.betas=[0.9,0.95]", "train.bf16=false"])
-    assert cfg.optim.lr == 1e-5 and cfg.rollout.top_k is None and cfg.optim.betas == [0.9, 0.95]
+    cfg = load_config(TINY_CONFIG, ["optim.lr=1e-5", "loss.delta=null", "optim.betas=[0.9,0.95]", "train.bf16=false"])
+    assert cfg.optim.lr == 1e-5 and cfg.loss.delta is None and cfg.optim.betas == [0.9, 0.95]
     assert cfg.train.bf16 == "false"
     assert config_from_dict({"optim": {"lr": "2e-5"}, "models": {"source": "random"},
                              "data": {"source": "synthetic"}}).optim.lr == 2e-5
