@@ -35,6 +35,9 @@ REMOVED_KEYS = {
     "advantage.positive_only": ("lost on every seed, docs/experiments.md", "drop the key"),
     "rollout.top_k": ("it sampled off the policy being optimised; no run used it", "drop the key"),
     "rollout.top_p": ("it sampled off the policy being optimised; no run used it", "drop the key"),
+    "rollout.sde.stochastic: fraction": ("the runs with it gained at most +2.1 points and the recipes use a "
+                                         "window, docs/experiments.md", "use window, e.g. window: [0, 1]"),
+    "rollout.sde.fraction": ("it went with stochastic: fraction, docs/experiments.md", "drop the key"),
 }
 
 

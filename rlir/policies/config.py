@@ -21,10 +21,9 @@ class SDEConfig(Schema):
     num_steps: int = Field(8, ge=1, description="denoising steps per generated frame")
     shift: Number = Field(1.0, gt=0.0, description="schedule shift of FlowMatchEulerDiscreteScheduler")
     noise_level: Number = Field(0.7, gt=0.0, description="the SDE's a: sigma_t = a sqrt(sigma / (1 - sigma))")
-    stochastic: Literal["all", "fraction", "window"] = Field(
-        "all", description="which steps are SDE steps with log-probs: all (Flow-GRPO), a random fraction per "
-        "rollout (DanceGRPO), or a window (MixGRPO); the others are Euler ODE steps")
-    fraction: Number = Field(0.5, gt=0.0, le=1.0, description="with stochastic: fraction")
+    stochastic: Literal["all", "window"] = Field(
+        "all", description="which steps are SDE steps with log-probs: all (Flow-GRPO) or a window (MixGRPO); the "
+        "others are Euler ODE steps")
     window: list[int] = Field([0, 4], description="with stochastic: window, [first step, number of steps]")
     shared_noise: bool = Field(True, description="with loss.objective: flow_matching, one noise level and noise per "
                                "prompt, shared by its G samples (their noise terms cancel in the advantage-weighted "
@@ -40,7 +39,7 @@ class SDEConfig(Schema):
 
     def stochastic_arg(self):
         """The ``stochastic`` argument of rlir.models.flow_sampling.generate."""
-        return {"fraction": self.fraction, "window": tuple(self.window)}.get(self.stochastic, "all")
+        return tuple(self.window) if self.stochastic == "window" else "all"
 
 
 class SamplingConfig(Schema):

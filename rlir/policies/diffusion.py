@@ -50,8 +50,8 @@ def summed(mean_logp: torch.Tensor, elements: int) -> torch.Tensor:
 
 class DiffusionPolicy(ModelPolicy):
     """model: DiTWorldModel (trained); tokenizer: the VQ tokenizer for frame_space "tokenizer_latents" (None for
-    pixels); num_steps, shift: the denoising schedule; noise_level: the SDE's a; stochastic: "all", a fraction,
-    or a window (start, length) of the steps (see rlir.models.flow_sampling); eval_steps: the ODE steps a frame
+    pixels); num_steps, shift: the denoising schedule; noise_level: the SDE's a; stochastic: "all" or a window
+    (start, length) of the steps (see rlir.models.flow_sampling); eval_steps: the ODE steps a frame
     of the evaluation sampler; reference_factory: returns a model with the initial weights (called once, lazily,
     only for the KL term); compile: run each denoising step compiled (``rlir.models.flow_sampling.generate``'s
     ``compile``; CUDA graphs on CUDA).
