@@ -38,6 +38,7 @@ REMOVED_KEYS = {
     "rollout.sde.stochastic: fraction": ("the runs with it gained at most +2.1 points and the recipes use a "
                                          "window, docs/experiments.md", "use window, e.g. window: [0, 1]"),
     "rollout.sde.fraction": ("it went with stochastic: fraction, docs/experiments.md", "drop the key"),
+    "rollout.sde.shift": ("no run moved the schedule's shift from 1", "drop the key"),
 }
 
 

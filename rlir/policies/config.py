@@ -19,7 +19,6 @@ class SDEConfig(Schema):
     """The diffusion world model's sampler (models.kind diffusion): Flow-GRPO's SDE on the stochastic steps."""
 
     num_steps: int = Field(8, ge=1, description="denoising steps per generated frame")
-    shift: Number = Field(1.0, gt=0.0, description="schedule shift of FlowMatchEulerDiscreteScheduler")
     noise_level: Number = Field(0.7, gt=0.0, description="the SDE's a: sigma_t = a sqrt(sigma / (1 - sigma))")
     stochastic: Literal["all", "window"] = Field(
         "all", description="which steps are SDE steps with log-probs: all (Flow-GRPO) or a window (MixGRPO); the "

@@ -147,7 +147,7 @@ def test_diffusion_policy_defaults():
     from rlir.kernels.flow_sde_step import SIGMA_MAX
 
     p = SDEStepPolicy(nn.Linear(1, 1))
-    assert (p.num_steps, p.shift, p.noise_level, p.stochastic) == (8, 1.0, 0.7, "all")
+    assert (p.num_steps, p.noise_level, p.stochastic) == (8, 0.7, "all")
     assert (p.sigma_max, p.eval_steps, p.compile, p.tokenizer) == (SIGMA_MAX, EVAL_ODE_STEPS, False, None)
 
 
