@@ -64,8 +64,7 @@ def group_normalised(values: torch.Tensor, group_size: int, advantage: Advantage
     normalised on its own). Rows are prompt-major, so groups are ``group_size`` consecutive rows."""
     everything = parallel.all_gather_rows(values) if advantage.scale == "batch" else values
     flat = everything.t().reshape(-1) if everything.ndim == 2 else everything  # frame-major: groups stay contiguous
-    adv = group_advantage(flat, group_size=group_size, scale=advantage.scale, estimator=advantage.estimator,
-                          eps=advantage.eps)
+    adv = group_advantage(flat, group_size=group_size, scale=advantage.scale, estimator=advantage.estimator)
     adv = adv.view(everything.shape[::-1]).t() if everything.ndim == 2 else adv
     if everything is values:
         return adv

@@ -39,6 +39,7 @@ REMOVED_KEYS = {
                                          "window, docs/experiments.md", "use window, e.g. window: [0, 1]"),
     "rollout.sde.fraction": ("it went with stochastic: fraction, docs/experiments.md", "drop the key"),
     "rollout.sde.shift": ("no run moved the schedule's shift from 1", "drop the key"),
+    "advantage.eps": ("no run moved it from group_advantage's 1e-6", "drop the key"),
 }
 
 
@@ -123,7 +124,6 @@ class AdvantageConfig(Schema):
 
     scale: Literal["group", "batch", "none"] = "group"
     estimator: Literal["grpo", "rloo"] = "grpo"
-    eps: Number = Field(1e-6, gt=0.0)
     credit: Literal["video", "frame", "reward_to_go"] = Field(
         "video", description="video: one advantage per video from its reward (the paper); frame: each generated "
         "frame's slots get the group advantage of that frame's own IDM match; reward_to_go: of the matches of that "
