@@ -40,6 +40,7 @@ REMOVED_KEYS = {
     "rollout.sde.fraction": ("it went with stochastic: fraction, docs/experiments.md", "drop the key"),
     "rollout.sde.shift": ("no run moved the schedule's shift from 1", "drop the key"),
     "advantage.eps": ("no run moved it from group_advantage's 1e-6", "drop the key"),
+    "reward.mode: per_head": ("no run used it", "use exact or loglik"),
 }
 
 
@@ -115,7 +116,9 @@ class RolloutConfig(SamplingConfig):
 class RewardConfig(Schema):
     """The IDM reward: how the IDM's reading of each video scores against the commanded actions."""
 
-    mode: Literal["exact", "per_head", "loglik"] = "exact"
+    mode: Literal["exact", "loglik"] = Field(
+        "exact", description="exact: a frame scores when every head's argmax is the commanded action (the paper); "
+        "loglik: the IDM's log-likelihood of the commanded action, a dense reward (rlir.kernels.idm_reward)")
     idm_batch_size: Optional[int] = Field(None, ge=1, description="videos per IDM call (default: all in one call)")
 
 
