@@ -32,7 +32,7 @@ __all__ = ["ConfigError", "GRPOConfig", "config_from_dict", "load_config", "save
 MOVED_KEYS = {"rollout.sde.objective": "loss.objective", "rollout.sde.train_sigmas": "loss.train_sigmas"}
 # removed dotted key, or "key: choice" -> (why, what to write instead); docs/experiments.md, "Options removed"
 REMOVED_KEYS = {
-    "advantage.positive_only": ("lost on every seed, docs/experiments.md", "drop the key"),
+    "advantage.positive_only": ("worse than signed advantages on every seed, docs/experiments.md", "drop the key"),
     "rollout.top_k": ("it sampled off the policy being optimised; no run used it", "drop the key"),
     "rollout.top_p": ("it sampled off the policy being optimised; no run used it", "drop the key"),
     "rollout.sde.stochastic: fraction": ("the runs with it gained at most +2.1 points and the recipes use a "

@@ -1,5 +1,8 @@
 """Options whose effect no other test shows: changing each changes what its description says it changes.
-(docs/experiments.md, "Options removed (issue 23)", lists every option and the test that shows its effect.)"""
+docs/experiments.md, "Options removed (issue 23)", lists every option and the test that shows its effect; the
+last test here keeps that table true."""
+import re
+
 import pytest
 import torch
 import yaml
@@ -8,6 +11,7 @@ from rlir.grpo import GRPOTrainer, config_from_dict
 from rlir.grpo.builders import build_datasets, build_models, build_run
 from rlir.grpo.logging import read_metrics
 from rlir.grpo.checkpoint import list_checkpoints
+from rlir.grpo.config import REMOVED_KEYS, GRPOConfig
 
 from .conftest import REPO, TINY_CONFIG
 
@@ -148,3 +152,24 @@ def test_keep_last_prunes_the_run_s_checkpoints(tmp_path):
     trainer.train()
     trainer.close()
     assert [step for step, _ in list_checkpoints(tmp_path / "checkpoints")] == [2, 3]
+
+
+def test_the_options_table_names_every_option_and_a_test_that_exists():
+    def leaves(cls, prefix=""):
+        for name, field in cls.model_fields.items():
+            if hasattr(field.annotation, "model_fields"):
+                yield from leaves(field.annotation, f"{prefix}{name}.")
+            else:
+                yield prefix + name
+
+    text = (REPO / "docs" / "experiments.md").read_text()
+    section = text.split("## Options removed (issue 23)\n")[1].split("\n## ")[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| `")]
+    kept = {re.findall(r"`([^`]+)`", row[0])[0]: row[2].strip("`") for row in rows if "::" in row[2]}
+    removed = {key for row in rows if "::" not in row[2] for key in re.findall(r"`([^`]+)`", row[0])}
+    assert list(kept) == list(leaves(GRPOConfig))
+    assert removed == set(REMOVED_KEYS)
+    for test in kept.values():
+        path, name = test.split("::")
+        assert re.search(rf"^def {name}\(", (REPO / "tests" / path).read_text(), re.M), test
