@@ -167,7 +167,8 @@ def rewards_one_video_at_a_time(idm, frames: torch.Tensor, actions: torch.Tensor
     return torch.stack(rewards)
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, eps: float) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """(r - mean_g) / (std_g + eps), eps being group_advantage's, which the trainer uses."""
     groups = rewards.view(-1, group_size)
     advantages = (groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + eps)
     return advantages.flatten()
@@ -207,7 +208,6 @@ class StraightforwardGRPO:
             "loss.is_level": cfg.loss.is_level != "token", "loss.delta": cfg.loss.delta is not None,
             "loss.old_logprobs": cfg.loss.old_logprobs != "rollout", "reward.mode": cfg.reward.mode != "exact",
             "advantage": (cfg.advantage.scale, cfg.advantage.estimator) != ("group", "grpo"),
-            "rollout.top_k/top_p": cfg.rollout.top_k is not None or cfg.rollout.top_p is not None,
         }
         bad = [key for key, is_bad in unsupported.items() if is_bad]
         if bad:
@@ -240,7 +240,7 @@ class StraightforwardGRPO:
         with timer.phase("reward"), self.autocast():
             rewards = self.rewards(self.idm, frames, actions)
         with timer.phase("advantage"):
-            advantages = group_advantages(rewards, g, cfg.advantage.eps)
+            advantages = group_advantages(rewards, g)
         losses = self._update(context, tokens, all_actions, old_logp, advantages, timer)
         return {"reward/mean": rewards.mean().item(), "loss/loss": sum(losses) / len(losses)}
 

@@ -215,17 +215,29 @@ def with_overrides(data: Optional[dict], overrides=()) -> dict:
     return data
 
 
-def reject_moved_keys(data: dict, moved: dict) -> None:
-    """A ConfigError ``<old key>: moved to <new key>`` for the first dotted key of ``moved`` that ``data`` sets:
-    an old config fails naming the replacement, not with the section's unknown-key list."""
+def _setting(data: dict, dotted: str):
+    """(True, the value) when ``data`` sets the dotted key, else (False, None)."""
+    node = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def reject_old_keys(data: dict, moved: dict, removed: dict) -> None:
+    """A one-line ConfigError for the first old setting ``data`` holds, naming what to write instead (not the
+    section's unknown-key list): ``<old key>: moved to <new key>`` for a key of ``moved``; for an entry
+    ``"<key>"`` of ``removed`` (why, instead) ``<key>: removed (why); instead``, and for an entry
+    ``"<key>: <value>"`` (a choice that went, its key stays) ``<key>: <value> removed (why); instead``."""
     for old, new in moved.items():
-        node = data
-        for part in old.split("."):
-            if not isinstance(node, dict) or part not in node:
-                break
-            node = node[part]
-        else:
+        if _setting(data, old)[0]:
             raise ConfigError(old, f"moved to {new}")
+    for entry, (why, instead) in removed.items():
+        key, _, value = entry.partition(": ")
+        found, got = _setting(data, key)
+        if found and (not value or got == value):
+            raise ConfigError(key, f"{value + ' ' if value else ''}removed ({why}); {instead}")
 
 
 def save_yaml(config: BaseModel, path) -> None:

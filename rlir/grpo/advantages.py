@@ -10,7 +10,6 @@ videos, ``rlir.kernels.group_advantage`` normalises each group).
 - scale ``batch`` divides by the std of the whole batch: over several ranks every rank's values are gathered and
   normalised as one process would, and each rank keeps its own rows. ``group`` and ``none`` never leave a rank, since
   a group never spans ranks.
-- ``positive_only`` drops the negative advantages after normalising.
 """
 from __future__ import annotations
 
@@ -36,8 +35,6 @@ def advantages(logits, rollout: Rollout, advantage: AdvantageConfig, reward_mode
     else:
         adv = frame_advantages(frame_credit(rew.frame_match, advantage.credit), rollout, advantage, parallel,
                                policy_name=policy_name)
-    if advantage.positive_only:
-        adv = adv.clamp_min(0.0)
     return rew, adv
 
 
@@ -67,8 +64,7 @@ def group_normalised(values: torch.Tensor, group_size: int, advantage: Advantage
     normalised on its own). Rows are prompt-major, so groups are ``group_size`` consecutive rows."""
     everything = parallel.all_gather_rows(values) if advantage.scale == "batch" else values
     flat = everything.t().reshape(-1) if everything.ndim == 2 else everything  # frame-major: groups stay contiguous
-    adv = group_advantage(flat, group_size=group_size, scale=advantage.scale, estimator=advantage.estimator,
-                          eps=advantage.eps)
+    adv = group_advantage(flat, group_size=group_size, scale=advantage.scale, estimator=advantage.estimator)
     adv = adv.view(everything.shape[::-1]).t() if everything.ndim == 2 else adv
     if everything is values:
         return adv

@@ -9,7 +9,8 @@ Types, bounds and choices are on the fields below, rules between fields are vali
 holds them, and what the models themselves accept (constructor arguments, sizes they must share, the class
 in a model directory) is checked by ``rlir.grpo.model_checks.check_models``, which loading calls. Every key, with
 its type, default and meaning: ``rlir train --help-config`` (generated from these classes). A key that moved
-(``MOVED_KEYS``) fails with one line naming where it went.
+(``MOVED_KEYS``) fails with one line naming where it went, and a key or choice that was removed
+(``REMOVED_KEYS``) with one line saying why and what to write instead.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from rlir.policies.config import ObjectiveConfig, SamplingConfig
-from rlir.schema import ConfigError, Number, Schema, key_reference, read_yaml, reject_moved_keys, save_yaml
+from rlir.schema import ConfigError, Number, Schema, key_reference, read_yaml, reject_old_keys, save_yaml
 from rlir.schema import shipped_path, validate, with_overrides
 
 from .model_checks import check_models
@@ -29,6 +30,18 @@ __all__ = ["ConfigError", "GRPOConfig", "config_from_dict", "load_config", "save
 
 # old dotted key -> where it is now
 MOVED_KEYS = {"rollout.sde.objective": "loss.objective", "rollout.sde.train_sigmas": "loss.train_sigmas"}
+# removed dotted key, or "key: choice" -> (why, what to write instead); docs/experiments.md, "Options removed"
+REMOVED_KEYS = {
+    "advantage.positive_only": ("worse than signed advantages on every seed, docs/experiments.md", "drop the key"),
+    "rollout.top_k": ("it sampled off the policy being optimised; no run used it", "drop the key"),
+    "rollout.top_p": ("it sampled off the policy being optimised; no run used it", "drop the key"),
+    "rollout.sde.stochastic: fraction": ("the runs with it gained at most +2.1 points and the recipes use a "
+                                         "window, docs/experiments.md", "use window, e.g. window: [0, 1]"),
+    "rollout.sde.fraction": ("it went with stochastic: fraction, docs/experiments.md", "drop the key"),
+    "rollout.sde.shift": ("no run moved the schedule's shift from 1", "drop the key"),
+    "advantage.eps": ("no run moved it from group_advantage's 1e-6", "drop the key"),
+    "reward.mode: per_head": ("no run used it", "use exact or loglik"),
+}
 
 
 class RandomModelsConfig(Schema):
@@ -103,7 +116,9 @@ class RolloutConfig(SamplingConfig):
 class RewardConfig(Schema):
     """The IDM reward: how the IDM's reading of each video scores against the commanded actions."""
 
-    mode: Literal["exact", "per_head", "loglik"] = "exact"
+    mode: Literal["exact", "loglik"] = Field(
+        "exact", description="exact: a frame scores when every head's argmax is the commanded action (the paper); "
+        "loglik: the IDM's log-likelihood of the commanded action, a dense reward (rlir.kernels.idm_reward)")
     idm_batch_size: Optional[int] = Field(None, ge=1, description="videos per IDM call (default: all in one call)")
 
 
@@ -112,15 +127,10 @@ class AdvantageConfig(Schema):
 
     scale: Literal["group", "batch", "none"] = "group"
     estimator: Literal["grpo", "rloo"] = "grpo"
-    eps: Number = Field(1e-6, gt=0.0)
     credit: Literal["video", "frame", "reward_to_go"] = Field(
         "video", description="video: one advantage per video from its reward (the paper); frame: each generated "
         "frame's slots get the group advantage of that frame's own IDM match; reward_to_go: of the matches of that "
         "frame and every later one, which it conditions")
-    positive_only: bool = Field(
-        False, description="drop the negative advantages after normalising (filtered behaviour cloning, as RAFT): "
-        "the update only pulls towards samples that beat their group, never pushes away from the others; with the "
-        "DiT's flow-matching objective it lost on every seed (docs/experiments.md)")
 
 
 class LossConfig(ObjectiveConfig):
@@ -290,7 +300,7 @@ def config_from_dict(data: Optional[dict], overrides=(), check_paths: bool = Tru
     """Validate a config mapping with ``key=value`` overrides applied (``data`` is not modified); with
     ``check_paths``, the model and data directories must exist. Raises ConfigError naming the key."""
     data = with_overrides(data, overrides)
-    reject_moved_keys(data, MOVED_KEYS)
+    reject_old_keys(data, MOVED_KEYS, REMOVED_KEYS)
     cfg = validate(GRPOConfig, data)
     check_models(cfg, check_paths)
     d = cfg.data

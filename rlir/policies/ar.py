@@ -58,23 +58,24 @@ def check_codes_fit(model: nn.Module, tokenizer: nn.Module) -> None:
 
 class ARPolicy(ModelPolicy):
     """model: ARWorldModel (trained); tokenizer: frames <-> codes (``encode(uint8 [..., 3, s, s]) -> [..., g, g]``,
-    ``decode(codes [..., g, g]) -> float [..., 3, s, s]`` in [0, 1]), frozen; reference_factory: returns a
-    model with the initial weights (called once, lazily; needed only for the KL term); compile: run the
+    ``decode(codes [..., g, g]) -> float [..., 3, s, s]`` in [0, 1]), frozen; temperature, top_k: the sampler
+    (``rlir.models.sampling``; top_k to evaluate, since training scores the whole distribution); reference_factory:
+    returns a model with the initial weights (called once, lazily; needed only for the KL term); compile: run the
     decode step compiled (``rlir.models.sampling.generate``'s ``compile``; CUDA graphs on CUDA)."""
 
     def __init__(self, model: nn.Module, tokenizer: nn.Module, *, temperature: float = 1.0,
-                 top_k: Optional[int] = None, top_p: Optional[float] = None,
-                 reference_factory: Optional[Callable[[], nn.Module]] = None, compile=False):
+                 top_k: Optional[int] = None, reference_factory: Optional[Callable[[], nn.Module]] = None,
+                 compile=False):
         super().__init__(model, reference_factory)
         compile_mode(compile)  # validates
         self.compile = compile
         self.tokenizer = tokenizer.eval().requires_grad_(False)
-        self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
+        self.temperature, self.top_k = float(temperature), top_k
         self._rollout_copy: Optional[nn.Module] = None
-        if top_k is not None or top_p is not None:
-            warnings.warn("rollout.top_k/top_p make the sampler differ from the policy being optimised: tokens "
-                          "come from the truncated distribution while old and new log-probs are under the full "
-                          "softmax, so GRPO's importance ratios are off-policy-biased", stacklevel=2)
+        if top_k is not None:
+            warnings.warn("top_k makes the sampler differ from the policy being optimised: tokens come from the "
+                          "truncated distribution while old and new log-probs are under the full softmax, so "
+                          "GRPO's importance ratios are off-policy-biased (top_k is for evaluating)", stacklevel=2)
         check_codes_fit(model, tokenizer)
 
     @torch.no_grad()
@@ -89,7 +90,7 @@ class ARPolicy(ModelPolicy):
         g = num_samples
         ctx = self.encode(prompts.context)  # [B, C, F]
         tokens, logp = generate(self._rollout_model(), ctx, prompts.actions, context_actions=prompts.context_actions,
-                                num_samples=g, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                                num_samples=g, temperature=self.temperature, top_k=self.top_k,
                                 generator=generator, compile=self.compile)
         n_rows, n, f = tokens.shape
         actions = prompts.actions.long().repeat_interleave(g, 0)

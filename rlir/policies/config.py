@@ -2,11 +2,11 @@
 
 These are the policy's part of a run config (``rlir.grpo.config``): ``SamplingConfig`` is the ``rollout``
 section's sampler, ``ObjectiveConfig`` the ``loss`` section's objective. Evaluation and pretraining build them
-directly (``SamplingConfig(temperature=1.0, top_k=1)``); every other field keeps its default.
+directly (``SamplingConfig(temperature=0.5)``); every other field keeps its default.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -19,12 +19,10 @@ class SDEConfig(Schema):
     """The diffusion world model's sampler (models.kind diffusion): Flow-GRPO's SDE on the stochastic steps."""
 
     num_steps: int = Field(8, ge=1, description="denoising steps per generated frame")
-    shift: Number = Field(1.0, gt=0.0, description="schedule shift of FlowMatchEulerDiscreteScheduler")
     noise_level: Number = Field(0.7, gt=0.0, description="the SDE's a: sigma_t = a sqrt(sigma / (1 - sigma))")
-    stochastic: Literal["all", "fraction", "window"] = Field(
-        "all", description="which steps are SDE steps with log-probs: all (Flow-GRPO), a random fraction per "
-        "rollout (DanceGRPO), or a window (MixGRPO); the others are Euler ODE steps")
-    fraction: Number = Field(0.5, gt=0.0, le=1.0, description="with stochastic: fraction")
+    stochastic: Literal["all", "window"] = Field(
+        "all", description="which steps are SDE steps with log-probs: all (Flow-GRPO) or a window (MixGRPO); the "
+        "others are Euler ODE steps")
     window: list[int] = Field([0, 4], description="with stochastic: window, [first step, number of steps]")
     shared_noise: bool = Field(True, description="with loss.objective: flow_matching, one noise level and noise per "
                                "prompt, shared by its G samples (their noise terms cancel in the advantage-weighted "
@@ -40,15 +38,13 @@ class SDEConfig(Schema):
 
     def stochastic_arg(self):
         """The ``stochastic`` argument of rlir.models.flow_sampling.generate."""
-        return {"fraction": self.fraction, "window": tuple(self.window)}.get(self.stochastic, "all")
+        return tuple(self.window) if self.stochastic == "window" else "all"
 
 
 class SamplingConfig(Schema):
     """How the policy samples: the AR model's token distribution, the DiT's SDE (sde), compiled or eager."""
 
     temperature: Number = Field(1.0, gt=0.0)
-    top_k: Optional[int] = Field(None, ge=1)
-    top_p: Optional[Number] = Field(None, gt=0.0, le=1.0)
     sde: SDEConfig = Field(default_factory=SDEConfig)
     compile: bool = Field(False, description="run the rollout's per-token (AR) or per-denoising-step (diffusion) "
                           "step under torch.compile(fullgraph=True), as CUDA graphs on CUDA; the first step "

@@ -50,11 +50,11 @@ def summed(mean_logp: torch.Tensor, elements: int) -> torch.Tensor:
 
 class DiffusionPolicy(ModelPolicy):
     """model: DiTWorldModel (trained); tokenizer: the VQ tokenizer for frame_space "tokenizer_latents" (None for
-    pixels); num_steps, shift: the denoising schedule; noise_level: the SDE's a; stochastic: "all", a fraction,
-    or a window (start, length) of the steps (see rlir.models.flow_sampling); eval_steps: the ODE steps a frame
-    of the evaluation sampler; reference_factory: returns a model with the initial weights (called once, lazily,
-    only for the KL term); compile: run each denoising step compiled (``rlir.models.flow_sampling.generate``'s
-    ``compile``; CUDA graphs on CUDA).
+    pixels); num_steps: the denoising steps a frame (the scheduler's uniform sigmas, unshifted); noise_level: the
+    SDE's a; stochastic: "all" or a window (start, length) of the steps (see rlir.models.flow_sampling);
+    eval_steps: the ODE steps a frame of the evaluation sampler; reference_factory: returns a model with the
+    initial weights (called once, lazily, only for the KL term); compile: run each denoising step compiled
+    (``rlir.models.flow_sampling.generate``'s ``compile``; CUDA graphs on CUDA).
 
     A subclass is one objective: ``rollout`` (sample and say what each slot scores) and ``slot_scores`` /
     ``slot_kl``, from which ``score`` and ``logprobs_and_kl`` follow."""
@@ -62,14 +62,14 @@ class DiffusionPolicy(ModelPolicy):
     eval_sampler = "ode"
 
     def __init__(self, model: nn.Module, tokenizer: Optional[nn.Module] = None, *, num_steps: int = 8,
-                 shift: float = 1.0, noise_level: float = 0.7, stochastic="all", sigma_max: float = SIGMA_MAX,
+                 noise_level: float = 0.7, stochastic="all", sigma_max: float = SIGMA_MAX,
                  eval_steps: int = EVAL_ODE_STEPS, reference_factory: Optional[Callable[[], nn.Module]] = None,
                  compile=False):
         super().__init__(model, reference_factory)
         compile_mode(compile)  # validates
         self.compile = compile
         self.tokenizer = tokenizer.eval().requires_grad_(False) if tokenizer is not None else None
-        self.num_steps, self.shift, self.noise_level = num_steps, shift, noise_level
+        self.num_steps, self.noise_level = num_steps, noise_level
         self.stochastic, self.sigma_max, self.eval_steps = stochastic, sigma_max, eval_steps
         if noise_level <= 0:
             raise ValueError(f"noise_level must be > 0 for GRPO (at 0 the sampler is deterministic and has no "
@@ -80,7 +80,7 @@ class DiffusionPolicy(ModelPolicy):
         """The policy of ``sampling`` (``rlir.policies.config.SamplingConfig``: the run's ``rollout`` section) and
         ``objective`` (``ObjectiveConfig``: its ``loss`` section); ``options`` go to the constructor."""
         sde = sampling.sde
-        return cls(model, tokenizer, num_steps=sde.num_steps, shift=sde.shift, noise_level=sde.noise_level,
+        return cls(model, tokenizer, num_steps=sde.num_steps, noise_level=sde.noise_level,
                    stochastic=sde.stochastic_arg(), compile=sampling.compile, **options)
 
     @torch.no_grad()
@@ -93,7 +93,7 @@ class DiffusionPolicy(ModelPolicy):
         """The SDE sampler's ``num_samples`` continuations of each of ``prompts`` (on the policy's device)."""
         return generate(self.model, self.encode(prompts.context), prompts.actions,
                         context_actions=prompts.context_actions, num_samples=num_samples, num_steps=self.num_steps,
-                        shift=self.shift, sampler="sde", noise_level=self.noise_level, stochastic=self.stochastic,
+                        sampler="sde", noise_level=self.noise_level, stochastic=self.stochastic,
                         sigma_max=self.sigma_max, generator=generator, compile=self.compile,
                         record_transitions=record_transitions)
 
@@ -113,7 +113,7 @@ class DiffusionPolicy(ModelPolicy):
         prompts = prompts.to(self.device)
         sample = generate(self.model, self.encode(prompts.context), prompts.actions,
                           context_actions=prompts.context_actions, num_samples=num_samples,
-                          num_steps=self.eval_steps, shift=self.shift, sampler="ode", generator=generator,
+                          num_steps=self.eval_steps, sampler="ode", generator=generator,
                           compile=self.compile)
         frames = self.model.decode_frames(sample.frames, self.tokenizer)
         return after_context(prompts, num_samples, frames)

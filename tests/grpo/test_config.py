@@ -4,6 +4,7 @@ import pytest
 from rlir.cli import main
 from rlir.grpo import ConfigError, config_from_dict, load_config
 from rlir.grpo import trainer as trainer_module
+from rlir.grpo.config import REMOVED_KEYS
 
 from .conftest import TINY_CONFIG
 
@@ -36,7 +37,7 @@ from .conftest import TINY_CONFIG
     (["models.random.tokenizer.patch_size=5"], "models.random.image_size"),
     (["loss.beta=0.1", "loss.kl=closed_form"], "loss.kl"),
     (["train.bf16=true"], "train.bf16"),
-    (["rollout.top_p=0"], "rollout.top_p"),
+    (["rollout.temperature=0"], "rollout.temperature"),
     (["parallel.strategy=zero3"], "parallel.strategy"),
     (["models=[1]"], "models"),
 ])
@@ -48,8 +49,8 @@ def test_bad_values_name_the_key(overrides, key):
 
 
 def test_good_overrides_and_yaml_floats():
-    cfg = load_config(TINY_CONFIG, ["optim.lr=1e-5", "rollout.top_k=null", "optim.betas=[0.9,0.95]", "train.bf16=false"])
-    assert cfg.optim.lr == 1e-5 and cfg.rollout.top_k is None and cfg.optim.betas == [0.9, 0.95]
+    cfg = load_config(TINY_CONFIG, ["optim.lr=1e-5", "loss.delta=null", "optim.betas=[0.9,0.95]", "train.bf16=false"])
+    assert cfg.optim.lr == 1e-5 and cfg.loss.delta is None and cfg.optim.betas == [0.9, 0.95]
     assert cfg.train.bf16 == "false"
     assert config_from_dict({"optim": {"lr": "2e-5"}, "models": {"source": "random"},
                              "data": {"source": "synthetic"}}).optim.lr == 2e-5
@@ -165,3 +166,28 @@ def test_a_moved_key_fails_in_one_line_naming_its_new_place(tmp_path, capsys, ol
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"{old}: moved to {new}")
     assert not (tmp_path / "run").exists()
     load_config(TINY_DIFFUSION, [f"{new}={value}", "loss.kl=closed_form"])  # where it is now
+
+
+@pytest.mark.parametrize("entry", list(REMOVED_KEYS))
+def test_a_removed_key_or_choice_fails_in_one_line_saying_why_and_what_instead(tmp_path, capsys, entry):
+    import yaml
+
+    key, _, choice = entry.partition(": ")
+    why, instead = REMOVED_KEYS[entry]
+    message = f"{key}: {choice + ' ' if choice else ''}removed ({why}); {instead}"
+    value = choice or "null"
+    with pytest.raises(ConfigError) as info:  # as an override
+        load_config(TINY_DIFFUSION, [f"{key}={value}"])
+    assert str(info.value) == message and info.value.key == key
+    data = yaml.safe_load(TINY_DIFFUSION.read_text())  # in an old YAML file, through the CLI
+    *sections, leaf = key.split(".")
+    node = data
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[leaf] = yaml.safe_load(value)
+    old_config = tmp_path / "old.yaml"
+    old_config.write_text(yaml.safe_dump(data))
+    assert main(["train", "--config", str(old_config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(message) and len([line for line in err if "removed" in line]) == 1
+    assert not (tmp_path / "run").exists()

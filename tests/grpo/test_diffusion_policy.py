@@ -35,14 +35,14 @@ def tiny_run(**overrides):
     return cfg, build_run(cfg, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("stochastic", ["all", "fraction", "window"])
+@pytest.mark.parametrize("stochastic", ["all", "window"])
 def test_rollout_slots_and_recomputed_logprobs(stochastic):
     cfg, run = tiny_run(**{"rollout.sde.stochastic": stochastic, "rollout.sde.num_steps": 4,
-                           "rollout.sde.fraction": 0.5, "rollout.sde.window": "[1,2]"})
+                           "rollout.sde.window": "[1,2]"})
     moving(run.policy.model)
     prompts = run.prompts.next()
     rollout = run.policy.rollout(prompts, 4, generator=torch.Generator().manual_seed(0))
-    n, ks = cfg.rollout.n_frames, {"all": 4, "fraction": 2, "window": 2}[stochastic]
+    n, ks = cfg.rollout.n_frames, {"all": 4, "window": 2}[stochastic]
     assert rollout.old_logp.shape == (len(prompts) * 4, n * ks) and rollout.mask.all()
     assert torch.equal(rollout.slot_frame, torch.arange(n).repeat_interleave(ks))
     frames = run.policy.decode(rollout)

@@ -18,7 +18,7 @@ def test_frame_advantages_normalise_each_frame_within_its_group(toy_trainer):
     adv = frame_advantages(match, rollout, trainer.cfg.advantage, policy_name="ARPolicy")
     assert adv.shape == (8, rollout.slots)
     g0 = match[:4, 0]
-    expected = (g0 - g0.mean()) / (g0.std() + trainer.cfg.advantage.eps)
+    expected = (g0 - g0.mean()) / (g0.std() + 1e-6)
     torch.testing.assert_close(adv[:4, :f], expected[:, None].expand(4, f))
     assert (adv[4:, :f] == 0).all() and (adv[:, f:] == 0).all()
 
@@ -38,26 +38,6 @@ def test_frame_credit_needs_slot_frames(toy_trainer):
     rollout.slot_frame = None
     with pytest.raises(ConfigError, match="advantage.credit"):
         frame_advantages(torch.zeros(len(rollout), 2), rollout, trainer.cfg.advantage, policy_name="ARPolicy")
-
-
-def test_positive_only_feeds_the_loss_no_negative_advantage_and_still_learns(toy_trainer, monkeypatch):
-    import rlir.grpo.trainer as trainer_module
-
-    seen = []
-
-    def spy(logp, old, adv, *args, **kwargs):
-        seen.append(adv.detach().clone())
-        return real(logp, old, adv, *args, **kwargs)
-
-    real = trainer_module.grpo_loss
-    monkeypatch.setattr(trainer_module, "grpo_loss", spy)
-    trainer = toy_trainer(advantage={"credit": "frame", "positive_only": True}, eval={"num_samples": 8})
-    before = trainer.evaluate()["eval/reward_mean"]
-    trainer.train()
-    after = trainer.evaluate()["eval/reward_mean"]
-    advantages = torch.cat([a.flatten() for a in seen])
-    assert (advantages >= 0).all() and (advantages > 0).any()
-    assert after > before + 0.2, (before, after)
 
 
 def test_reward_to_go_credits_a_frame_with_its_own_and_every_later_match():

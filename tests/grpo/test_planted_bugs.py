@@ -138,10 +138,10 @@ def perturbed_diffusion_run(**overrides):
     return cfg, run
 
 
-@pytest.mark.parametrize("stochastic", ["all", "fraction", "window"])
+@pytest.mark.parametrize("stochastic", ["all", "window"])
 def test_dit_rescoring_equals_recording_and_reads_context_and_actions(stochastic):
     cfg, run = perturbed_diffusion_run(**{"rollout.sde.stochastic": stochastic, "rollout.sde.num_steps": 4,
-                                          "rollout.sde.fraction": 0.5, "rollout.sde.window": "[1,2]"})
+                                          "rollout.sde.window": "[1,2]"})
     policy = run.policy
     rollout = policy.rollout(run.prompts.next(), 4, generator=torch.Generator().manual_seed(0))
     idx = torch.arange(len(rollout))

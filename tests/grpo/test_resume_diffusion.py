@@ -15,12 +15,12 @@ from .test_resume import _optimisation_metrics
 def test_diffusion_resume_is_exact(tmp_path, kl):
     data = yaml.safe_load((REPO / "configs" / "tiny_diffusion.yaml").read_text())
     data["log"] = {"tensorboard": False, "stdout": False, "jsonl": True}
-    # A dense reward so every step moves the weights; the KL term; a random half of the denoising steps
-    # stochastic (drawn from the rollout generator every rollout); a cosine schedule, two inner epochs and
-    # shuffled minibatches; prompt batches that span sampler epochs: every stream a resume has to restore.
+    # A dense reward so every step moves the weights; the KL term; a window of SDE steps, the shipped kind; a
+    # cosine schedule, two inner epochs and shuffled minibatches; prompt batches that span sampler epochs: every
+    # stream a resume has to restore.
     data["reward"]["mode"] = "loglik"
     data["loss"].update(beta=0.1, kl=kl)
-    data["rollout"]["sde"].update(num_steps=4, stochastic="fraction", fraction=0.5)
+    data["rollout"]["sde"].update(num_steps=4, stochastic="window", window=[1, 2])
     data["train"].update(steps=4, checkpoint_interval=2, eval_interval=2, keep_last=5)
     data["data"]["synthetic_clips"] = 5
 

@@ -341,4 +341,4 @@ def test_the_evaluation_policy_takes_the_sampler_options_without_the_training_wa
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # top_k's off-policy warning concerns training only
         policy = evaluation_policy(model, tokenizer, temperature=0.5, top_k=3)
-    assert (policy.temperature, policy.top_k, policy.top_p) == (0.5, 3, None)
+    assert (policy.temperature, policy.top_k) == (0.5, 3)

@@ -1,5 +1,5 @@
 """Cases that kill mutants of rlir/policies/ar.py and rlir/policies/policy.py which the GRPO tests let through
-(docs/mutation.md): ARPolicy's defaults, its top_k/top_p warning, the frozen tokenizer, the tokenizer checks,
+(docs/mutation.md): ARPolicy's defaults, its top_k warning, the frozen tokenizer, the tokenizer checks,
 the autocast rollout copy, rescoring with two context frames; Prompts.rows with context actions; the base
 Policy's messages; ModelPolicy.load_state_dict."""
 import warnings
@@ -11,9 +11,9 @@ import torch.nn as nn
 from rlir.models import ARWorldModel
 from rlir.policies import ARPolicy, Policy, Prompts
 
-WARNING = (r"^rollout\.top_k/top_p make the sampler differ from the policy being optimised: tokens come from the "
-           r"truncated distribution while old and new log-probs are under the full softmax, so GRPO's importance "
-           r"ratios are off-policy-biased$")
+WARNING = (r"^top_k makes the sampler differ from the policy being optimised: tokens come from the truncated "
+           r"distribution while old and new log-probs are under the full softmax, so GRPO's importance ratios are "
+           r"off-policy-biased \(top_k is for evaluating\)$")
 
 
 class Tokenizer(nn.Module):
@@ -49,17 +49,16 @@ def prompts(context_frames=1, b=2, n=2):
     return Prompts(context, actions, ca)
 
 
-def test_defaults_and_no_warning_without_top_k_or_top_p():
+def test_defaults_and_no_warning_without_top_k():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         policy = ARPolicy(model(), Tokenizer())
-    assert (policy.temperature, policy.top_k, policy.top_p, policy.compile) == (1.0, None, None, False)
+    assert (policy.temperature, policy.top_k, policy.compile) == (1.0, None, False)
 
 
-@pytest.mark.parametrize("option", [{"top_k": 3}, {"top_p": 0.9}])
-def test_top_k_or_top_p_warns(option):
+def test_top_k_warns():
     with pytest.warns(UserWarning, match=WARNING):
-        ARPolicy(model(), Tokenizer(), **option)
+        ARPolicy(model(), Tokenizer(), top_k=3)
 
 
 def test_the_tokenizer_is_frozen_and_in_eval_mode():
@@ -148,7 +147,7 @@ def test_diffusion_policy_defaults():
     from rlir.kernels.flow_sde_step import SIGMA_MAX
 
     p = SDEStepPolicy(nn.Linear(1, 1))
-    assert (p.num_steps, p.shift, p.noise_level, p.stochastic) == (8, 1.0, 0.7, "all")
+    assert (p.num_steps, p.noise_level, p.stochastic) == (8, 0.7, "all")
     assert (p.sigma_max, p.eval_steps, p.compile, p.tokenizer) == (SIGMA_MAX, EVAL_ODE_STEPS, False, None)
 
 
