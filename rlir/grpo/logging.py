@@ -50,6 +50,12 @@ class MetricsLogger:
         self._wandb = open_wandb_run(self.out_dir, run_config, resume_step) if wandb else None
         self._last_step = resume_step or 0
 
+    @classmethod
+    def for_run(cls, out_dir, cfg: "GRPOConfig", resume_step: Optional[int] = None) -> "MetricsLogger":
+        """The logger a run of ``cfg`` writes with: its log.* options, and the config itself for W&B."""
+        return cls(out_dir, jsonl=cfg.log.jsonl, tensorboard=cfg.log.tensorboard, stdout=cfg.log.stdout,
+                   wandb=cfg.log.wandb, run_config=cfg.model_dump(mode="json"), resume_step=resume_step)
+
     def log(self, step: int, metrics: Mapping[str, float], line: Optional[str] = None) -> None:
         clean = {k: _to_float(v) for k, v in metrics.items()}
         if self._jsonl is not None:
