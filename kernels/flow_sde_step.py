@@ -47,22 +47,9 @@ from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 
-from ._common import (
-    FLOAT_DTYPES,
-    HAS_TRITON,
-    check_positive,
-    checking_values,
-    check_same_device,
-    check_shape,
-    check_tensor,
-    next_pow2,
-    use_triton,
-)
+from ._common import (FLOAT_DTYPES, HAS_TRITON, check_positive, checking_values, check_same_device, check_shape,
+                      check_tensor, next_pow2, use_triton, tl, triton)
 from ._launch import launch
-
-if HAS_TRITON:
-    import triton
-    import triton.language as tl
 
 # Default clamp of σ in the denominator of σ_t (see the module docstring).
 SIGMA_MAX = 0.9
