@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 if TYPE_CHECKING:
     import torch
 
+    from .config import GRPOConfig
+
 WANDB_PROJECT = "rlir"
 WANDB_RUN_ID_FILE = "wandb_run_id"
 GRID_PROMPTS = 4  # prompts shown in the evaluation video grid
