@@ -96,3 +96,25 @@ def test_a_world_model_loads_as_the_class_its_directory_names_in_eval_mode(tmp_p
     assert error.key == "--world-model"
     assert error.message == (f"{path / 'config.json'}: _class_name 'InverseDynamicsModel' is not a world model "
                              f"(['ARWorldModel', 'DiTWorldModel'])")
+
+
+@pytest.mark.parametrize("load", [lambda path, key: load_strict(InverseDynamicsModel, path, key),
+                                  load_pretrained_world_model], ids=["load_strict", "load_pretrained_world_model"])
+def test_both_loaders_name_the_key_when_the_directory_holds_no_model(tmp_path, load):
+    assert refusal(load, tmp_path, "--eval-idm").key == "--eval-idm"
+
+
+def test_a_world_model_that_cannot_load_names_the_key(tmp_path):
+    path = saved(tmp_path, small_models()[0])
+    (path / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
+    assert refusal(load_pretrained_world_model, path, "models.world_model").key == "models.world_model"
+
+
+def test_many_missing_weights_are_shown_by_three_examples(tmp_path):
+    path = saved(tmp_path, small_idm())
+    weights = path / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(weights))
+    gone = sorted(state)[:5]
+    save_file({k: v for k, v in state.items() if k not in gone}, str(weights))
+    error = refusal(load_strict, InverseDynamicsModel, path, "models.idm")
+    assert f"lacks 5 weights of the current InverseDynamicsModel (e.g. {gone[:3]})" in error.message
