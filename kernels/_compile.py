@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import io
 import pkgutil
 import re
@@ -63,7 +64,7 @@ def all_kernels() -> Dict[str, object]:
 
     jitted = {name: obj for module in _kernel_modules() for name, obj in vars(module).items()
               if isinstance(obj, KernelInterface) and getattr(obj, "fn", obj).__module__ == module.__name__}
-    sources = {name: getattr(obj, "src", "") for name, obj in jitted.items()}
+    sources = {name: inspect.getsource(getattr(obj, "fn", obj)) for name, obj in jitted.items()}
     return {name: obj for name, obj in jitted.items()
             if not any(re.search(rf"\b{name}\(", src) for other, src in sources.items() if other != name)}
 
