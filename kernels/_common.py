@@ -19,10 +19,12 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
 
 try:  # triton is optional: CPU-only installs (macOS, Windows) run the references.
-    import triton  # noqa: F401
+    import triton
+    import triton.language as tl
 
     HAS_TRITON = True
 except ImportError:  # pragma: no cover - triton ships with Linux torch wheels
+    triton = tl = None  # every kernel module defines its @triton.jit functions under ``if HAS_TRITON``
     HAS_TRITON = False
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import io
 import pkgutil
 import re
@@ -57,11 +58,15 @@ def _kernel_modules():
 
 
 def all_kernels() -> Dict[str, object]:
-    """Every Triton kernel defined in rlir.kernels, by name."""
+    """Every Triton kernel defined in rlir.kernels, by name: the @triton.jit functions that no other one calls
+    (those are helpers, which Triton inlines into the kernels that call them)."""
     from triton.runtime.jit import KernelInterface
 
-    return {name: obj for module in _kernel_modules() for name, obj in vars(module).items()
-            if isinstance(obj, KernelInterface) and getattr(obj, "fn", obj).__module__ == module.__name__}
+    jitted = {name: obj for module in _kernel_modules() for name, obj in vars(module).items()
+              if isinstance(obj, KernelInterface) and getattr(obj, "fn", obj).__module__ == module.__name__}
+    sources = {name: inspect.getsource(getattr(obj, "fn", obj)) for name, obj in jitted.items()}
+    return {name: obj for name, obj in jitted.items()
+            if not any(re.search(rf"\b{name}\(", src) for other, src in sources.items() if other != name)}
 
 
 def workloads() -> Iterator[Tuple[str, Callable[[], None]]]:

@@ -47,22 +47,9 @@ from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 
-from ._common import (
-    FLOAT_DTYPES,
-    HAS_TRITON,
-    check_positive,
-    checking_values,
-    check_same_device,
-    check_shape,
-    check_tensor,
-    next_pow2,
-    use_triton,
-)
+from ._common import (FLOAT_DTYPES, HAS_TRITON, check_positive, checking_values, check_same_device, check_shape,
+                      check_tensor, next_pow2, use_triton, tl, triton)
 from ._launch import launch
-
-if HAS_TRITON:
-    import triton
-    import triton.language as tl
 
 # Default clamp of σ in the denominator of σ_t (see the module docstring).
 SIGMA_MAX = 0.9
@@ -196,19 +183,21 @@ def flow_sde_step_reference(x: torch.Tensor, v: torch.Tensor, sigma: Sigma, sigm
 if HAS_TRITON:
 
     @triton.jit
-    def _flow_sde_fwd_kernel(
-        x_ptr, v_ptr, aux_ptr, cx_ptr, cv_ptr, std_ptr, inv_std_ptr, mean_ptr, xn_ptr, partial_ptr,
-        D, NUM_BLOCKS, SAMPLING: tl.constexpr, BLOCK: tl.constexpr,
-    ):
-        # One program per (sample, block of D) on a 1-D grid: the samples never meet grid y's 65,535 cap.
+    def _sample_block(cx_ptr, cv_ptr, D, NUM_BLOCKS, BLOCK: tl.constexpr):
+        """This program's (sample, block of D): one program each on a 1-D grid, so the samples never meet grid
+        y's 65,535 cap. -> the sample, the block, its flat indices and live lanes, the sample's c_x and c_v."""
         pid = tl.program_id(0)
         row = (pid // NUM_BLOCKS).to(tl.int64)
         blk = pid % NUM_BLOCKS
         offs = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        live = offs < D
-        idx = row * D + offs
-        c_x = tl.load(cx_ptr + row)
-        c_v = tl.load(cv_ptr + row)
+        return row, blk, row * D + offs, offs < D, tl.load(cx_ptr + row), tl.load(cv_ptr + row)
+
+    @triton.jit
+    def _flow_sde_fwd_kernel(
+        x_ptr, v_ptr, aux_ptr, cx_ptr, cv_ptr, std_ptr, inv_std_ptr, mean_ptr, xn_ptr, partial_ptr,
+        D, NUM_BLOCKS, SAMPLING: tl.constexpr, BLOCK: tl.constexpr,
+    ):
+        row, blk, idx, live, c_x, c_v = _sample_block(cx_ptr, cv_ptr, D, NUM_BLOCKS, BLOCK)
         inv_std = tl.load(inv_std_ptr + row)
         x = tl.load(x_ptr + idx, mask=live, other=0.0).to(tl.float32)
         v = tl.load(v_ptr + idx, mask=live, other=0.0).to(tl.float32)
@@ -231,14 +220,7 @@ if HAS_TRITON:
         HAS_G_MEAN: tl.constexpr, HAS_G_XN: tl.constexpr, HAS_G_LP: tl.constexpr,
         NEED_GX: tl.constexpr, NEED_GV: tl.constexpr, BLOCK: tl.constexpr,
     ):
-        pid = tl.program_id(0)
-        row = (pid // NUM_BLOCKS).to(tl.int64)
-        blk = pid % NUM_BLOCKS
-        offs = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        live = offs < D
-        idx = row * D + offs
-        c_x = tl.load(cx_ptr + row)
-        c_v = tl.load(cv_ptr + row)
+        row, _, idx, live, c_x, c_v = _sample_block(cx_ptr, cv_ptr, D, NUM_BLOCKS, BLOCK)
         g = tl.zeros([BLOCK], dtype=tl.float32)
         if HAS_G_MEAN:
             g += tl.load(g_mean_ptr + idx, mask=live, other=0.0).to(tl.float32)

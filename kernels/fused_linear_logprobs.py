@@ -16,15 +16,8 @@ from typing import Optional
 
 import torch
 
-from ._common import (
-    FLOAT_DTYPES,
-    INDEX_DTYPES,
-    check_index_range,
-    check_positive,
-    check_same_device,
-    check_shape,
-    check_tensor,
-)
+from ._common import (FLOAT_DTYPES, INDEX_DTYPES, check_index_range, check_positive, check_same_device, check_shape,
+                      check_tensor)
 from .grpo_loss import grpo_loss
 from .token_logprobs import rows_backward, rows_forward, token_logprobs_reference
 

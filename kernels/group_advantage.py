@@ -19,26 +19,11 @@ from typing import Optional
 
 import torch
 
-from ._common import (
-    FLOAT_DTYPES,
-    HAS_TRITON,
-    INDEX_DTYPES,
-    check_choice,
-    check_positive,
-    checking_values,
-    check_same_device,
-    check_shape,
-    check_tensor,
-    next_pow2,
-    num_warps_for,
-    use_triton,
-)
+from ._common import (FLOAT_DTYPES, HAS_TRITON, INDEX_DTYPES, check_choice, check_positive, checking_values,
+                      check_same_device, check_shape, check_tensor, next_pow2, num_warps_for, use_triton, tl, triton)
 from ._launch import launch
 
 if HAS_TRITON:
-    import triton
-    import triton.language as tl
-
     _FLT_MAX = tl.constexpr(3.4028234663852886e38)
 
 SCALES = ("group", "batch", "none")

@@ -25,25 +25,10 @@ from typing import Optional
 
 import torch
 
-from ._common import (
-    FLOAT_DTYPES,
-    HAS_TRITON,
-    INDEX_DTYPES,
-    check_choice,
-    check_positive,
-    check_same_device,
-    check_shape,
-    check_tensor,
-    mask_or_ones,
-    next_pow2,
-    use_triton,
-)
+from ._common import (FLOAT_DTYPES, HAS_TRITON, INDEX_DTYPES, check_choice, check_positive, check_same_device,
+                      check_shape, check_tensor, mask_or_ones, next_pow2, use_triton, tl, triton)
 from ._launch import launch
 from .token_logprobs import token_logprobs
-
-if HAS_TRITON:
-    import triton
-    import triton.language as tl
 
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-sum-norm")
 IS_LEVELS = ("token", "sequence")
@@ -154,6 +139,61 @@ def grpo_loss_reference(logp: torch.Tensor, old_logp: Optional[torch.Tensor], ad
 if HAS_TRITON:
 
     @triton.jit
+    def _load_tile(logp_ptr, mask_ptr, base, offs, T):
+        """A tile of one row: which columns are in the row, which are valid (unmasked), their log-probs."""
+        in_row = offs < T
+        valid = in_row & (tl.load(mask_ptr + base + offs, mask=in_row, other=0) != 0)
+        lp = tl.load(logp_ptr + base + offs, mask=valid, other=0.0).to(tl.float32)
+        return in_row, valid, lp
+
+    @triton.jit
+    def _sequence_log_ratio(logp_ptr, old_ptr, mask_ptr, base, T, n_row, BLOCK_T: tl.constexpr):
+        """is_level sequence: the mean of logp - old over the row's valid tokens."""
+        acc = tl.zeros([BLOCK_T], dtype=tl.float32)
+        for start in range(0, T, BLOCK_T):
+            offs = start + tl.arange(0, BLOCK_T)
+            in_row, valid, lp = _load_tile(logp_ptr, mask_ptr, base, offs, T)
+            acc += lp - tl.load(old_ptr + base + offs, mask=valid, other=0.0).to(tl.float32)
+        return tl.sum(acc, axis=0) / tl.maximum(n_row, 1.0)
+
+    @triton.jit
+    def _clipped_objective(ratio, adv, eps_low, eps_high, delta, HAS_DELTA: tl.constexpr):
+        """The clipped (with delta also capped) policy-gradient loss of each token, and its derivative by logp."""
+        clipped = tl.minimum(tl.maximum(ratio, 1.0 - eps_low), 1.0 + eps_high)
+        live_clipped = (ratio >= 1.0 - eps_low) & (ratio <= 1.0 + eps_high)
+        capped = ratio
+        if HAS_DELTA:
+            capped = tl.minimum(ratio, delta)
+        obj_capped = capped * adv
+        obj_clipped = clipped * adv
+        use_capped = obj_capped <= obj_clipped
+        # d pg / d ratio is -A where the selected branch still moves with the ratio, 0 where clamped.
+        # (At ties both branches have the same derivative, so the choice there does not matter.)
+        if HAS_DELTA:
+            live = tl.where(use_capped, ratio <= delta, live_clipped)
+        else:
+            live = use_capped | live_clipped
+        return -tl.minimum(obj_capped, obj_clipped), tl.where(live, -adv * ratio, 0.0)
+
+    @triton.jit
+    def _k3_kl(ref, lp):
+        """The k3 estimate of KL(policy || reference) of each token, and its derivative by logp."""
+        d = ref - lp
+        e_d = tl.exp(d)
+        return e_d - d - 1.0, 1.0 - e_d
+
+    @triton.jit
+    def _store_partials(out, loss_sum, kl_sum, low_sum, high_sum, ratio_sum):
+        # A ratio below the range is clipped only when A < 0, above it only when A > 0: the two are
+        # exclusive, so clip_frac = low + high.
+        tl.store(out + 0, loss_sum)
+        tl.store(out + 1, kl_sum)
+        tl.store(out + 2, low_sum)
+        tl.store(out + 3, high_sum)
+        tl.store(out + 4, low_sum + high_sum)
+        tl.store(out + 5, ratio_sum)
+
+    @triton.jit
     def _grpo_loss_kernel(
         logp_ptr, old_ptr, ref_ptr, adv_ptr, mask_ptr, row_count_ptr, norm_ptr, grad_ptr, partial_ptr, clip_ptr,
         T, eps_low, eps_high, delta, beta,
@@ -170,17 +210,8 @@ if HAS_TRITON:
         w = 1.0 / tl.load(norm_ptr)
         if SEQ_MEAN_AGG:
             w = w / tl.maximum(n_row, 1.0)
-
         if SEQ_LEVEL:
-            acc = tl.zeros([BLOCK_T], dtype=tl.float32)
-            for start in range(0, T, BLOCK_T):
-                offs = start + cols
-                in_row = offs < T
-                valid = in_row & (tl.load(mask_ptr + base + offs, mask=in_row, other=0) != 0)
-                lp = tl.load(logp_ptr + base + offs, mask=valid, other=0.0).to(tl.float32)
-                old = tl.load(old_ptr + base + offs, mask=valid, other=0.0).to(tl.float32)
-                acc += lp - old
-            seq_log_ratio = tl.sum(acc, axis=0) / tl.maximum(n_row, 1.0)
+            seq_log_ratio = _sequence_log_ratio(logp_ptr, old_ptr, mask_ptr, base, T, n_row, BLOCK_T)
 
         loss_acc = tl.zeros([BLOCK_T], dtype=tl.float32)
         kl_acc = tl.zeros([BLOCK_T], dtype=tl.float32)
@@ -189,9 +220,7 @@ if HAS_TRITON:
         ratio_acc = tl.zeros([BLOCK_T], dtype=tl.float32)
         for start in range(0, T, BLOCK_T):
             offs = start + cols
-            in_row = offs < T
-            valid = in_row & (tl.load(mask_ptr + base + offs, mask=in_row, other=0) != 0)
-            lp = tl.load(logp_ptr + base + offs, mask=valid, other=0.0).to(tl.float32)
+            in_row, valid, lp = _load_tile(logp_ptr, mask_ptr, base, offs, T)
             if ADV_PER_TOKEN:
                 adv = tl.load(adv_ptr + base + offs, mask=valid, other=0.0).to(tl.float32)
             if SEQ_LEVEL:
@@ -199,31 +228,13 @@ if HAS_TRITON:
             else:
                 log_ratio = lp - tl.load(old_ptr + base + offs, mask=valid, other=0.0).to(tl.float32)
             ratio = tl.exp(log_ratio)
-            clipped = tl.minimum(tl.maximum(ratio, 1.0 - eps_low), 1.0 + eps_high)
-            live_clipped = (ratio >= 1.0 - eps_low) & (ratio <= 1.0 + eps_high)
-            capped = ratio
-            if HAS_DELTA:
-                capped = tl.minimum(ratio, delta)
-            obj_capped = capped * adv
-            obj_clipped = clipped * adv
-            use_capped = obj_capped <= obj_clipped
-            per_token = -tl.minimum(obj_capped, obj_clipped)
-            # d pg / d ratio is -A where the selected branch still moves with the ratio, 0 where clamped.
-            # (At ties both branches have the same derivative, so the choice there does not matter.)
-            if HAS_DELTA:
-                live = tl.where(use_capped, ratio <= delta, live_clipped)
-            else:
-                live = use_capped | live_clipped
-            grad = tl.where(live, -adv * ratio, 0.0)
+            per_token, grad = _clipped_objective(ratio, adv, eps_low, eps_high, delta, HAS_DELTA)
             if HAS_REF:
-                ref = tl.load(ref_ptr + base + offs, mask=valid, other=0.0).to(tl.float32)
-                d = ref - lp
-                e_d = tl.exp(d)
-                kl = e_d - d - 1.0
+                kl, d_kl = _k3_kl(tl.load(ref_ptr + base + offs, mask=valid, other=0.0).to(tl.float32), lp)
                 # Selected, not multiplied by a zero beta: with beta 0 a huge ref - logp must not make 0 * inf = NaN,
                 # as the reference skips the term.
                 per_token += tl.where(beta > 0, beta * kl, 0.0)
-                grad += tl.where(beta > 0, beta * (1.0 - e_d), 0.0)
+                grad += tl.where(beta > 0, beta * d_kl, 0.0)
                 kl_acc += tl.where(valid, kl, 0.0)
             tl.store(grad_ptr + base + offs, tl.where(valid, w * grad, 0.0), mask=in_row)
             loss_acc += tl.where(valid, per_token, 0.0)
@@ -235,18 +246,8 @@ if HAS_TRITON:
             ratio_acc += tl.where(valid, ratio, 0.0)
             if STORE_CLIP:
                 tl.store(clip_ptr + base + offs, tl.where(low, -1, tl.where(high, 1, 0)).to(tl.int8), mask=in_row)
-
-        # A ratio below the range is clipped only when A < 0, above it only when A > 0: the two are
-        # exclusive, so clip_frac = low + high.
-        out = partial_ptr + row * N_PARTIAL
-        low_sum = tl.sum(below_acc, axis=0)
-        high_sum = tl.sum(above_acc, axis=0)
-        tl.store(out + 0, w * tl.sum(loss_acc, axis=0))
-        tl.store(out + 1, tl.sum(kl_acc, axis=0))
-        tl.store(out + 2, low_sum)
-        tl.store(out + 3, high_sum)
-        tl.store(out + 4, low_sum + high_sum)
-        tl.store(out + 5, tl.sum(ratio_acc, axis=0))
+        _store_partials(partial_ptr + row * N_PARTIAL, w * tl.sum(loss_acc, axis=0), tl.sum(kl_acc, axis=0),
+                        tl.sum(below_acc, axis=0), tl.sum(above_acc, axis=0), tl.sum(ratio_acc, axis=0))
 
 
 class _GRPOLossFunction(torch.autograd.Function):

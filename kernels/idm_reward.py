@@ -18,26 +18,10 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
-from ._common import (
-    FLOAT_DTYPES,
-    HAS_TRITON,
-    INDEX_DTYPES,
-    check_choice,
-    check_index_range,
-    check_same_device,
-    check_shape,
-    check_tensor,
-    mask_or_ones,
-    next_pow2,
-    num_warps_for,
-    use_triton,
-)
+from ._common import (FLOAT_DTYPES, HAS_TRITON, INDEX_DTYPES, check_choice, check_index_range, check_same_device,
+                      check_shape, check_tensor, mask_or_ones, next_pow2, num_warps_for, use_triton, tl, triton)
 from ._launch import launch
 from .group_advantage import group_advantage
-
-if HAS_TRITON:
-    import triton
-    import triton.language as tl
 
 MODES = ("exact", "per_head", "loglik")
 _MODE_CODE = {"exact": 0, "per_head": 1, "loglik": 2}

@@ -13,24 +13,9 @@ from typing import Optional
 
 import torch
 
-from ._common import (
-    FLOAT_DTYPES,
-    HAS_TRITON,
-    INDEX_DTYPES,
-    check_index_range,
-    check_positive,
-    check_same_device,
-    check_shape,
-    check_tensor,
-    next_pow2,
-    num_warps_for,
-    use_triton,
-)
+from ._common import (FLOAT_DTYPES, HAS_TRITON, INDEX_DTYPES, check_index_range, check_positive, check_same_device,
+                      check_shape, check_tensor, next_pow2, num_warps_for, use_triton, tl, triton)
 from ._launch import launch
-
-if HAS_TRITON:
-    import triton
-    import triton.language as tl
 
 # Largest vocabulary chunk one program holds at a time (tests lower it to exercise the chunk loop).
 MAX_BLOCK_V = 4096

@@ -98,6 +98,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def bf16_enabled(setting: str, device: torch.device) -> bool:
+    """``train.bf16``: true, false, or auto (where the GPU supports it); never on the CPU."""
+    return device.type == "cuda" and (setting == "true" or (setting == "auto" and torch.cuda.is_bf16_supported()))
+
+
 def under_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 

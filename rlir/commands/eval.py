@@ -137,8 +137,7 @@ def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None,
     from rlir.data import Recording
     from rlir.eval import cache
     from rlir.eval.evaluate import HeldOutPrompts, idm_metrics
-    from rlir.eval.media import plot_curves, write_video_grid
-    from rlir.eval.report import HEADLINE, build_report, write_report
+    from rlir.eval.report import build_report
     from rlir.grpo.trained_world_model import load_world_model
     from rlir.metrics import format_report
     from rlir.models.idm import InverseDynamicsModel
@@ -197,21 +196,33 @@ def run_eval(data, *, run=None, world_model=None, baseline=None, tokenizer=None,
             "data": str(recording.root), "all_episodes": all_episodes, "models": info_models,
             "scoring_models": {k: str(v) for k, v in paths.items()}, "video_rows": list(videos), "command": command}
     report = build_report(results, info=info)
+    _print_headline(report)
+    if out is not None and parallel.is_main:
+        names = [action_names(recording.action_space, a) for a in held_out.actions[:grid]]
+        _write_report_files(out, report, videos, names, grid, Path(run) / "metrics.jsonl" if run is not None else None)
+    return report
+
+
+def _print_headline(report: dict) -> None:
+    from rlir.eval.report import HEADLINE
+
     for key, title in HEADLINE:
         if all(v is None for v in report["metrics"][key].values()):
             continue
         print(f"{title:66s} " + "  ".join(f"{k} {v:.4f}" for k, v in report["metrics"][key].items() if v is not None))
-    if out is None or not parallel.is_main:
-        return report
+
+
+def _write_report_files(out: Path, report: dict, videos: dict, names: list, grid: int, metrics_jsonl) -> None:
+    """report.md and report.json in ``out``, with the video grid and (for a run) its training curves."""
+    from rlir.eval.media import plot_curves, write_video_grid
+    from rlir.eval.report import write_report
+
     out.mkdir(parents=True, exist_ok=True)
-    names = [action_names(recording.action_space, a) for a in held_out.actions[:grid]]
     files = {k: p.name for k, p in write_video_grid(out, videos, names, count=grid).items()}
-    metrics_jsonl = Path(run) / "metrics.jsonl" if run is not None else None
     if metrics_jsonl is not None and metrics_jsonl.is_file() and plot_curves(metrics_jsonl, out / "curves.png"):
         files["curves"] = "curves.png"
     written = write_report(out, report, files)
     print(f"report: {written['md']} (and {written['json'].name}, {', '.join(files.values())})")
-    return report
 
 
 def _evaluate(model, vq, idms, held_out, recording, parallel, temperature: float, seed: int,

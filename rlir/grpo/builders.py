@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -24,10 +25,12 @@ from rlir.models.dit_world_model import DiTWorldModel
 from rlir.models.idm import InverseDynamicsModel
 from rlir.models.loading import WORLD_MODEL_CLASSES, load_strict
 from rlir.models.tokenizer import VQTokenizer
+from rlir.parallel import init_distributed, resolve_device
 from rlir.policies import Policy, Prompts, make_policy
 from rlir.policies.ar import check_codes_fit
 
-from .config import ConfigError, GRPOConfig
+from .checkpoint import list_checkpoints
+from .config import ConfigError, GRPOConfig, save_config
 from .model_checks import check_models
 from .prompts import PromptSampler, SyntheticClips, fixed_prompts
 
@@ -41,6 +44,27 @@ class Run:
     eval_prompts: Optional[Prompts]
     head_names: list
     judge: Optional[object] = None  # rlir.envs.crafter_verifier.VideoJudge for Crafter recordings, else None
+
+
+def build_trainer(trainer_cls, cfg: GRPOConfig, *, out_dir=None, resume: bool = False):
+    """``GRPOTrainer.from_config``: models, data and a ``trainer_cls`` from ``cfg``, its config saved to out_dir,
+    and with ``resume`` the latest checkpoint under out_dir loaded."""
+    out_dir = Path(out_dir if out_dir is not None else cfg.out)
+    if resume and not list_checkpoints(out_dir / "checkpoints"):
+        raise FileNotFoundError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}")
+    parallel, device = init_distributed(cfg.device)  # under torchrun: this rank's device (else a no-op)
+    device = device if device is not None else resolve_device(cfg.device)
+    run = build_run(cfg, device)
+    trainer = trainer_cls(cfg, run.policy, run.idm, run.prompts, eval_prompts=run.eval_prompts,
+                          eval_idm=run.eval_idm, device=device, head_names=run.head_names, parallel=parallel,
+                          judge=run.judge)
+    trainer.out_dir = out_dir
+    resume_step = trainer.resume(out_dir / "checkpoints") if resume else None
+    if parallel.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    trainer.open_logger(resume_step)
+    return trainer
 
 
 def _random_models(cfg: GRPOConfig):

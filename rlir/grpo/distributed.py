@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import torch
 import torch.nn as nn
@@ -211,6 +211,23 @@ def minibatch_orders(seed: int, step: int, epochs: int, prompts: int, group_size
     return out
 
 
+def update_orders(cfg, step: int, rows: int, parallel: Parallel, device: torch.device) -> List[torch.Tensor]:
+    """This step's ``minibatch_orders`` for this rank's ``rows`` videos, on ``device`` in one non-blocking copy
+    for every epoch (not one per micro-batch)."""
+    g = cfg.rollout.group_size
+    orders = minibatch_orders(cfg.seed, step, cfg.train.inner_epochs, rows // g * parallel.world_size, g,
+                              cfg.videos_per_step // cfg.minibatch_size, parallel)
+    return list(torch.stack(orders).to(device, non_blocking=True))
+
+
+def micro_batches(order: torch.Tensor, minibatch_rows: int, micro_batch_size: int) -> Iterator[List[torch.Tensor]]:
+    """An epoch's ``order`` cut into minibatches of this rank's ``minibatch_rows`` (minibatch_size / N), each a
+    list of micro-batches."""
+    for start in range(0, len(order), minibatch_rows):
+        mb = order[start:start + minibatch_rows]
+        yield [mb[i:i + micro_batch_size] for i in range(0, len(mb), micro_batch_size)]
+
+
 def check_divisible(cfg, parallel: Parallel) -> None:
     """The global batch must split evenly: B prompts and every minibatch over the N ranks."""
     n = parallel.world_size
@@ -223,6 +240,13 @@ def check_divisible(cfg, parallel: Parallel) -> None:
     if cfg.minibatch_size % n:
         raise ConfigError("train.micro_batch_size", f"a minibatch of micro_batch_size x grad_accumulation = "
                           f"{cfg.minibatch_size} videos does not split over {n} ranks")
+
+
+def check_shardable(prompts, parallel: Parallel) -> None:
+    """Under torchrun the prompt sampler hands each rank its share of the global batch (``next_shard``)."""
+    if parallel.distributed and not hasattr(prompts, "next_shard"):
+        raise ConfigError("parallel", f"{type(prompts).__name__} has no next_shard(rank, world_size): the "
+                          f"prompt sampler must hand each rank its share of the global batch")
 
 
 # ---- a step's statistics over every rank -------------------------------------------------------------------

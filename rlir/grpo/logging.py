@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 if TYPE_CHECKING:
     import torch
 
+    from .config import GRPOConfig
+
 WANDB_PROJECT = "rlir"
 WANDB_RUN_ID_FILE = "wandb_run_id"
 GRID_PROMPTS = 4  # prompts shown in the evaluation video grid
@@ -49,6 +51,12 @@ class MetricsLogger:
             self._tb = SummaryWriter(str(self.out_dir / "tb"), purge_step=purge)
         self._wandb = open_wandb_run(self.out_dir, run_config, resume_step) if wandb else None
         self._last_step = resume_step or 0
+
+    @classmethod
+    def for_run(cls, out_dir, cfg: "GRPOConfig", resume_step: Optional[int] = None) -> "MetricsLogger":
+        """The logger a run of ``cfg`` writes with: its log.* options, and the config itself for W&B."""
+        return cls(out_dir, jsonl=cfg.log.jsonl, tensorboard=cfg.log.tensorboard, stdout=cfg.log.stdout,
+                   wandb=cfg.log.wandb, run_config=cfg.model_dump(mode="json"), resume_step=resume_step)
 
     def log(self, step: int, metrics: Mapping[str, float], line: Optional[str] = None) -> None:
         clean = {k: _to_float(v) for k, v in metrics.items()}

@@ -6,11 +6,12 @@ and mem/ measure the machine (``MACHINE_METRIC_PREFIXES``: left out when compari
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from rlir.profiling import peak_memory
+from rlir.profiling import peak_memory, reset_peak_memory
 from rlir.profiling.memory import max_rss_bytes
 
 # Metrics that measure the machine, not the optimisation (left out when comparing runs).
@@ -129,6 +130,28 @@ def update_metrics(records: list, lrs: List[float], parallel, timer) -> Deferred
         return m
 
     return Deferred(finish, (sums, first_dev, [norm for norm, _ in records]))
+
+
+def max_deviation(logp: torch.Tensor, old: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The largest |logp - old| over the real slots of a first update: 0 when the old log-probs are the
+    training forward's own, so every first ratio is 1."""
+    return ((logp.detach().float() - old).abs() * mask).max()
+
+
+class StepClock:
+    """A step's wall time, up to the device's last kernel, with the peak memory counted from its start."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        if device.type == "cuda":
+            reset_peak_memory(device)
+        self.start = time.perf_counter()
+
+    def throughput(self, phases: Mapping[str, float], videos: int, frames: int, slots: int) -> Dict[str, float]:
+        """``throughput_metrics`` of the step that started with this clock and ends now."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return throughput_metrics(time.perf_counter() - self.start, phases, videos, frames, slots, self.device)
 
 
 def throughput_metrics(elapsed: float, phases: Mapping[str, float], videos: int, frames: int, slots: int,

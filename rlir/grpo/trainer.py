@@ -24,10 +24,8 @@ One step (every phase inside ``PhaseTimer.phase``, i.e. an NVTX range plus a tim
 Build from a config with ``GRPOTrainer.from_config(cfg)``, or pass your own policy / IDM / prompt sampler
 to the constructor (see ``rlir.policies.policy``).
 
-Under torchrun (``torchrun --nproc_per_node N -m rlir train``) each rank runs this loop on B/N prompts: the
-rollout RNG is seeded per prompt by (seed, step, global prompt index), batch-wide statistics are reduced over
-ranks and the world model is wrapped by ``parallel.strategy``, so N ranks compute the updates of one process
-with the same global batch (rlir.grpo.distributed says how; tests/distributed check it).
+Under torchrun each rank runs this loop on B/N prompts and N ranks compute the updates of one process with the
+same global batch (rlir.grpo.distributed says how; tests/distributed check it).
 """
 from __future__ import annotations
 
@@ -44,18 +42,19 @@ from rlir.kernels import aggregate_tokens, grpo_loss, loss_normaliser, trusted_i
 from rlir.models.generators import GroupGenerators
 from rlir.optim import (adamw_decaying_matrices, clip_and_step, fused_adamw_supported, use_fused_adamw,
                         warmup_schedule)
-from rlir.parallel import Parallel, init_distributed, resolve_device
+from rlir.parallel import Parallel, bf16_enabled, resolve_device
 from rlir.policies import Policy, Prompts, Rollout
-from rlir.profiling import PhaseTimer, reset_peak_memory
+from rlir.profiling import PhaseTimer
 from rlir.rewards import idm_logits
 
 from . import checkpoint as ckpt
 from .advantages import advantages
-from .config import ConfigError, GRPOConfig, save_config
-from .distributed import DataParallel, check_divisible, global_rollout_stats, minibatch_orders
+from .config import GRPOConfig
+from .distributed import (DataParallel, check_divisible, check_shardable, global_rollout_stats, micro_batches,
+                          update_orders)
 from .held_out import held_out_metrics
 from .logging import MetricsLogger, format_line
-from .metrics import rollout_metrics, throughput_metrics, to_host, update_metrics
+from .metrics import StepClock, max_deviation, rollout_metrics, to_host, update_metrics
 from .model_checks import check_closed_form_kl
 from .prompts import PromptSampler
 
@@ -93,14 +92,11 @@ class GRPOTrainer:
         for module in (idm, eval_idm):
             if module is not None:
                 module.eval().requires_grad_(False)
-        bf16 = cfg.train.bf16
-        self.bf16 = self.device.type == "cuda" and (bf16 == "true" or (bf16 == "auto" and torch.cuda.is_bf16_supported()))
+        self.bf16 = bf16_enabled(cfg.train.bf16, self.device)
 
         self.parallel = parallel if parallel is not None else Parallel.current()
         check_divisible(cfg, self.parallel)
-        if self.parallel.distributed and not hasattr(prompts, "next_shard"):
-            raise ConfigError("parallel", f"{type(prompts).__name__} has no next_shard(rank, world_size): the "
-                              f"prompt sampler must hand each rank its share of the global batch")
+        check_shardable(prompts, self.parallel)
 
         # Every random stream of a step is seeded from (seed, step): the rollout per prompt, the minibatch order
         # per epoch (rlir.models.generators, rlir.grpo.distributed); the global RNG only by this.
@@ -126,34 +122,17 @@ class GRPOTrainer:
 
     def open_logger(self, resume_step: Optional[int] = None) -> None:
         """Metrics to out_dir (rank 0 only); ``resume_step`` drops what an interrupted run logged after it."""
-        cfg = self.cfg
         if self.out_dir is not None and self.parallel.is_main and self.logger is None:
-            self.logger = MetricsLogger(self.out_dir, jsonl=cfg.log.jsonl, tensorboard=cfg.log.tensorboard,
-                                        stdout=cfg.log.stdout, wandb=cfg.log.wandb,
-                                        run_config=cfg.model_dump(mode="json"), resume_step=resume_step)
+            self.logger = MetricsLogger.for_run(self.out_dir, self.cfg, resume_step)
 
     # ---- construction from a config --------------------------------------------------------------------
 
     @classmethod
     def from_config(cls, cfg: GRPOConfig, *, out_dir=None, resume: bool = False) -> "GRPOTrainer":
         """Build models, data and trainer from ``cfg`` (and load the latest checkpoint under out_dir with resume)."""
-        from .builders import build_run
+        from .builders import build_trainer
 
-        out_dir = Path(out_dir if out_dir is not None else cfg.out)
-        if resume and not ckpt.list_checkpoints(out_dir / "checkpoints"):
-            raise FileNotFoundError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}")
-        parallel, device = init_distributed(cfg.device)  # under torchrun: this rank's device (else a no-op)
-        device = device if device is not None else resolve_device(cfg.device)
-        run = build_run(cfg, device)
-        trainer = cls(cfg, run.policy, run.idm, run.prompts, eval_prompts=run.eval_prompts, eval_idm=run.eval_idm,
-                      device=device, head_names=run.head_names, parallel=parallel, judge=run.judge)
-        trainer.out_dir = out_dir
-        resume_step = trainer.resume(out_dir / "checkpoints") if resume else None
-        if parallel.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out_dir / "config.yaml")
-        trainer.open_logger(resume_step)
-        return trainer
+        return build_trainer(cls, cfg, out_dir=out_dir, resume=resume)
 
     # ---- the loop -------------------------------------------------------------------------------------
 
@@ -198,10 +177,7 @@ class GRPOTrainer:
         with one ``tolist`` at the end: a step has the same few host syncs whatever the micro-batch size,
         number of frames, denoising steps or inner epochs (tests/grpo/test_host_syncs.py counts them)."""
         g, par = self.cfg.rollout.group_size, self.parallel
-        timer = PhaseTimer()
-        if self.device.type == "cuda":
-            reset_peak_memory(self.device)
-        start = time.perf_counter()
+        timer, clock = PhaseTimer(), StepClock(self.device)
 
         with timer.phase("data"):
             prompts = self.prompts.next_shard(par.rank, par.world_size) if par.distributed else self.prompts.next()
@@ -214,14 +190,10 @@ class GRPOTrainer:
         m = to_host(m)  # HOST SYNC: every metric of the step read back at once
         for _ in range(int(m["optim/skipped_updates"]) if par.is_main else 0):
             warnings.warn(f"step {self.step_count + 1}: non-finite gradient norm; update skipped")
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        elapsed = time.perf_counter() - start
         self.step_count += 1
         self._last_phases = timer.breakdown()
-        m.update(throughput_metrics(elapsed, self._last_phases, len(rollout) * par.world_size,
-                                    rollout.actions.shape[1], rollout.slots, self.device))
+        m.update(clock.throughput(self._last_phases, len(rollout) * par.world_size, rollout.actions.shape[1],
+                                  rollout.slots))
         return m
 
     def _trusted_step(self, rollout: Rollout, timer: PhaseTimer) -> Dict[str, Any]:
@@ -236,11 +208,7 @@ class GRPOTrainer:
         with timer.phase("advantage"):
             rew, adv = advantages(logits, rollout, cfg.advantage, cfg.reward.mode, self.parallel,
                                   policy_name=type(self.policy).__name__)
-        prompts = len(rollout) // g * self.parallel.world_size
-        orders = minibatch_orders(cfg.seed, self.step_count, cfg.train.inner_epochs, prompts, g,
-                                  cfg.videos_per_step // cfg.minibatch_size, self.parallel)
-        # One host-to-device copy for every epoch's order (non-blocking), not one per micro-batch.
-        orders = list(torch.stack(orders).to(self.device, non_blocking=True))
+        orders = update_orders(cfg, self.step_count, len(rollout), self.parallel, self.device)
 
         old = None if cfg.loss.old_logprobs == "current" else rollout.old_logp
         # Under bf16 the recorded log-probs are not the training forward's (the AR rollout runs on a bf16 copy, the
@@ -301,10 +269,7 @@ class GRPOTrainer:
                             lm["kl"] = aggregate_tokens(kl.detach().float(), mask[idx])
                     with timer.phase("backward"):
                         (loss * grad_scale if grad_scale != 1.0 else loss).backward()
-                deviation = None
-                if first and old is not None:
-                    with torch.no_grad():
-                        deviation = ((logp.detach().float() - old[idx]).abs() * mask[idx]).max()
+                deviation = max_deviation(logp, old[idx], mask[idx]) if first and old is not None else None
                 micro_records.append((loss.detach(), mask[idx].sum(), lm, deviation))
             with timer.phase("optim"):
                 lrs.append(self.optimizer.param_groups[0]["lr"])
@@ -347,11 +312,7 @@ class GRPOTrainer:
         return GroupGenerators.seeded(self.cfg.seed, self.step_count, range(first, first + local_prompts), self.device)
 
     def _micro_batches(self, order: torch.Tensor):
-        """This rank's rows of each minibatch (its share: minibatch_size / N), in micro-batches."""
-        mbs, micro = self.cfg.minibatch_size // self.parallel.world_size, self.cfg.train.micro_batch_size
-        for start in range(0, len(order), mbs):
-            mb = order[start:start + mbs]
-            yield [mb[i:i + micro] for i in range(0, len(mb), micro)]
+        return micro_batches(order, self.cfg.minibatch_size // self.parallel.world_size, self.cfg.train.micro_batch_size)
 
     def _no_grad_logprobs(self, fn, rollout: Rollout, order: torch.Tensor) -> torch.Tensor:
         """fn(rollout, idx) over micro-batches in the order of the first update, scattered back to rows."""
