@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -28,7 +29,7 @@ class Trained:
     finished_at: float  # time.perf_counter() after the last step
 
 
-class Target:
+class Target(ABC):
     """What one `rlir pretrain` target supplies to the loop."""
 
     cfg: Pretrain  # the target's settings
@@ -42,25 +43,26 @@ class Target:
         """Warm-up, then cosine decay from cfg.lr over cfg.steps (rlir.pretrain.common.learning_rate)."""
         return learning_rate(step, self.cfg.steps, self.cfg.lr)
 
+    @abstractmethod
     def loss(self) -> tuple[torch.Tensor, Callable[[], dict]]:
         """One training batch's loss, and what else metrics.jsonl records of that batch (asked on logged steps)."""
-        raise NotImplementedError
 
     def after_step(self, step: int) -> None:
         """Anything to do once the optimiser has stepped."""
 
     def validate(self) -> dict:
-        """Held-out metrics for metrics.jsonl (the loop has put the model in eval mode)."""
-        raise NotImplementedError
+        """Held-out metrics for metrics.jsonl (the loop has put the model in eval mode); asked every
+        eval_every steps, which the tokenizer's target sets to 0."""
+        raise NotImplementedError(f"{type(self).__name__} has no held-out validation")
 
     def weights(self) -> torch.nn.Module:
         """The model to save (a diffusers ModelMixin)."""
         return self.model
 
+    @abstractmethod
     def report(self, staging: Path, saved: torch.nn.Module, trained: Trained) -> dict:
         """Evaluate ``saved`` (the fp32 reload of what was saved), write any other files into ``staging`` and
         return the content of metrics.json."""
-        raise NotImplementedError
 
 
 def pretrain(target: Target, out: Path, *, overwrite: bool, steps: int, log_every: int, eval_every: int,

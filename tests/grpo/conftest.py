@@ -95,3 +95,12 @@ def toy_trainer():
                            eval_idm=eval_idm)
 
     return make
+
+
+def config_keys(cls, prefix=""):
+    """Every leaf option of a config schema, as a dotted key, in the schema's order."""
+    for name, field in cls.model_fields.items():
+        if hasattr(field.annotation, "model_fields"):
+            yield from config_keys(field.annotation, f"{prefix}{name}.")
+        else:
+            yield prefix + name

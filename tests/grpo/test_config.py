@@ -6,7 +6,7 @@ from rlir.grpo import ConfigError, config_from_dict, load_config
 from rlir.grpo import trainer as trainer_module
 from rlir.grpo.config import REMOVED_KEYS
 
-from .conftest import TINY_CONFIG
+from .conftest import TINY_CONFIG, config_keys
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -78,14 +78,7 @@ def test_help_config_is_generated_from_the_schema(capsys):
     assert info.value.code == 0
     text = capsys.readouterr().out
 
-    def leaves(cls, prefix=""):
-        for name, field in cls.model_fields.items():
-            if hasattr(field.annotation, "model_fields"):
-                yield from leaves(field.annotation, f"{prefix}{name}.")
-            else:
-                yield prefix + name
-
-    keys = list(leaves(GRPOConfig))
+    keys = list(config_keys(GRPOConfig))
     assert len(keys) > 60 and "parallel.strategy" in keys
     for key in keys:
         assert f"\n  {key}: " in "\n" + text, key

@@ -13,7 +13,7 @@ from rlir.grpo.logging import read_metrics
 from rlir.grpo.checkpoint import list_checkpoints
 from rlir.grpo.config import REMOVED_KEYS, GRPOConfig
 
-from .conftest import REPO, TINY_CONFIG
+from .conftest import REPO, TINY_CONFIG, config_keys
 
 TINY_DIFFUSION = REPO / "configs" / "tiny_diffusion.yaml"
 CPU = torch.device("cpu")
@@ -155,20 +155,13 @@ def test_keep_last_prunes_the_run_s_checkpoints(tmp_path):
 
 
 def test_the_options_table_names_every_option_and_a_test_that_exists():
-    def leaves(cls, prefix=""):
-        for name, field in cls.model_fields.items():
-            if hasattr(field.annotation, "model_fields"):
-                yield from leaves(field.annotation, f"{prefix}{name}.")
-            else:
-                yield prefix + name
-
     text = (REPO / "docs" / "experiments.md").read_text()
     section = text.split("## Options removed (issue 23)\n")[1].split("\n## ")[0]
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in section.splitlines()
             if line.startswith("| `")]
     kept = {re.findall(r"`([^`]+)`", row[0])[0]: row[2].strip("`") for row in rows if "::" in row[2]}
     removed = {key for row in rows if "::" not in row[2] for key in re.findall(r"`([^`]+)`", row[0])}
-    assert list(kept) == list(leaves(GRPOConfig))
+    assert list(kept) == list(config_keys(GRPOConfig))
     assert removed == set(REMOVED_KEYS)
     for test in kept.values():
         path, name = test.split("::")
